@@ -1,0 +1,167 @@
+"""PGNet: the Pyramid Grafting Network (Xie et al., CVPR 2022).
+
+A Swin transformer sees the image at low resolution (224) for global context, a ResNet sees it at
+full resolution for detail, and the Cross-Model Grafting Module grafts the first onto the second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pgnet.models.backbones import ResNetBranch, SwinBranch, load_pretrained
+from pgnet.models.decoder import Decoder
+from pgnet.models.layers import init_decoder_weights
+
+
+@dataclass
+class ModelConfig:
+    """Everything that defines a PGNet; the defaults are the official model.
+
+    ``graft_points`` lists the CMGM grafting points (see ``pgnet.models.decoder.GRAFT_POINTS``).
+    ``swin_pretrained`` / ``resnet_pretrained`` are local weight files loaded at construction; they
+    are not needed to load a full checkpoint.
+    """
+
+    swin: str = "swin_base_patch4_window7_224"
+    resnet: str = "resnet18"
+    swin_input_size: int = 224
+    width: int = 64
+    num_heads: int = 8
+    graft_points: tuple[str, ...] = ("r5-s2",)
+    token_budget: int = 2048
+    drop_path_rate: float = 0.5
+    swin_grad_checkpointing: bool = False
+    swin_pretrained: str | None = None
+    resnet_pretrained: str | None = None
+
+    def __post_init__(self) -> None:
+        self.graft_points = tuple(self.graft_points)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise KeyError(f"unknown model config keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values["graft_points"] = list(self.graft_points)
+        return values
+
+
+@dataclass
+class PGNetOutput:
+    """Network outputs, all logits.
+
+    pred: B×1×H×W at the input size (or the requested output size).
+    side_cnn, side_swin: B×1×h×w side predictions on the graft grid (28×28 officially).
+    attention: one B×1×N×N map per grafting point (N = h·w of that point's graft grid); empty unless
+        requested (training does by default).
+    attention_grids: the (h, w) grid of each attention map.
+    """
+
+    pred: torch.Tensor
+    side_cnn: torch.Tensor
+    side_swin: torch.Tensor
+    attention: list[torch.Tensor] = field(default_factory=list)
+    attention_grids: list[tuple[int, int]] = field(default_factory=list)
+
+
+class PGNet(nn.Module):
+    """The Pyramid Grafting Network.
+
+    Takes a normalised image of any size (B×3×H×W; official statistics in ``pgnet.data``).
+    """
+
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        config = config or ModelConfig()
+        self.config = config
+        self.swin = SwinBranch(
+            config.swin,
+            input_size=config.swin_input_size,
+            drop_path_rate=config.drop_path_rate,
+            grad_checkpointing=config.swin_grad_checkpointing,
+        )
+        self.resnet = ResNetBranch(config.resnet)
+        self.decoder = Decoder(
+            self.swin.channels,
+            self.resnet.channels,
+            width=config.width,
+            num_heads=config.num_heads,
+            graft_points=config.graft_points,
+            token_budget=config.token_budget,
+        )
+        self.head_pred = nn.Conv2d(config.width, 1, kernel_size=3, padding=1)
+        self.head_side_cnn = nn.Conv2d(config.width, 1, kernel_size=3, padding=1)
+        self.head_side_swin = nn.Conv2d(config.width, 1, kernel_size=3, padding=1)
+        # One head per grafting point turns its per-head attention map into attention logits.
+        self.attention_heads = nn.ModuleList(
+            nn.Conv2d(config.num_heads, 1, kernel_size=3, padding=1) for _ in self.decoder.graft_points
+        )
+        for module in (self.decoder, self.head_pred, self.head_side_cnn, self.head_side_swin, self.attention_heads):
+            init_decoder_weights(module)
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        output_size: tuple[int, int] | None = None,
+        need_attention: bool | None = None,
+    ) -> PGNetOutput:
+        """Predict saliency logits.
+
+        Args:
+            image: B×3×H×W normalised image, any H and W.
+            output_size: size of ``pred``; the input size by default.
+            need_attention: compute the CMGM attention logits (needed by the attention-guided loss);
+                defaults to ``self.training``. Without them no N×N matrix is formed.
+        """
+        if need_attention is None:
+            need_attention = self.training
+        swin_features = self.swin(image)
+        cnn_features = self.resnet(image)
+        decoded = self.decoder(swin_features, cnn_features, need_attention)
+        size = tuple(output_size) if output_size is not None else tuple(image.shape[-2:])
+        pred = F.interpolate(self.head_pred(decoded.top), size=size, mode="bilinear", align_corners=False)
+        return PGNetOutput(
+            pred=pred,
+            side_cnn=self.head_side_cnn(decoded.cnn_on_grid),
+            side_swin=self.head_side_swin(decoded.swin_on_grid),
+            attention=[head(m) for head, m in zip(self.attention_heads, decoded.attention_maps)],
+            attention_grids=decoded.attention_grids,
+        )
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters split into the Swin branch and the rest (the official recipe trains Swin at 0.1×)."""
+        groups: dict[str, list[nn.Parameter]] = {"swin": [], "rest": []}
+        for name, param in self.named_parameters():
+            groups["swin" if name.startswith("swin.") else "rest"].append(param)
+        return groups
+
+
+def create_model(config: ModelConfig | dict | None = None, **overrides) -> PGNet:
+    """Build a PGNet from a config (a ``ModelConfig``, a dict of its fields, or keyword overrides).
+
+    Local pretrained backbone files named in the config are loaded; nothing is downloaded.
+    """
+    if isinstance(config, dict):
+        config = ModelConfig.from_dict(config)
+    config = config or ModelConfig()
+    if overrides:
+        config = ModelConfig.from_dict({**config.to_dict(), **overrides})
+    model = PGNet(config)
+    if config.swin_pretrained:
+        load_pretrained(model.swin, config.swin_pretrained, "model.swin_pretrained")
+    if config.resnet_pretrained:
+        load_pretrained(model.resnet, config.resnet_pretrained, "model.resnet_pretrained")
+    return model
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,8 @@
+"""Convert a released official PGNet checkpoint: ``python scripts/convert_official.py SRC DST``."""
+
+import sys
+
+from pgnet.cli import convert_official_main
+
+if __name__ == "__main__":
+    sys.exit(convert_official_main())

@@ -1,0 +1,67 @@
+"""Checkpoint files: atomic writes survive a kill, bad files give errors naming them."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import pgnet
+from pgnet.checkpoint import load_checkpoint, save_checkpoint
+
+WRITER = """
+import sys, torch
+from pgnet.checkpoint import save_checkpoint
+path = sys.argv[1]
+step = 0
+print("ready", flush=True)
+while True:
+    step += 1
+    save_checkpoint({"step": step, "weights": torch.full((4_000_000,), float(step))}, path)
+"""
+
+
+def test_kill_during_save_never_breaks_the_last_checkpoint(tmp_path):
+    path = tmp_path / "last.pth"
+    save_checkpoint({"step": 0, "weights": torch.zeros(4_000_000)}, path)
+    for delay in (0.4, 0.9, 1.3):
+        process = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+        assert process.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        state = load_checkpoint(path)
+        assert torch.all(state["weights"] == float(state["step"]))
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "last.pth"]
+    # A killed writer may leave its temporary file behind, never a broken last.pth.
+    assert all(name.startswith(".last.pth.") and name.endswith(".tmp") for name in leftovers)
+
+
+def test_failed_save_keeps_the_old_file_and_cleans_up(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    save_checkpoint({"step": 1}, path)
+
+    def broken_save(obj, stream):
+        stream.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]
+
+
+def test_bad_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.pth"):
+        pgnet.load_model(tmp_path / "nothing.pth")
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="garbage.pth"):
+        pgnet.load_model(tmp_path / "garbage.pth")
+    torch.save({"some.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="other.pth: neither a pgnet checkpoint nor an official"):
+        pgnet.load_model(tmp_path / "other.pth")
