@@ -55,6 +55,8 @@ class CMGM(nn.Module):
         self.key = nn.Linear(dim, dim, bias=qkv_bias)
         self.query_value = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        # A module (no parameters) so that hooks can read the per-head attention for visualisation.
+        self.softmax = nn.Softmax(dim=-1)
         self.refine = double_conv_bn_relu(dim, dim)
         # The attention map branch: the N×N attention of each head treated as one image channel.
         self.attention_conv = nn.Conv2d(num_heads, num_heads, kernel_size=3, padding=1)
@@ -101,7 +103,7 @@ class CMGM(nn.Module):
 
         attention = None
         if need_attention:
-            attention = (query @ key.transpose(-2, -1) * self.scale).softmax(dim=-1)  # B×heads×N×N
+            attention = self.softmax(query @ key.transpose(-2, -1) * self.scale)  # B×heads×N×N
             grafted = attention @ value
         else:
             grafted = F.scaled_dot_product_attention(query, key, value, scale=self.scale)

@@ -1,0 +1,281 @@
+"""YAML configs: ``_base_`` inheritance, dotted command-line overrides, and a typed schema.
+
+A config file is a mapping whose sections mirror the dataclasses below. ``_base_`` (a path or a list
+of paths, relative to the file) names files merged first; a mapping with ``_delete_: true`` replaces
+the inherited one instead of merging into it. Overrides such as ``train.epochs=8`` are YAML values
+applied last. Everything is checked against the schema before anything runs: an unknown key, a
+wrong type or a missing required value is an error naming the key (and the closest valid names).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pgnet.models.pgnet import ModelConfig
+
+
+class ConfigError(ValueError):
+    """A config that does not fit the schema; the message names the key."""
+
+
+@dataclass
+class DatasetEntry:
+    """One dataset: a known name (or ``folder`` with ``root``), or ``synthetic`` generated on the fly."""
+
+    name: str
+    root: str | None = None
+    repeat: int = 1
+    # synthetic only
+    n: int = 200
+    size: int = 512
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    train: list[DatasetEntry] = field(default_factory=lambda: [DatasetEntry(name="synthetic")])
+    val: list[DatasetEntry] = field(default_factory=list)
+    preset: str = "official"  # training augmentation preset (see pgnet.data.transforms)
+    size: int = 1024  # training resize before the crop
+    multiscale: list[int] = field(default_factory=lambda: [960, 992, 1024, 1056, 1088])
+    eval_size: int = 1024
+    batch_size: int = 16  # in all, over every process and accumulation step
+    num_workers: int = 4
+    mean: list[float] | None = None  # None: the official DUTS statistics
+    std: list[float] | None = None
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.03
+    swin_lr_scale: float = 0.1  # the Swin branch trains at lr × this
+    momentum: float = 0.9
+    nesterov: bool = True
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 5e-4
+    no_decay_norm_bias: bool = False  # official: decay everything
+
+
+@dataclass
+class ScheduleConfig:
+    name: Literal["warmup_cosine", "warmup_poly", "constant"] = "warmup_cosine"
+    warmup_epochs: float = 16.0  # linear from 0; official: the first half
+    min_lr_ratio: float = 0.0
+    power: float = 0.9  # warmup_poly only
+
+
+@dataclass
+class LossConfig:
+    pred: float = 1.0
+    side_cnn: float = 0.125
+    side_swin: float = 0.125
+    attention: float = 1.0  # the attention-guided loss, summed over grafting points
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 32
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when available, else cpu
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    grad_accum: int = 1
+    clip_grad: float | None = None
+    ema_decay: float | None = None
+    compile: bool = False
+    channels_last: bool | None = None  # None: on GPU only
+    sync_bn: bool = True
+    deterministic: bool = False
+    max_nonfinite_steps: int = 0  # skip up to this many non-finite losses, then stop
+    val_every: int = 1  # epochs
+    best_metric: str = "Sm"
+    best_mode: Literal["max", "min"] = "max"
+    checkpoint_every_steps: int = 0  # also save `last` inside an epoch every N steps (0: epoch ends only)
+    keep_recent: int = 3
+    log_every: int = 10  # steps
+    image_every: int = 200  # steps; 0 disables image summaries
+    max_steps_per_epoch: int | None = None
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str = "runs"
+    name: str = "pgnet"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and merging
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and value.get("_delete_"):
+            merged[key] = {k: v for k, v in value.items() if k != "_delete_"}
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config with its ``_base_`` files merged in (bases first, in order)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"_base_ cycle: {' -> '.join(str(p) for p in (*_seen, path))}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as handle:
+        try:
+            content = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: invalid YAML: {error}") from error
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: a config must be a mapping, found {type(content).__name__}")
+    bases = content.pop("_base_", [])
+    merged: dict[str, Any] = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged = _deep_merge(merged, read_yaml_tree(path.parent / base, (*_seen, path)))
+    return _deep_merge(merged, content)
+
+
+def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict."""
+    values = _deep_merge({}, values)
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {override!r} is not of the form key.sub=value")
+        node = values
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {override!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(text) if text else None
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load, merge and validate a config (the defaults when ``path`` is None)."""
+    values = read_yaml_tree(path) if path is not None else {}
+    return build_config(apply_overrides(values, overrides))
+
+
+def build_config(values: dict[str, Any]) -> Config:
+    """Validate a plain nested dict against the schema."""
+    return _from_plain(Config, values, "")
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    with open(path, "w") as handle:
+        yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema checking
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _convert(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _from_plain(hint, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(option, value, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} is not {_describe(hint)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item_hint = args[0] if args else Any
+        items = [_convert(item_hint, item, f"{key}[{i}]") for i, item in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported schema type {_describe(hint)}")
+
+
+def _from_plain(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+            raise ConfigError(f"unknown key {prefix}{key}{hint} (valid: {', '.join(names)})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            kwargs[f.name] = _convert(hints[f.name], values[f.name], prefix + f.name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing required value {prefix}{f.name}")
+    return cls(**kwargs)
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,8 @@
+"""Train PGNet: ``python scripts/train.py --config configs/pgnet_dh.yaml [key.sub=value ...]``."""
+
+import sys
+
+from pgnet.cli import train_main
+
+if __name__ == "__main__":
+    sys.exit(train_main())
