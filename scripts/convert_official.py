@@ -2,7 +2,7 @@
 
 import sys
 
-from pgnet.cli import convert_official_main
+from pgnet.cli.convert import main
 
 if __name__ == "__main__":
-    sys.exit(convert_official_main())
+    sys.exit(main())

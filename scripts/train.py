@@ -2,7 +2,7 @@
 
 import sys
 
-from pgnet.cli import train_main
+from pgnet.cli.train import main
 
 if __name__ == "__main__":
-    sys.exit(train_main())
+    sys.exit(main())

@@ -76,7 +76,8 @@ def test_wrong_file_is_an_error_naming_keys(tmp_path):
     import torchvision
 
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet.pth")
-    with pytest.raises(ValueError, match=r"model\.swin_pretrained: .*resnet\.pth does not fit swin_tiny.*unexpected conv1.weight.*more\)"):
+    expected = r"model\.swin_pretrained: .*resnet\.pth does not fit swin_tiny.*unexpected conv1.weight.*more\)"
+    with pytest.raises(ValueError, match=expected):
         load_pretrained(SwinBranch(TINY), tmp_path / "resnet.pth", "model.swin_pretrained")
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "resnet34.pth")
     with pytest.raises(ValueError, match=r"resnet34.pth does not fit resnet18: unexpected layer1\.2\.conv1\.weight"):

@@ -57,11 +57,11 @@ def test_failed_save_keeps_the_old_file_and_cleans_up(tmp_path, monkeypatch):
 
 
 def test_bad_files_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing.pth"):
+    with pytest.raises(FileNotFoundError, match=r"nothing\.pth"):
         pgnet.load_model(tmp_path / "nothing.pth")
     (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="garbage.pth"):
+    with pytest.raises(ValueError, match=r"garbage\.pth"):
         pgnet.load_model(tmp_path / "garbage.pth")
     torch.save({"some.weight": torch.zeros(1)}, tmp_path / "other.pth")
-    with pytest.raises(ValueError, match="other.pth: neither a pgnet checkpoint nor an official"):
+    with pytest.raises(ValueError, match=r"other\.pth: neither a pgnet checkpoint nor an official"):
         pgnet.load_model(tmp_path / "other.pth")

@@ -47,7 +47,14 @@ def test_inference_path_matches_without_attention_matrix(official_cmgm, official
 
 @pytest.mark.parametrize(
     ("height", "width", "budget", "stride"),
-    [(28, 28, 2048, 1), (45, 45, 2048, 1), (46, 46, 2048, 2), (352, 352, 2048, 8), (91, 91, 2048, 4), (7, 3000, 100, 32)],
+    [
+        (28, 28, 2048, 1),
+        (45, 45, 2048, 1),
+        (46, 46, 2048, 2),
+        (352, 352, 2048, 8),
+        (91, 91, 2048, 4),
+        (7, 3000, 100, 32),
+    ],
 )
 def test_pooling_stride_is_smallest_power_of_two_that_fits(height, width, budget, stride):
     assert pooling_stride(height, width, budget) == stride

@@ -65,5 +65,6 @@ def test_total_uses_the_official_weights_and_every_grafting_point():
     )
     total, terms = PGNetLoss(LossConfig())(output, mask)
     assert set(terms) == {"pred", "side_cnn", "side_swin", "attention", "attention_1"}
-    expected = terms["pred"] + 0.125 * (terms["side_cnn"] + terms["side_swin"]) + terms["attention"] + terms["attention_1"]
+    sides = 0.125 * (terms["side_cnn"] + terms["side_swin"])
+    expected = terms["pred"] + sides + terms["attention"] + terms["attention_1"]
     torch.testing.assert_close(total, expected)

@@ -34,7 +34,9 @@ def test_swin_s2_is_taken_after_the_merge_and_before_the_next_blocks():
     torch.testing.assert_close(s3, expected_s3.permute(0, 3, 1, 2))
 
 
-@pytest.mark.parametrize(("variant", "channels"), [("resnet18", (64, 128, 256, 512)), ("resnet50", (256, 512, 1024, 2048))])
+@pytest.mark.parametrize(
+    ("variant", "channels"), [("resnet18", (64, 128, 256, 512)), ("resnet50", (256, 512, 1024, 2048))]
+)
 def test_resnet_channels_are_derived(variant, channels):
     branch = ResNetBranch(variant).eval()
     assert branch.channels == channels

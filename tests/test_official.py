@@ -94,7 +94,10 @@ def test_checkpoint_without_ddp_prefix_loads_too(official_state):
     ("edit", "message"),
     [
         (lambda s: s.pop("module.decoder.GF.qv.weight"), "missing decoder.graft.cmgm.query_value.weight"),
-        (lambda s: s.update({"module.decoder.d3.conv.0.weight": torch.zeros(64, 65, 3, 3)}), "decoder.d3.conv.0.weight"),
+        (
+            lambda s: s.update({"module.decoder.d3.conv.0.weight": torch.zeros(64, 65, 3, 3)}),
+            "decoder.d3.conv.0.weight",
+        ),
         (lambda s: s.update({"module.decoder.extra.weight": torch.zeros(1)}), "unknown key decoder.extra.weight"),
         (lambda s: s.update({"decoder.GF.k.bias": torch.zeros(64)}), "some keys start with 'module.'"),
         (

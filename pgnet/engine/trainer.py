@@ -171,7 +171,7 @@ class Trainer:
         channels_last = train.channels_last if train.channels_last is not None else self.device.type == "cuda"
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
-        if self.dist.enabled and train.sync_bn:
+        if self.dist.enabled and train.sync_bn and self.device.type == "cuda":  # SyncBatchNorm is CUDA-only
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.ema = ModelEma(self.model, train.ema_decay) if train.ema_decay else None
         self.optimizer = build_optimizer(self.model, config.optim)

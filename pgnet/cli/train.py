@@ -1,5 +1,4 @@
-"""Command-line entry points. Each parses its arguments and calls the library; ``scripts/`` and the
-console scripts declared in setup.cfg both land here."""
+"""``pgnet-train`` / ``scripts/train.py``: train from a YAML config, or resume a run."""
 
 from __future__ import annotations
 
@@ -8,31 +7,7 @@ import sys
 from collections.abc import Sequence
 
 
-def convert_official_main(argv: Sequence[str] | None = None) -> int:
-    """``scripts/convert_official.py SRC DST``."""
-    parser = argparse.ArgumentParser(
-        description="Convert a released official PGNet checkpoint to a pgnet checkpoint."
-    )
-    parser.add_argument("source", help="official checkpoint (state dict saved from DDP, keys 'module.*')")
-    parser.add_argument("destination", help="pgnet checkpoint to write")
-    args = parser.parse_args(argv)
-
-    from pgnet.checkpoint import convert_official_checkpoint
-    from pgnet.models.official import ConversionError
-
-    try:
-        unused = convert_official_checkpoint(args.source, args.destination)
-    except (ConversionError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.destination}")
-    print(f"{len(unused)} source keys unused (never-run swin.norm and Swin buffers timm recomputes):")
-    for key in unused:
-        print(f"  {key}")
-    return 0
-
-
-def train_main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``scripts/train.py --config CONFIG [key.sub=value ...]`` or ``--resume RUN_DIR``."""
     parser = argparse.ArgumentParser(
         description="Train PGNet from a YAML config.",

@@ -1,0 +1,78 @@
+"""Write a synthetic dataset to disk in the generic layout (OUT/image/*.jpg + OUT/mask/*.png).
+
+    python datasets/make_synthetic.py OUT --n 200 --size 1024 [--seed 0] [--jobs N]
+
+--size is a side length (square) or WIDTHxHEIGHT, e.g. 3840x2160. Sample i is the same as item i of
+``SyntheticDataset(n, size, seed)``; use it in a config as ``{name: generic, root: OUT}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import cv2
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from pgnet.data.synthetic import make_sample, sample_seed
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1024' -> (1024, 1024); '3840x2160' (width x height) -> (2160, 3840)."""
+    try:
+        if "x" in text.lower():
+            width, height = (int(part) for part in text.lower().split("x"))
+            return height, width
+        return int(text), int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be N or WIDTHxHEIGHT, got {text!r}") from None
+
+
+def write_sample(job: tuple[Path, int, int, tuple[int, int], int]) -> None:
+    """Write sample ``index`` as OUT/image/synthetic_<index>.jpg and OUT/mask/synthetic_<index>.png."""
+    out, seed, index, size, quality = job
+    image, mask = make_sample(sample_seed(seed, index), size)
+    name = f"synthetic_{index:06d}"
+    for path, array, parameters in (
+        (out / "image" / f"{name}.jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]),
+        (out / "mask" / f"{name}.png", mask, []),
+    ):
+        ok, encoded = cv2.imencode(path.suffix, array, parameters)
+        if not ok:
+            raise OSError(f"cannot encode {path}")
+        encoded.tofile(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="output folder")
+    parser.add_argument("--n", type=int, default=200, help="number of samples")
+    parser.add_argument("--size", type=parse_size, default=(1024, 1024), help="N or WIDTHxHEIGHT")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quality", type=int, default=95, help="JPEG quality of the images")
+    parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="parallel processes")
+    args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error("--n must be at least 1")
+
+    for folder in ("image", "mask"):
+        (args.out / folder).mkdir(parents=True, exist_ok=True)
+    jobs = [(args.out, args.seed, index, args.size, args.quality) for index in range(args.n)]
+    if args.jobs > 1 and args.n > 1:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            list(pool.map(write_sample, jobs, chunksize=4))
+    else:
+        for job in jobs:
+            write_sample(job)
+    height, width = args.size
+    print(f"wrote {args.n} synthetic {width}x{height} pairs to {args.out}/image and {args.out}/mask")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

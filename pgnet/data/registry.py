@@ -1,0 +1,209 @@
+"""Known dataset layouts on disk, and matching image files to mask files.
+
+A config names a dataset and its root (``name: DUTS-TR, root: data/DUTS``); :func:`resolve_dataset`
+finds the image and mask folders under that root from the layout registered for the name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pgnet.data.io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, list_files
+
+# (image folder, mask folder) names used by many releases and re-packagings.
+GENERIC_PAIR_DIRS: tuple[tuple[str, str], ...] = (
+    ("image", "mask"),
+    ("images", "masks"),
+    ("Image", "Mask"),
+    ("Imgs", "GT"),
+    ("imgs", "gt"),
+    ("img", "gt"),
+    ("im", "gt"),
+)
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """Where one dataset's images and masks live relative to its root.
+
+    The image/mask folders are looked for inside each of ``split_dirs`` and then in the root itself
+    (a root that points at the split folder), first the layout's own ``pair_dirs``, then the
+    :data:`GENERIC_PAIR_DIRS`.
+    """
+
+    name: str
+    expected_count: int | None
+    split_dirs: tuple[str, ...] = ()
+    pair_dirs: tuple[tuple[str, str], ...] = ()
+    source: str = ""
+    aliases: tuple[str, ...] = ()
+
+    def candidates(self, root: Path, specific_only: bool = False) -> list[tuple[Path, Path]]:
+        """(image dir, mask dir) candidates under ``root``, most specific first.
+
+        A candidate is specific when it uses one of the layout's own split folders (as a subfolder or
+        as the root's name), or its own pair folders when those are not generic names;
+        ``specific_only`` drops the others, so a plain ``image/`` + ``mask/`` root is not taken for UHRSD.
+        """
+        specific: list[tuple[Path, Path]] = []
+        generic: list[tuple[Path, Path]] = []
+        for split in (*self.split_dirs, ""):
+            for pair in (*self.pair_dirs, *GENERIC_PAIR_DIRS):
+                candidate = (root / split / pair[0], root / split / pair[1])
+                own_pair = pair in self.pair_dirs and (pair not in GENERIC_PAIR_DIRS or not self.split_dirs)
+                is_specific = bool(split) or own_pair or root.name in self.split_dirs
+                target = specific if is_specific else generic
+                if candidate not in specific and candidate not in generic:
+                    target.append(candidate)
+        return specific if specific_only else specific + generic
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset found on disk: its folders and the number of pairs its release has (if known)."""
+
+    name: str
+    root: Path
+    image_dir: Path
+    mask_dir: Path
+    expected_count: int | None = None
+
+
+@dataclass
+class Pairing:
+    """Images matched to masks by file stem."""
+
+    pairs: list[tuple[Path, Path]] = field(default_factory=list)  # (image path, mask path)
+    unpaired_images: list[Path] = field(default_factory=list)
+    unpaired_masks: list[Path] = field(default_factory=list)
+    duplicates: list[Path] = field(default_factory=list)  # left out: another file has the same stem
+
+
+_LAYOUTS: tuple[DatasetLayout, ...] = (
+    DatasetLayout("DUTS-TR", 10553, ("DUTS-TR",), (("DUTS-TR-Image", "DUTS-TR-Mask"),), "DUTS"),
+    DatasetLayout("DUTS-TE", 5019, ("DUTS-TE",), (("DUTS-TE-Image", "DUTS-TE-Mask"),), "DUTS"),
+    DatasetLayout(
+        "HRSOD-TR",
+        1610,
+        ("HRSOD_release", "HRSOD-TR", "HRSOD_TR"),
+        (("HRSOD_train", "HRSOD_train_mask"),),
+        "HRSOD",
+    ),
+    DatasetLayout(
+        "HRSOD-TE",
+        400,
+        ("HRSOD_release", "HRSOD-TE", "HRSOD_TE"),
+        (("HRSOD_test", "HRSOD_test_mask"),),
+        "HRSOD",
+    ),
+    DatasetLayout("UHRSD-TR", 4932, ("UHRSD_TR", "UHRSD-TR"), (("image", "mask"),), "UHRSD"),
+    DatasetLayout("UHRSD-TE", 988, ("UHRSD_TE", "UHRSD-TE"), (("image", "mask"),), "UHRSD"),
+    DatasetLayout("UHRSD-TR-2K", 4932, ("UHRSD_TR_2K", "UHRSD-TR-2K"), (("image", "mask"),), "UHRSD"),
+    DatasetLayout("UHRSD-TE-2K", 988, ("UHRSD_TE_2K", "UHRSD-TE-2K"), (("image", "mask"),), "UHRSD"),
+    DatasetLayout("DAVIS-S", 92, ("DAVIS-S", "DAVIS_S"), (), "HRSOD"),
+    DatasetLayout(
+        "DUT-OMRON",
+        5168,
+        ("DUT-OMRON", "DUT_OMRON"),
+        (("DUT-OMRON-image", "pixelwiseGT-new-PNG"),),
+        "DUT-OMRON",
+    ),
+    DatasetLayout("ECSSD", 1000, ("ECSSD",), (("images", "ground_truth_mask"),), "ECSSD"),
+    DatasetLayout("HKU-IS", 4447, ("HKU-IS", "HKU_IS", "HKUIS"), (("imgs", "gt"),), "HKU-IS"),
+    DatasetLayout(
+        "PASCAL-S",
+        850,
+        ("PASCAL-S", "PASCAL_S", "PASCALS"),
+        (("datasets/imgs/pascal", "datasets/masks/pascal"), ("imgs/pascal", "masks/pascal")),
+        "PASCAL-S",
+    ),
+    DatasetLayout("generic", None, (), GENERIC_PAIR_DIRS, "any folder with image/ and mask/", ("folder",)),
+)
+
+
+def _name_key(name: str) -> str:
+    """Names compare case- and punctuation-insensitively: ``DUTS-TR``, ``duts_tr``, ``DUTSTR``."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+LAYOUTS: dict[str, DatasetLayout] = {layout.name: layout for layout in _LAYOUTS}
+_LAYOUTS_BY_KEY = {_name_key(name): layout for layout in _LAYOUTS for name in (layout.name, *layout.aliases)}
+
+
+def known_dataset_names() -> list[str]:
+    """Names of the registered layouts, in registry order."""
+    return list(LAYOUTS)
+
+
+def get_layout(name: str) -> DatasetLayout:
+    """The registered layout for ``name``; raises KeyError listing the known names."""
+    layout = _LAYOUTS_BY_KEY.get(_name_key(name))
+    if layout is None:
+        raise KeyError(f"unknown dataset {name!r}; known datasets: {', '.join(LAYOUTS)}")
+    return layout
+
+
+def resolve_dataset(name: str, root: str | Path) -> DatasetSpec:
+    """Find dataset ``name``'s image and mask folders under ``root``.
+
+    Raises KeyError for an unknown name and FileNotFoundError, naming the root and the folders
+    looked for, when the root does not exist or holds no matching layout.
+    """
+    layout = get_layout(name)
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root {root} (for {layout.name}) does not exist or is not a folder")
+    candidates = layout.candidates(root)
+    for image_dir, mask_dir in candidates:
+        if image_dir.is_dir() and mask_dir.is_dir():
+            return DatasetSpec(layout.name, root, image_dir, mask_dir, layout.expected_count)
+    looked_for = "; ".join(
+        f"{image_dir.relative_to(root)} + {mask_dir.relative_to(root)}" for image_dir, mask_dir in candidates[:6]
+    )
+    raise FileNotFoundError(
+        f"no {layout.name} image/mask folders under {root}; looked for {looked_for}; ... "
+        "(see datasets/README.md for the expected layouts)"
+    )
+
+
+def detect_datasets(root: str | Path) -> list[DatasetSpec]:
+    """Every registered layout found under ``root`` by its own folder names, one spec per folder pair.
+
+    Generic folders straight under the root count only for the ``generic`` layout, so a plain
+    ``image/`` + ``mask/`` folder is not mistaken for a named dataset.
+    """
+    root = Path(root).expanduser()
+    found: dict[tuple[Path, Path], DatasetSpec] = {}
+    for layout in _LAYOUTS:
+        for image_dir, mask_dir in layout.candidates(root, specific_only=True):
+            if (image_dir, mask_dir) not in found and image_dir.is_dir() and mask_dir.is_dir():
+                found[image_dir, mask_dir] = DatasetSpec(layout.name, root, image_dir, mask_dir, layout.expected_count)
+                break
+    return list(found.values())
+
+
+def _index_by_stem(files: list[Path], extensions: tuple[str, ...]) -> tuple[dict[str, Path], list[Path]]:
+    """Map stem -> file, preferring the earlier extension; returns the map and the files left out."""
+    preference = {extension: rank for rank, extension in enumerate(extensions)}
+    by_stem: dict[str, Path] = {}
+    duplicates: list[Path] = []
+    for path in sorted(files, key=lambda p: (p.stem, preference[p.suffix.lower()])):
+        if path.stem in by_stem:
+            duplicates.append(path)
+        else:
+            by_stem[path.stem] = path
+    return by_stem, duplicates
+
+
+def pair_files(image_dir: str | Path, mask_dir: str | Path) -> Pairing:
+    """Match images in ``image_dir`` to masks in ``mask_dir`` by file stem (not recursive)."""
+    images, image_duplicates = _index_by_stem(list_files(image_dir, IMAGE_EXTENSIONS), IMAGE_EXTENSIONS)
+    masks, mask_duplicates = _index_by_stem(list_files(mask_dir, MASK_EXTENSIONS), MASK_EXTENSIONS)
+    return Pairing(
+        pairs=[(images[stem], masks[stem]) for stem in sorted(images) if stem in masks],
+        unpaired_images=[images[stem] for stem in sorted(images) if stem not in masks],
+        unpaired_masks=[masks[stem] for stem in sorted(masks) if stem not in images],
+        duplicates=image_duplicates + mask_duplicates,
+    )

@@ -1,0 +1,101 @@
+"""The data side of a training run: the training stream and the validation sets of a config."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from pgnet.config import DataConfig, DatasetEntry
+from pgnet.data.datasets import build_dataset, build_train_dataset
+from pgnet.data.loader import build_eval_loader, build_train_loader, set_loader_epoch
+from pgnet.data.transforms import OFFICIAL_MEAN, OFFICIAL_STD, build_eval_transform, build_train_transform
+from pgnet.engine.distributed import DistInfo
+
+
+def dataset_options(entry: DatasetEntry) -> dict[str, Any]:
+    """The builder dict of one config entry (synthetic options only for synthetic data)."""
+    options = asdict(entry)
+    if entry.name.lower() != "synthetic":
+        for key in ("n", "size", "seed"):
+            options.pop(key)
+        if options["root"] is None:
+            raise ValueError(f"data: dataset {entry.name} needs a root")
+    else:
+        options.pop("root")
+    return options
+
+
+class Validation:
+    """One validation set: predicts at ``eval_size``, resizes back to each mask, computes the metrics."""
+
+    def __init__(self, name: str, dataset, num_workers: int):
+        self.name = name
+        self.loader = build_eval_loader(dataset, batch_size=1, num_workers=num_workers)
+
+    @torch.no_grad()
+    def run(self, model: torch.nn.Module, device: torch.device, autocast: Callable) -> tuple[dict, dict | None]:
+        from pgnet.metrics import SODMetrics
+
+        metrics = SODMetrics(device=device)
+        for batch in self.loader:
+            if batch["image"].shape[0] == 0:
+                continue
+            image = batch["image"].to(device)
+            for index, mask in enumerate(batch["mask"]):
+                with autocast():
+                    logits = model(image[index : index + 1], output_size=tuple(mask.shape[-2:])).pred
+                pred = torch.sigmoid(logits.float())[0, 0]
+                metrics.update(pred, (mask[0].to(device) * 255).round().to(torch.uint8))
+        return metrics.compute(), metrics.curves()
+
+
+class TrainingData:
+    """Training stream and validation sets described by a ``DataConfig``.
+
+    Fails before training starts when a dataset has no valid sample or a root does not exist.
+    """
+
+    def __init__(self, config: DataConfig, seed: int, micro_batch: int, dist: DistInfo, logger: logging.Logger):
+        self.config = config
+        self.mean = tuple(config.mean) if config.mean else OFFICIAL_MEAN
+        self.std = tuple(config.std) if config.std else OFFICIAL_STD
+        if not config.train:
+            raise ValueError("data.train lists no dataset")
+        transform = build_train_transform(config.preset, size=config.size, mean=self.mean, std=self.std)
+        self.dataset = build_train_dataset([dataset_options(e) for e in config.train], transform)
+        self.loader = build_train_loader(
+            self.dataset,
+            batch_size=micro_batch,
+            num_workers=config.num_workers,
+            seed=seed,
+            distributed=dist.enabled,
+            sizes=config.multiscale,
+            world_size=dist.world_size if dist.enabled else None,
+            rank=dist.rank if dist.enabled else None,
+        )
+        self.num_samples = len(self.dataset)
+        self.batches_per_epoch = len(self.loader)
+        eval_transform = build_eval_transform(config.eval_size, mean=self.mean, std=self.std)
+        self._validation = [
+            (entry.name, build_dataset(dataset_options(entry), eval_transform)) for entry in config.val
+        ]
+        self.logger = logger
+
+    @property
+    def has_validation(self) -> bool:
+        return bool(self._validation)
+
+    def epoch_batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, Any]]:
+        set_loader_epoch(self.loader, epoch)
+        for index, batch in enumerate(self.loader):
+            if index >= start_batch:
+                yield batch
+
+    def validation_sets(self) -> Iterator[tuple[str, Validation]]:
+        for name, dataset in self._validation:
+            yield name, Validation(name, dataset, self.config.num_workers)
+

@@ -1,0 +1,32 @@
+"""Salient object detection metrics in torch, identical to pysodmetrics 1.6 where it has them.
+
+- ``SODMetrics(metrics=ALL_METRICS, device=None)``: streaming suite; ``update(pred, gt)``,
+  ``compute()`` -> {MAE, Sm, adpEm, meanEm, maxEm, adpFm, meanFm, maxFm, wFm, BIoU, mBA},
+  ``curves()`` -> precision/recall/F/E over 256 thresholds, ``reset()``.
+- ``quantize_prediction(pred)``: float [0, 1] -> uint8 as an 8-bit PNG stores it.
+- ``binarize_ground_truth(gt)``: mask -> bool foreground (> 128 on the 0..255 scale).
+- Per-image building blocks: ``pgnet.metrics.histogram``, ``.structure``, ``.weighted_f``,
+  ``.boundary``, ``.distance``.
+"""
+
+from pgnet.metrics.inputs import binarize_ground_truth, prepare_batch, quantize_prediction
+from pgnet.metrics.suite import (
+    ALL_METRICS,
+    LOWER_IS_BETTER,
+    METRIC_GROUPS,
+    SOD_METRICS,
+    SODMetrics,
+    resolve_metric_groups,
+)
+
+__all__ = [
+    "ALL_METRICS",
+    "LOWER_IS_BETTER",
+    "METRIC_GROUPS",
+    "SOD_METRICS",
+    "SODMetrics",
+    "binarize_ground_truth",
+    "prepare_batch",
+    "quantize_prediction",
+    "resolve_metric_groups",
+]

@@ -1,0 +1,176 @@
+"""``SODMetrics``: streaming accumulation of the whole metric suite over a test set."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+from pgnet.metrics.boundary import BIOU_DILATION_RATIO, MBA_STEPS, boundary_iou, mean_boundary_accuracy
+from pgnet.metrics.histogram import (
+    NUM_LEVELS,
+    adaptive_counts,
+    adaptive_fmeasure,
+    emeasure_from_counts,
+    fmeasure_from_counts,
+    joint_histogram,
+    mean_absolute_error,
+    threshold_counts,
+)
+from pgnet.metrics.inputs import ArrayLike, prepare_batch
+from pgnet.metrics.structure import smeasure
+from pgnet.metrics.weighted_f import weighted_fmeasure
+
+# Metric groups and the result keys each produces, in table order.
+METRIC_GROUPS: dict[str, tuple[str, ...]] = {
+    "MAE": ("MAE",),
+    "Sm": ("Sm",),
+    "Em": ("adpEm", "meanEm", "maxEm"),
+    "Fm": ("adpFm", "meanFm", "maxFm"),
+    "wFm": ("wFm",),
+    "BIoU": ("BIoU",),
+    "mBA": ("mBA",),
+}
+ALL_METRICS: tuple[str, ...] = tuple(METRIC_GROUPS)
+SOD_METRICS: tuple[str, ...] = ("MAE", "Sm", "Em", "Fm", "wFm")  # the pysodmetrics set
+LOWER_IS_BETTER = frozenset({"MAE"})
+_KEY_TO_GROUP = {key: group for group, keys in METRIC_GROUPS.items() for key in keys}
+_CURVE_NAMES = ("precision", "recall", "fm", "em")
+
+
+def resolve_metric_groups(metrics: Iterable[str]) -> tuple[str, ...]:
+    """Metric groups named by group (``Fm``) or result key (``maxFm``), in canonical order."""
+    groups = set()
+    for name in metrics:
+        if name in METRIC_GROUPS:
+            groups.add(name)
+        elif name in _KEY_TO_GROUP:
+            groups.add(_KEY_TO_GROUP[name])
+        else:
+            known = ", ".join([*METRIC_GROUPS, *_KEY_TO_GROUP])
+            raise ValueError(f"unknown metric {name!r}; known: {known}")
+    return tuple(group for group in ALL_METRICS if group in groups)
+
+
+class SODMetrics:
+    """Salient object detection metrics, identical to pysodmetrics 1.6 where it has them.
+
+    ``update(pred, gt)`` takes a prediction (float in [0, 1], uint8 0..255 or bool; H×W, B×H×W or
+    B×1×H×W, at the mask's size) and a mask (uint8 0..255, float in [0, 1] or bool); float
+    predictions are quantised to 8 bits as a PNG would store them. The state is a few sums and
+    256-entry curves, so a test set is never held in memory. ``compute()`` returns the dataset
+    values: means over images, and for the curve metrics the max and mean of the mean curve.
+
+    Computation runs on ``device`` (None: wherever each prediction lives); the state lives there too.
+    """
+
+    def __init__(
+        self,
+        metrics: Iterable[str] = ALL_METRICS,
+        device: torch.device | str | None = None,
+        *,
+        sm_alpha: float = 0.5,
+        fm_beta2: float = 0.3,
+        wfm_beta: float = 1.0,
+        biou_dilation_ratio: float = BIOU_DILATION_RATIO,
+        mba_steps: int = MBA_STEPS,
+    ) -> None:
+        self.groups = resolve_metric_groups(metrics)
+        if not self.groups:
+            raise ValueError("no metrics selected")
+        self.device = torch.device(device) if device is not None else None
+        self.sm_alpha = sm_alpha
+        self.fm_beta2 = fm_beta2
+        self.wfm_beta = wfm_beta
+        self.biou_dilation_ratio = biou_dilation_ratio
+        self.mba_steps = mba_steps
+        self.reset()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Result keys of ``compute()``, in table order."""
+        return tuple(key for group in self.groups for key in METRIC_GROUPS[group])
+
+    def reset(self) -> None:
+        """Forget every image seen so far."""
+        self.num_images = 0
+        self._sums: dict[str, torch.Tensor] = {}
+        self._curve_sums: dict[str, torch.Tensor] = {}
+
+    def _accumulate(self, store: dict[str, torch.Tensor], name: str, values: torch.Tensor) -> None:
+        total = values.sum(0)
+        if name in store:
+            store[name] += total.to(store[name].device)
+        else:
+            store[name] = total.clone()
+
+    @torch.no_grad()
+    def update(self, pred: ArrayLike, gt: ArrayLike) -> dict[str, torch.Tensor]:
+        """Add a batch; returns its per-image values, (B,) float64 each, for the scalar metrics."""
+        device = self.device
+        if device is None and self._sums:
+            device = next(iter(self._sums.values())).device
+        pred_u8, gt_bool = prepare_batch(pred, gt, device)
+        per_image: dict[str, torch.Tensor] = {}
+        groups = set(self.groups)
+
+        if groups & {"MAE", "Sm", "Em", "Fm"}:
+            hist = joint_histogram(pred_u8, gt_bool)
+            num_fg = hist.num_foreground
+            if "MAE" in groups:
+                per_image["MAE"] = mean_absolute_error(hist)
+            if "Sm" in groups:
+                per_image["Sm"] = smeasure(hist, self.sm_alpha)
+            if groups & {"Em", "Fm"}:
+                true_pos, false_pos = threshold_counts(hist)
+                adp_true_pos, adp_false_pos = adaptive_counts(hist)
+            if "Em" in groups:
+                per_image["adpEm"] = emeasure_from_counts(adp_true_pos, adp_false_pos, num_fg, hist.num_pixels)[:, 0]
+                self._accumulate(self._curve_sums, "em",
+                                 emeasure_from_counts(true_pos, false_pos, num_fg, hist.num_pixels))
+            if "Fm" in groups:
+                per_image["adpFm"] = adaptive_fmeasure(adp_true_pos, adp_false_pos, num_fg, self.fm_beta2)
+                precision, recall, fmeasure = fmeasure_from_counts(true_pos, false_pos, num_fg, self.fm_beta2)
+                self._accumulate(self._curve_sums, "precision", precision)
+                self._accumulate(self._curve_sums, "recall", recall)
+                self._accumulate(self._curve_sums, "fm", fmeasure)
+        if "wFm" in groups:
+            per_image["wFm"] = weighted_fmeasure(pred_u8, gt_bool, self.wfm_beta)
+        if "BIoU" in groups:
+            per_image["BIoU"] = boundary_iou(pred_u8, gt_bool, self.biou_dilation_ratio)
+        if "mBA" in groups:
+            per_image["mBA"] = mean_boundary_accuracy(pred_u8, gt_bool, self.mba_steps)
+
+        for name, values in per_image.items():
+            self._accumulate(self._sums, name, values)
+        self.num_images += pred_u8.shape[0]
+        return per_image
+
+    def compute(self) -> dict[str, float]:
+        """Dataset values, keyed as :attr:`keys`; raises RuntimeError before any update."""
+        if self.num_images == 0:
+            raise RuntimeError("no images: call update() before compute()")
+        count = self.num_images
+        results: dict[str, float] = {}
+        for key in self.keys:
+            if key in self._sums:
+                results[key] = float(self._sums[key]) / count
+            elif key in ("meanEm", "maxEm"):
+                curve = self._curve_sums["em"] / count
+                results[key] = float(curve.mean() if key == "meanEm" else curve.max())
+            elif key in ("meanFm", "maxFm"):
+                curve = self._curve_sums["fm"] / count
+                results[key] = float(curve.mean() if key == "meanFm" else curve.max())
+        return results
+
+    def curves(self) -> dict[str, np.ndarray]:
+        """Mean curves over 256 thresholds, for plots: ``threshold`` (255 down to 0) and, as measured,
+        ``precision``, ``recall``, ``fm`` (F-measure) and ``em`` (E-measure), float64 each."""
+        if self.num_images == 0:
+            raise RuntimeError("no images: call update() before curves()")
+        curves = {"threshold": np.arange(NUM_LEVELS - 1, -1, -1)}
+        for name in _CURVE_NAMES:
+            if name in self._curve_sums:
+                curves[name] = (self._curve_sums[name] / self.num_images).cpu().numpy()
+        return curves

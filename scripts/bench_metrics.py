@@ -1,0 +1,178 @@
+#!/usr/bin/env python
+"""Time pgnet.metrics against pysodmetrics on synthetic high-resolution masks, side by side.
+
+Both run in this one process over the same masks, image by image (interleaved, so load on the
+machine affects both alike). The pysodmetrics suite is MAE, S-measure, E-measure, F-measure and
+weighted F-measure; pgnet runs the same set, and then its full suite with BIoU and mBA. Prints a
+table and the largest difference between the two implementations' results, and writes JSON.
+
+    python scripts/bench_metrics.py --num-images 200 --height 1152 --width 2048 --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from pgnet.metrics import ALL_METRICS, SOD_METRICS, SODMetrics
+
+
+def synthetic_pair(index: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A (prediction, mask) pair of uint8 H×W maps: blobs, polygons and thin structures in the mask;
+    the prediction blurs it, shifts its boundary, adds noise and a false-positive blob."""
+    rng = np.random.default_rng([seed, index])
+    mask = np.zeros((height, width), np.uint8)
+    scale = min(height, width)
+    if index % 50 != 49:  # every 50th mask is empty
+        for _ in range(int(rng.integers(1, 4))):
+            center = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+            axes = (int(rng.integers(scale // 20, scale // 3)), int(rng.integers(scale // 20, scale // 3)))
+            cv2.ellipse(mask, center, axes, float(rng.uniform(0, 180)), 0, 360, 255, -1)
+        points = rng.integers(0, [width, height], size=(int(rng.integers(3, 9)), 2)).astype(np.int32)
+        cv2.fillPoly(mask, [points], 255)
+        for _ in range(int(rng.integers(0, 6))):  # thin structures (hair, wires)
+            start = tuple(int(v) for v in rng.integers(0, [width, height]))
+            end = tuple(int(v) for v in rng.integers(0, [width, height]))
+            cv2.line(mask, start, end, 255, int(rng.integers(1, 6)))
+    sigma = float(rng.uniform(1, 12))
+    pred = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigma)
+    shift = rng.integers(-8, 9, size=2)
+    pred = np.roll(pred, tuple(int(s) for s in shift), axis=(0, 1))
+    center = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+    cv2.circle(pred, center, int(rng.integers(scale // 30, scale // 8)), float(rng.uniform(60, 255)), -1)
+    pred += rng.normal(0, 12, size=pred.shape).astype(np.float32)
+    return np.clip(pred, 0, 255).round().astype(np.uint8), mask
+
+
+class PySODSuite:
+    """pysodmetrics' classic suite, with results keyed like pgnet's."""
+
+    def __init__(self) -> None:
+        import py_sod_metrics
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.fm = py_sod_metrics.Fmeasure()
+        self.em = py_sod_metrics.Emeasure()
+        self.sm = py_sod_metrics.Smeasure()
+        self.wfm = py_sod_metrics.WeightedFmeasure()
+        self.mae = py_sod_metrics.MAE()
+
+    def step(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        for metric in (self.fm, self.em, self.sm, self.wfm, self.mae):
+            metric.step(pred, gt)
+
+    def results(self) -> dict[str, float]:
+        fm = self.fm.get_results()["fm"]
+        em = self.em.get_results()["em"]
+        return {
+            "MAE": float(self.mae.get_results()["mae"]),
+            "Sm": float(self.sm.get_results()["sm"]),
+            "adpEm": float(em["adp"]),
+            "meanEm": float(em["curve"].mean()),
+            "maxEm": float(em["curve"].max()),
+            "adpFm": float(fm["adp"]),
+            "meanFm": float(fm["curve"].mean()),
+            "maxFm": float(fm["curve"].max()),
+            "wFm": float(self.wfm.get_results()["wfm"]),
+        }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num-images", type=int, default=200)
+    parser.add_argument("--height", type=int, default=1152)
+    parser.add_argument("--width", type=int, default=2048)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="device for pgnet.metrics (pysodmetrics: CPU)")
+    parser.add_argument("--skip-pysod", action="store_true", help="time pgnet only")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    return parser.parse_args(argv)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    reference = None if args.skip_pysod else PySODSuite()
+    ours_sod = SODMetrics(SOD_METRICS, device=device)
+    ours_all = SODMetrics(ALL_METRICS, device=device)
+    seconds = {"pysodmetrics": 0.0, "pgnet (same metrics)": 0.0, "pgnet (+ BIoU, mBA)": 0.0}
+
+    for index in range(args.num_images):
+        pred, gt = synthetic_pair(index, args.height, args.width, args.seed)
+        if reference is not None:
+            start = time.perf_counter()
+            reference.step(pred, gt)
+            seconds["pysodmetrics"] += time.perf_counter() - start
+        for name, suite in (("pgnet (same metrics)", ours_sod), ("pgnet (+ BIoU, mBA)", ours_all)):
+            _synchronize(device)
+            start = time.perf_counter()
+            suite.update(pred, gt)  # includes moving the arrays to the device
+            _synchronize(device)
+            seconds[name] += time.perf_counter() - start
+        if (index + 1) % 20 == 0:
+            print(f"  {index + 1}/{args.num_images} images", file=sys.stderr)
+
+    ours = ours_sod.compute()
+    if reference is None:
+        del seconds["pysodmetrics"]
+    baseline = seconds.get("pysodmetrics")
+    rows = []
+    for name, total in seconds.items():
+        speedup = baseline / total if baseline else None
+        rows.append({"implementation": name, "total_s": total, "ms_per_image": 1000 * total / args.num_images,
+                     "speedup": speedup})
+
+    print(f"\n{args.num_images} masks of {args.width}×{args.height}, torch threads {torch.get_num_threads()}, "
+          f"device {device}")
+    print(f"{'implementation':24s} {'total s':>9s} {'ms/image':>9s} {'speedup':>8s}")
+    for row in rows:
+        speedup = f"{row['speedup']:.2f}×" if row["speedup"] else "-"
+        print(f"{row['implementation']:24s} {row['total_s']:9.2f} {row['ms_per_image']:9.1f} {speedup:>8s}")
+
+    differences = {}
+    if reference is not None:
+        expected = reference.results()
+        differences = {key: abs(ours[key] - expected[key]) for key in expected}
+        worst = max(differences, key=differences.get)
+        print(f"largest |pgnet - pysodmetrics| over the dataset values: {differences[worst]:.2e} ({worst})")
+    report = {
+        "num_images": args.num_images,
+        "height": args.height,
+        "width": args.width,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "timings": rows,
+        "pgnet_results": ours,
+        "pgnet_full_results": ours_all.compute(),
+        "abs_difference_vs_pysodmetrics": differences,
+    }
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

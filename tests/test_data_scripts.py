@@ -1,0 +1,133 @@
+"""datasets/verify.py, datasets/cache.py and datasets/make_synthetic.py: exit codes, summaries, round trips."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pgnet.data.datasets import build_dataset
+from pgnet.data.synthetic import make_sample, sample_seed
+from pgnet.data.transforms import build_train_transform
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"datasets_{name}_script", REPO / "datasets" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the script runs
+    spec.loader.exec_module(module)
+    return module
+
+
+verify = load_script("verify")
+cache_script = load_script("cache")
+make_synthetic = load_script("make_synthetic")
+
+
+@pytest.fixture
+def synthetic_root(tmp_path) -> Path:
+    root = tmp_path / "synthetic"
+    assert make_synthetic.main([str(root), "--n", "5", "--size", "80x60", "--jobs", "1"]) == 0
+    return root
+
+
+def test_make_synthetic_writes_the_generic_layout(synthetic_root):
+    images = sorted((synthetic_root / "image").iterdir())
+    masks = sorted((synthetic_root / "mask").iterdir())
+    assert [p.name for p in images] == [f"synthetic_{i:06d}.jpg" for i in range(5)]
+    assert [p.name for p in masks] == [f"synthetic_{i:06d}.png" for i in range(5)]
+    _, expected_mask = make_sample(sample_seed(0, 3), (60, 80))
+    assert np.array_equal(cv2.imread(str(masks[3]), cv2.IMREAD_UNCHANGED), expected_mask)
+    assert cv2.imread(str(images[3])).shape == (60, 80, 3)
+    assert make_synthetic.parse_size("3840x2160") == (2160, 3840) and make_synthetic.parse_size("64") == (64, 64)
+
+
+def test_verify_passes_a_clean_dataset(synthetic_root, capsys):
+    assert verify.main([str(synthetic_root), "--jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "generic" in out and "pairs: 5" in out and "-> OK" in out
+    assert "1 dataset(s) checked, 0 with errors" in out
+
+
+def test_verify_reports_every_problem_and_fails(synthetic_root, capsys):
+    images, masks = synthetic_root / "image", synthetic_root / "mask"
+    (images / "synthetic_000000.jpg").write_bytes(b"broken")
+    (masks / "synthetic_000001.png").unlink()
+    (masks / "extra.png").write_bytes(cv2.imencode(".png", np.zeros((60, 80), np.uint8))[1].tobytes())
+    cv2.imwrite(str(masks / "synthetic_000002.png"), np.zeros((61, 80), np.uint8))
+    cv2.imwrite(str(masks / "synthetic_000003.png"), np.full((60, 80), 100, np.uint8))  # soft: a note only
+    assert verify.main([str(synthetic_root), "--jobs", "1"]) == 1
+    out = capsys.readouterr().out
+    for expected in (
+        "ERROR: unreadable: 1",
+        "synthetic_000000.jpg",
+        "ERROR: image without mask: 1",
+        "synthetic_000001.jpg",
+        "ERROR: mask without image: 1",
+        "extra.png",
+        "ERROR: size mismatch: 1",
+        "synthetic_000002",
+        "note: soft mask: 1",
+        "-> ERRORS",
+        "1 with errors: generic",
+    ):
+        assert expected in out, expected
+
+
+def test_verify_checks_the_count_of_a_named_release(tmp_path, capsys):
+    root = tmp_path / "ECSSD"
+    assert make_synthetic.main([str(root), "--n", "2", "--size", "32", "--jobs", "1"]) == 0
+    (root / "image").rename(root / "images")
+    (root / "mask").rename(root / "ground_truth_mask")
+    assert verify.main([str(root), "--name", "ECSSD", "--jobs", "1"]) == 1
+    assert "2 pairs, the release has 1000" in capsys.readouterr().out
+    assert verify.main([str(root), "--jobs", "1"]) == 1  # detected by its folder names
+    assert "ECSSD" in capsys.readouterr().out
+
+
+def test_verify_cannot_check_a_missing_root_or_unknown_name(tmp_path, capsys):
+    assert verify.main([str(tmp_path / "absent")]) == 2
+    assert "absent" in capsys.readouterr().err
+    assert verify.main([str(tmp_path), "--name", "NOPE"]) == 2
+    assert "known datasets" in capsys.readouterr().err
+    assert verify.main([str(tmp_path)]) == 2  # exists, but holds no dataset
+    assert "no known dataset layout" in capsys.readouterr().err
+
+
+def test_verify_exit_code_from_the_command_line(synthetic_root):
+    (synthetic_root / "image" / "synthetic_000004.jpg").unlink()
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "datasets" / "verify.py"), str(synthetic_root), "--jobs", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "mask without image: 1" in result.stdout and "synthetic_000004.png" in result.stdout
+
+
+def test_cache_script_round_trip(synthetic_root, capsys):
+    assert cache_script.main([str(synthetic_root), "--long-side", "40", "--jobs", "1"]) == 0
+    assert "5 written" in capsys.readouterr().out
+    cache_dir = synthetic_root / ".pgnet_cache" / "long40"
+    assert len(list((cache_dir / "image").iterdir())) == 5 and (cache_dir / "manifest.json").is_file()
+    dataset = build_dataset({"name": "generic", "root": str(synthetic_root)}, build_train_transform(size=32))
+    assert dataset.cache is not None and dataset.cache.directory == cache_dir
+    image, mask, original = dataset.load_pair(1)
+    assert image.shape == (30, 40, 3) and mask.shape == (30, 40) and original == (60, 80)
+    item = dataset[1]
+    assert item["size"] == (60, 80) and item["image"].shape[1] <= 32
+    assert cache_script.main([str(synthetic_root), "--long-side", "40", "--jobs", "1"]) == 0
+    assert "0 written, 5 already cached" in capsys.readouterr().out
+    (synthetic_root / "image" / "synthetic_000002.jpg").write_bytes(b"broken")
+    assert cache_script.main([str(synthetic_root), "--long-side", "40", "--jobs", "1"]) == 1
+    assert "failed: " in capsys.readouterr().out
+    assert cache_script.main([str(synthetic_root / "absent")]) == 2

@@ -1,0 +1,221 @@
+"""The trainer end to end on tiny synthetic runs: run folder, exact resume after SIGKILL, Ctrl-C,
+non-finite losses, TensorBoard content, and two-process DDP on CPU."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pgnet.checkpoint import load_checkpoint
+from pgnet.config import load_config
+from pgnet.engine.trainer import NonFiniteLossError, Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = [sys.executable, str(REPO / "scripts" / "train.py")]
+
+TINY = [
+    "name=tiny",
+    "model.swin=swin_tiny_patch4_window7_224",
+    "model.swin_input_size=64",
+    "model.drop_path_rate=0.2",
+    "data.train=[{name: synthetic, n: 12, size: 96, seed: 0}]",
+    "data.val=[{name: synthetic, n: 3, size: 80, seed: 99}]",
+    "data.size=64",
+    "data.multiscale=[56, 64]",
+    "data.eval_size=64",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "optim.name=adamw",
+    "optim.lr=0.001",
+    "schedule.warmup_epochs=0.5",
+    "train.epochs=2",
+    "train.log_every=1",
+    "train.image_every=3",
+    "train.val_every=1",
+    "train.keep_recent=1",
+    "train.deterministic=true",
+]
+
+
+def env():
+    return {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+
+
+def run_train(args, timeout=300, **kwargs):
+    return subprocess.run(TRAIN + args, capture_output=True, text=True, timeout=timeout, env=env(), **kwargs)
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "checkpoints" / "last.pth")["model"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "straight"
+    result = run_train(["--config", str(REPO / "configs" / "demo.yaml"), "--run-dir", str(run_dir), *TINY])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_run_folder_contents(uninterrupted):
+    names = {p.name for p in (uninterrupted / "checkpoints").iterdir()}
+    assert names == {"last.pth", "best.pth", "epoch_0002.pth"}  # keep_recent=1
+    assert load_config(uninterrupted / "config.yaml").data.batch_size == 2
+    log = (uninterrupted / "log.txt").read_text()
+    assert "step 12:" in log and "epoch 2 synthetic: " in log
+    summary = json.loads((uninterrupted / "summary.json").read_text())
+    assert summary["global_step"] == 12 and summary["epochs"] == 2
+    assert set(summary["last_validation"]["metrics"]["synthetic"]) >= {"Sm", "MAE", "maxFm"}
+    state = load_checkpoint(uninterrupted / "checkpoints" / "last.pth")
+    assert state["position"] == {"epoch": 2, "step_in_epoch": 0, "global_step": 12}
+
+
+def test_tensorboard_has_losses_lrs_images_attention_and_pr_curves(uninterrupted):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(uninterrupted / "tb"), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"loss/total", "loss/pred", "loss/side_cnn", "loss/side_swin", "loss/attention"} <= scalars
+    assert {"lr/rest", "lr/swin", "speed/images_per_second", "val/synthetic/Sm", "val/synthetic/MAE"} <= scalars
+    images = set(events.Tags()["images"])
+    assert {"train/input_gt_pred_sidecnn_sideswin", "attention/r5-s2/queries_by_head",
+            "attention/r5-s2/predicted_vs_target"} <= images
+    assert any("pr" in tag for tag in events.Tags()["tensors"])
+    queries = events.Images("attention/r5-s2/queries_by_head")[0]
+    assert queries.width > queries.height  # 8 heads side by side, one row per query point
+
+
+def wait_for(path: Path, text: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"{text!r} never appeared in {path}")
+
+
+def test_sigkill_mid_epoch_then_resume_gives_identical_weights(uninterrupted, tmp_path):
+    run_dir = tmp_path / "killed"
+    args = ["--config", str(REPO / "configs" / "demo.yaml"), "--run-dir", str(run_dir), *TINY,
+            "train.checkpoint_every_steps=1"]
+    process = subprocess.Popen(TRAIN + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
+    try:
+        wait_for(run_dir / "log.txt", "step 9:", timeout=240)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    position = load_checkpoint(run_dir / "checkpoints" / "last.pth")["position"]
+    assert position["epoch"] == 1 and 0 < position["step_in_epoch"] < 6, position  # inside the second epoch
+
+    result = run_train(["--resume", str(run_dir)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed, straight = final_weights(run_dir), final_weights(uninterrupted)
+    assert resumed.keys() == straight.keys()
+    for key in straight:
+        assert torch.equal(resumed[key], straight[key]), key
+
+
+def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
+    run_dir = tmp_path / "interrupted"
+    args = ["--config", str(REPO / "configs" / "demo.yaml"), "--run-dir", str(run_dir), *TINY, "train.epochs=20"]
+    process = subprocess.Popen(TRAIN + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    wait_for(run_dir / "log.txt", "step 2:", timeout=240)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "resume with --resume" in stderr
+    position = load_checkpoint(run_dir / "checkpoints" / "last.pth")["position"]
+    assert position["global_step"] >= 2
+
+
+def test_refuses_to_overwrite_a_run(uninterrupted):
+    result = run_train(["--config", str(REPO / "configs" / "demo.yaml"), "--run-dir", str(uninterrupted), *TINY])
+    assert result.returncode == 2
+    assert "already holds a run" in result.stderr
+
+
+def test_config_errors_stop_before_anything_runs(tmp_path):
+    result = run_train(["--config", str(REPO / "configs" / "demo.yaml"), "--run-dir", str(tmp_path / "r"),
+                        "train.epoch=3"])
+    assert result.returncode == 2
+    assert "unknown key train.epoch; did you mean train.epochs?" in result.stderr
+    assert not (tmp_path / "r").exists()
+    result = run_train(["--config", str(REPO / "configs" / "demo.yaml"), "--run-dir", str(tmp_path / "r"),
+                        "data.train=[{name: DUTS-TR, root: /nonexistent/DUTS}]"])
+    assert result.returncode == 2
+    assert "/nonexistent/DUTS" in result.stderr
+
+
+def tiny_trainer(tmp_path, *extra):
+    config = load_config(REPO / "configs" / "demo.yaml", [*TINY, "data.val=[]", "train.image_every=0", *extra])
+    return Trainer(config, tmp_path / "run")
+
+
+def test_nonfinite_loss_stops_naming_step_and_terms(tmp_path, monkeypatch):
+    trainer = tiny_trainer(tmp_path, "train.checkpoint_every_steps=1")
+    criterion = trainer.criterion.forward
+    calls = {"n": 0}
+
+    def poisoned(output, mask):
+        calls["n"] += 1
+        total, terms = criterion(output, mask)
+        if calls["n"] >= 3:
+            terms["pred"] = torch.tensor(float("nan"))
+            total = total * float("nan")
+        return total, terms
+
+    monkeypatch.setattr(trainer.criterion, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"global step 3 \(total=nan, pred=nan, side_cnn=.*attention="):
+        trainer.fit()
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pth")
+    assert last["position"]["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def test_nonfinite_steps_can_be_skipped(tmp_path, monkeypatch):
+    trainer = tiny_trainer(tmp_path, "train.max_nonfinite_steps=2", "train.epochs=1")
+    criterion = trainer.criterion.forward
+    calls = {"n": 0}
+
+    def sometimes_nan(output, mask):
+        calls["n"] += 1
+        total, terms = criterion(output, mask)
+        return (total * float("nan"), terms) if calls["n"] in (2, 4) else (total, terms)
+
+    monkeypatch.setattr(trainer.criterion, "forward", sometimes_nan)
+    summary = trainer.fit()
+    assert summary["nonfinite_steps"] == 2 and summary["global_step"] == 6
+    weights = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pth")["model"]
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_process_ddp_on_cpu(tmp_path):
+    run_dir = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(free_port()), str(REPO / "scripts" / "train.py"),
+        "--config", str(REPO / "configs" / "demo.yaml"), "--run-dir", str(run_dir), *TINY,
+        "data.batch_size=4", "train.epochs=1", "data.val=[]",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**env(), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["shards_disjoint"] is True
+    assert summary["weights_identical_across_ranks"] is True
+    assert summary["global_step"] == 3  # 12 samples / (2 per process × 2 processes)
