@@ -136,12 +136,32 @@ def test_distributed_shards_are_disjoint_and_cover_the_data():
             dataset, batch_size=2, num_workers=0, seed=1, distributed=True, world_size=3, rank=rank
         )
         set_loader_epoch(loader, 0)
-        shards.append(list(loader.sampler))
-        assert loader.sampler.rank == rank and loader.sampler.num_replicas == 3
+        shards.append([request.index for batch in loader.batch_sampler for request in batch])
+        assert loader.batch_sampler.rank == rank and loader.batch_sampler.world_size == 3
     assert all(len(shard) == 10 for shard in shards)
     assert set().union(*map(set, shards)) == set(range(30)) and sum(len(set(s)) for s in shards) == 30
     set_loader_epoch(loader, 1)
-    assert list(loader.sampler) != shards[2]  # set_epoch reshuffles
+    assert [r.index for batch in loader.batch_sampler for r in batch] != shards[2]  # set_epoch reshuffles
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_an_epoch_resumed_at_a_batch_sees_the_same_batches(num_workers):
+    dataset = SyntheticDataset(n=12, size=48, seed=0, transform=build_train_transform("augmented", size=32))
+
+    def batches(start_batch: int) -> list[dict]:
+        loader = build_train_loader(dataset, batch_size=2, num_workers=num_workers, seed=3, sizes=(24, 28, 32))
+        set_loader_epoch(loader, 1, start_batch=start_batch)
+        return list(loader)
+
+    whole = batches(0)
+    assert len(whole) == 6 and len({b["image"].shape[-1] for b in whole}) > 1
+    assert_same_batches(whole[4:], batches(4))
+
+
+def test_batches_do_not_depend_on_the_number_of_workers():
+    dataset = SyntheticDataset(n=8, size=48, seed=0, transform=build_train_transform("augmented", size=32))
+    loaders = [build_train_loader(dataset, batch_size=2, num_workers=w, seed=1, sizes=(24, 32)) for w in (0, 2)]
+    assert_same_batches(collect(loaders[0]), collect(loaders[1]))
 
 
 def test_eval_loader_keeps_original_masks():

@@ -216,6 +216,6 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2
-    assert summary["shards_disjoint"] is True
+    assert summary["shards_disjoint_across_ranks"] is True
     assert summary["weights_identical_across_ranks"] is True
     assert summary["global_step"] == 3  # 12 samples / (2 per process × 2 processes)

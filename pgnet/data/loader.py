@@ -1,11 +1,13 @@
 """DataLoaders: multi-scale batch collation, seeding, distributed sharding, skip counting.
 
-Reproducibility: the loader's generator (seeded with ``seed + rank``) drives shuffling and the base
-seed of the workers; each worker reseeds numpy, ``random``, the dataset transforms and the collate
-size draw from its own seed, so two runs with the same seed and worker count see the same batches.
+Reproducibility: training batches come from a :class:`~pgnet.data.sampler.ResumableBatchSampler`,
+which shards the data over ranks like a DistributedSampler and derives the order, each batch's size
+and each sample's augmentation seed from (seed, epoch, position). The stream of batches therefore
+does not depend on the number of workers, and an epoch can be resumed at any batch. The loader's
+seeded generator and per-worker seeds cover any other randomness in the workers.
 
-Per epoch the trainer calls ``set_loader_epoch(loader, epoch)`` on every rank (it calls the
-DistributedSampler's ``set_epoch``), and sums the ``skipped`` field of the batches, e.g. with a
+Per epoch the trainer calls ``set_loader_epoch(loader, epoch, start_batch)`` on every rank (the
+sampler's ``set_epoch``), and sums the ``skipped`` field of the batches, e.g. with a
 :class:`SkipCounter`, to report the samples dropped for bad files.
 """
 
@@ -16,7 +18,9 @@ from typing import Any
 
 import cv2
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Subset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from pgnet.data.sampler import ResumableBatchSampler, SeededSamples, seed_transforms
 
 DEFAULT_TRAIN_SIZES: tuple[int, ...] = (960, 992, 1024, 1056, 1088)
 _MASK_MODES = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
@@ -40,8 +44,9 @@ def _resize_batch(tensors: Sequence[torch.Tensor], size: int, interpolation: int
 class MultiScaleCollate:
     """Collate training samples at one size per batch drawn from ``sizes``.
 
-    Drops None samples (bad files) and counts them. Returns ``image`` B×3×S×S, ``mask`` B×1×S×S in
-    [0, 1] (``mask_mode`` 'bilinear', official and soft, or 'nearest'), ``name`` and ``size`` lists
+    Samples tagged with ``target_size`` (by the resumable sampler) fix the size of their batch;
+    otherwise it is drawn. Drops None samples (bad files) and counts them. Returns ``image``
+    B×3×S×S, ``mask`` B×1×S×S in [0, 1] (``mask_mode`` 'bilinear', official and soft, or 'nearest'), ``name`` and ``size`` lists
     and ``skipped`` (int). A batch whose samples were all dropped has B = 0.
     """
 
@@ -60,7 +65,10 @@ class MultiScaleCollate:
 
     def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
         valid = [sample for sample in samples if sample is not None]
-        size = self.sizes[int(torch.randint(len(self.sizes), (1,), generator=self.generator))]
+        if valid and "target_size" in valid[0]:
+            size = int(valid[0]["target_size"])
+        else:
+            size = self.sizes[int(torch.randint(len(self.sizes), (1,), generator=self.generator))]
         batch: dict[str, Any] = {"name": [s["name"] for s in valid], "size": [s["size"] for s in valid]}
         if valid:
             batch["image"] = _resize_batch([s["image"] for s in valid], size, cv2.INTER_LINEAR)
@@ -102,26 +110,6 @@ class SkipCounter:
         return count
 
 
-def _leaf_datasets(dataset: Dataset) -> list[Dataset]:
-    """The datasets inside ConcatDataset/Subset wrappers (each once)."""
-    if isinstance(dataset, ConcatDataset):
-        leaves: list[Dataset] = []
-        for part in dataset.datasets:
-            leaves.extend(leaf for leaf in _leaf_datasets(part) if all(leaf is not seen for seen in leaves))
-        return leaves
-    if isinstance(dataset, Subset):
-        return _leaf_datasets(dataset.dataset)
-    return [dataset]
-
-
-def seed_transforms(dataset: Dataset, seed: int) -> None:
-    """Reseed the random transforms of every dataset inside ``dataset``."""
-    for leaf in _leaf_datasets(dataset):
-        transform = getattr(leaf, "transform", None)
-        if hasattr(transform, "set_random_seed"):
-            transform.set_random_seed(seed)
-
-
 class WorkerInit:
     """``worker_init_fn``: one OpenCV thread per worker, and per-worker seeds for the transforms and the
     collate size draw (the DataLoader itself seeds torch, numpy and ``random`` in each worker)."""
@@ -140,11 +128,14 @@ class WorkerInit:
             self.collate.reseed(seed)
 
 
-def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
-    """Call at the start of every epoch on every rank: reshuffles a DistributedSampler's shard."""
-    sampler = loader.sampler
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
+def set_loader_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
+    """Call at the start of every epoch on every rank: selects the epoch's shard and order, and the
+    batch to start from (to resume in the middle of an epoch)."""
+    sampler = loader.batch_sampler
+    if isinstance(sampler, ResumableBatchSampler):
+        sampler.set_epoch(epoch, start_batch)
+    elif start_batch:
+        raise ValueError("this loader cannot start in the middle of an epoch")
 
 
 def _worker_options(num_workers: int, prefetch_factor: int) -> dict[str, Any]:
@@ -168,32 +159,29 @@ def build_train_loader(
     world_size: int | None = None,
     rank: int | None = None,
 ) -> DataLoader:
-    """Shuffled training loader with multi-scale collation.
+    """Shuffled, resumable training loader with multi-scale collation.
 
-    ``distributed`` shards the data with a DistributedSampler (``world_size``/``rank`` default to
-    the initialised process group's); call :func:`set_loader_epoch` every epoch. ``pin_memory``
-    defaults to whether CUDA is available. Reseeds the dataset's transforms with ``seed + rank``.
+    ``distributed`` shards the data over ranks (``world_size``/``rank`` default to the initialised
+    process group's); call :func:`set_loader_epoch` every epoch on every rank. ``pin_memory``
+    defaults to whether CUDA is available.
     """
-    rank_seed = seed + (rank or 0)
-    sampler = None
     if distributed:
-        sampler = DistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
-        )
-        rank_seed = seed + sampler.rank
-    collate = MultiScaleCollate(sizes, mask_mode=mask_mode, seed=rank_seed)
-    seed_transforms(dataset, rank_seed)  # used as is when num_workers=0; workers reseed their copies
+        world_size = torch.distributed.get_world_size() if world_size is None else world_size
+        rank = torch.distributed.get_rank() if rank is None else rank
+    else:
+        world_size, rank = 1, 0
+    batch_sampler = ResumableBatchSampler(
+        len(dataset), batch_size, sizes, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last
+    )
+    collate = MultiScaleCollate(sizes, mask_mode=mask_mode, seed=seed + rank)
     return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
+        SeededSamples(dataset),
+        batch_sampler=batch_sampler,
         num_workers=num_workers,
         collate_fn=collate,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        drop_last=drop_last,
         worker_init_fn=WorkerInit(collate),
-        generator=torch.Generator().manual_seed(rank_seed),
+        generator=torch.Generator().manual_seed(seed + rank),
         **_worker_options(num_workers, prefetch_factor),
     )
 

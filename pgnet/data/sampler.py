@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import ConcatDataset, Dataset, Sampler, Subset
 
 
 class SampleRequest(NamedTuple):
@@ -30,7 +30,9 @@ def derived_seed(*entropy: int) -> int:
 class ResumableBatchSampler(Sampler[list[SampleRequest]]):
     """Shuffled, sharded batches of ``SampleRequest``; ``set_epoch`` and ``start_batch`` pick where.
 
-    ``len()`` is the number of batches of a whole epoch on this rank (incomplete batches dropped).
+    ``len()`` is the number of batches of a whole epoch on this rank; ``drop_last`` drops an
+    incomplete last batch. Every rank gets the same number of samples (the tail of the permutation
+    that does not divide evenly is left out, as DistributedSampler with ``drop_last``).
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class ResumableBatchSampler(Sampler[list[SampleRequest]]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        drop_last: bool = True,
     ):
         if dataset_size < 1 or batch_size < 1:
             raise ValueError(f"need a non-empty dataset and batch, got {dataset_size} samples, batch {batch_size}")
@@ -52,6 +55,7 @@ class ResumableBatchSampler(Sampler[list[SampleRequest]]):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.drop_last = drop_last
         self.epoch = 0
         self.start_batch = 0
 
@@ -61,7 +65,10 @@ class ResumableBatchSampler(Sampler[list[SampleRequest]]):
         self.start_batch = start_batch
 
     def __len__(self) -> int:
-        return (self.dataset_size // self.world_size) // self.batch_size
+        shard_size = self.dataset_size // self.world_size
+        if self.drop_last:
+            return shard_size // self.batch_size
+        return -(-shard_size // self.batch_size)
 
     def shard(self, epoch: int) -> np.ndarray:
         """This rank's dataset indices for ``epoch``, in order."""
@@ -73,7 +80,7 @@ class ResumableBatchSampler(Sampler[list[SampleRequest]]):
         shard = self.shard(self.epoch)
         for batch in range(self.start_batch, len(self)):
             size = self.sizes[derived_seed(self.seed, self.epoch, batch, 1) % len(self.sizes)]
-            positions = range(batch * self.batch_size, (batch + 1) * self.batch_size)
+            positions = range(batch * self.batch_size, min((batch + 1) * self.batch_size, len(shard)))
             yield [
                 # The sample seed depends on the position in the global order, not on the rank.
                 SampleRequest(int(shard[p]), derived_seed(self.seed, self.epoch, p * self.world_size + self.rank), size)
@@ -92,10 +99,28 @@ class SeededSamples(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, request: SampleRequest) -> dict[str, Any] | None:
-        from pgnet.data.loader import seed_transforms
-
         seed_transforms(self.dataset, request.seed)
         sample = self.dataset[request.index]
         if sample is not None:
             sample["target_size"] = request.size
         return sample
+
+
+def _leaf_datasets(dataset: Dataset) -> list[Dataset]:
+    """The datasets inside ConcatDataset/Subset wrappers (each once)."""
+    if isinstance(dataset, ConcatDataset):
+        leaves: list[Dataset] = []
+        for part in dataset.datasets:
+            leaves.extend(leaf for leaf in _leaf_datasets(part) if all(leaf is not seen for seen in leaves))
+        return leaves
+    if isinstance(dataset, Subset):
+        return _leaf_datasets(dataset.dataset)
+    return [dataset]
+
+
+def seed_transforms(dataset: Dataset, seed: int) -> None:
+    """Reseed the random transforms of every dataset inside ``dataset``."""
+    for leaf in _leaf_datasets(dataset):
+        transform = getattr(leaf, "transform", None)
+        if hasattr(transform, "set_random_seed"):
+            transform.set_random_seed(seed)

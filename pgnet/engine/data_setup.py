@@ -90,10 +90,13 @@ class TrainingData:
         return bool(self._validation)
 
     def epoch_batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, Any]]:
-        set_loader_epoch(self.loader, epoch)
-        for index, batch in enumerate(self.loader):
-            if index >= start_batch:
-                yield batch
+        """The batches of ``epoch`` from ``start_batch`` on (the same batches a whole epoch has there)."""
+        set_loader_epoch(self.loader, epoch, start_batch)
+        yield from self.loader
+
+    def shard(self, epoch: int) -> list[int]:
+        """The dataset indices this rank trains on in ``epoch``."""
+        return self.loader.batch_sampler.shard(epoch).tolist()
 
     def validation_sets(self) -> Iterator[tuple[str, Validation]]:
         for name, dataset in self._validation:

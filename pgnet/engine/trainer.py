@@ -531,6 +531,7 @@ class Trainer:
             "nonfinite_steps": self.nonfinite_steps,
             "world_size": self.dist.world_size,
             "weights_identical_across_ranks": self._weights_identical(),
+            "shards_disjoint_across_ranks": self._shards_disjoint(),
         }
         if self.device.type == "cuda":
             summary["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
@@ -541,6 +542,20 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
         return summary
+
+    def _shards_disjoint(self) -> bool:
+        """Whether the ranks trained on disjoint samples in the last epoch (checks the sharding)."""
+        if not self.dist.enabled:
+            return True
+        shard = self.data.shard(max(self.position.epoch - 1, 0))
+        gathered: list[list[int] | None] = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(gathered, shard)
+        seen: set[int] = set()
+        for indices in gathered:
+            if seen & set(indices):
+                return False
+            seen |= set(indices)
+        return True
 
     def _weights_identical(self) -> bool:
         if not self.dist.enabled:
