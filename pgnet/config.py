@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -125,6 +126,23 @@ class Config:
 # Loading and merging
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false, so ``amp: off`` or ``name: no`` stay strings."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _load_yaml(text):
+    return yaml.load(text, Loader=_YamlLoader)
+
+
 def _deep_merge(base: dict, update: dict) -> dict:
     merged = dict(base)
     for key, value in update.items():
@@ -146,7 +164,7 @@ def read_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, 
         raise ConfigError(f"config file not found: {path}")
     with open(path) as handle:
         try:
-            content = yaml.safe_load(handle) or {}
+            content = _load_yaml(handle) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: invalid YAML: {error}") from error
     if not isinstance(content, dict):
@@ -174,7 +192,7 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
             elif not isinstance(child, dict):
                 raise ConfigError(f"override {override!r}: {part!r} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(text) if text else None
+        node[parts[-1]] = _load_yaml(text) if text else None
     return values
 
 

@@ -93,3 +93,11 @@ def test_official_settings():
     assert (dh.loss.side_cnn, dh.loss.side_swin, dh.loss.attention) == (0.125, 0.125, 1.0)
     uh = load_config(CONFIGS / "pgnet_uh.yaml")
     assert [e.name for e in uh.data.train] == ["UHRSD-TR", "HRSOD-TR"]
+
+
+def test_yaml_off_and_no_stay_strings(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  amp: off\n  deterministic: true\n")
+    config = load_config(path, overrides=["train.compile=false"])
+    assert config.train.amp == "off" and config.train.deterministic is True and config.train.compile is False
+    assert load_config(path, overrides=["train.amp=off"]).train.amp == "off"

@@ -18,7 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pth")
     parser.add_argument("--run-dir", help="write the run here instead of output_dir/name-DATE-TIME")
     parser.add_argument("overrides", nargs="*", help="dotted overrides such as train.epochs=8")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if bool(args.config) == bool(args.resume):
         parser.error("give either --config CONFIG or --resume RUN_DIR")
 

@@ -15,7 +15,7 @@ import numpy as np
 
 # Lower-case suffixes; a suffix matches case-insensitively. Order is the preference when one stem
 # has several files (``a.jpg`` beside ``a.png``).
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_EXTENSIONS: tuple[str, ...] = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
 
 # Ground truth above this value is foreground: the rule pysodmetrics (hence the evaluator) uses.

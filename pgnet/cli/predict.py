@@ -1,0 +1,81 @@
+"""``pgnet-predict`` / ``scripts/predict.py``: saliency masks (or cut-outs) for pictures on disk."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``scripts/predict.py INPUT [INPUT ...] --checkpoint CKPT --output DIR [options]``.
+
+    Exit status: 0 when at least one picture was written, 1 when none could be, 2 for a usage error
+    (bad checkpoint, inputs not found, an output that would overwrite an input).
+    """
+    from pgnet.inference import OUTPUT_MODES, PRECISIONS
+
+    parser = argparse.ArgumentParser(
+        description="Predict saliency masks for pictures (files, folders or globs) with a PGNet checkpoint.",
+        epilog="Example: scripts/predict.py photos/ -r --checkpoint runs/dh/best.pth -o masks --mode rgba --flip",
+    )
+    parser.add_argument("inputs", nargs="+", help="picture files, folders, or glob patterns (quote them)")
+    parser.add_argument("-o", "--output", required=True, help="folder for the outputs (created; names kept, .png)")
+    parser.add_argument("-c", "--checkpoint", required=True, help="project checkpoint, or an official one")
+    parser.add_argument(
+        "--weights", default="model", choices=("model", "ema"), help="which weights of a project checkpoint"
+    )
+    parser.add_argument(
+        "--mode",
+        default="mask",
+        choices=OUTPUT_MODES,
+        help="mask: 8-bit mask; rgba: cut-out with the mask as alpha; overlay: tinted picture; "
+        "color: the subject on a plain colour (default: mask)",
+    )
+    parser.add_argument(
+        "--color", help="R,G,B or #RRGGBB: the background (color mode, default white) or tint (overlay, red)"
+    )
+    parser.add_argument(
+        "--size", type=int, default=1024, help="network input side (default 1024, the official test size)"
+    )
+    parser.add_argument(
+        "--flip", action="store_true", help="flip test-time augmentation (mean with the mirrored picture)"
+    )
+    parser.add_argument("-b", "--batch-size", type=int, default=1, help="pictures per forward pass (default 1)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: bf16 on CUDA, fp32 elsewhere")
+    parser.add_argument("-r", "--recursive", action="store_true", help="search folders (and ** globs) recursively")
+    parser.add_argument("--workers", type=int, default=4, help="threads reading and writing pictures (default 4)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+
+    from pgnet.inference import Predictor, parse_color, plan_outputs, predict_files
+
+    try:
+        color = parse_color(args.color) if args.color else None
+        jobs = plan_outputs(args.inputs, args.output, recursive=args.recursive)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not jobs:
+        print(f"error: no pictures found in {' '.join(args.inputs)}", file=sys.stderr)
+        return 1
+    try:
+        predictor = Predictor.from_checkpoint(
+            args.checkpoint,
+            device=args.device,
+            weights=args.weights,
+            size=args.size,
+            flip=args.flip,
+            precision=args.precision,
+            batch_size=args.batch_size,
+        )
+    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{len(jobs)} pictures, {predictor}", file=sys.stderr)
+    report = predict_files(
+        predictor, jobs, mode=args.mode, color=color, workers=args.workers, progress=not args.no_progress
+    )
+    print(f"wrote {len(report.written)} {args.mode} pictures to {args.output}; skipped {len(report.skipped)}")
+    return 0 if report.written else 1

@@ -1,0 +1,141 @@
+"""ONNX export of the inference path.
+
+The exported graph is ``SaliencyModel``: input ``image``, float32 B×3×H×W, RGB on the 0-255 scale
+(not normalised: the official normalisation is inside the graph); output ``mask``, float32 B×1×H×W,
+the saliency probability (sigmoid of the logits) at the input size; with ``logits=True`` the logits
+instead. Batch, height and width are dynamic. The graph has no attention-map branch (the CMGM runs
+``scaled_dot_product_attention``). To reproduce ``Predictor``, resize a picture to 1024×1024
+(bilinear), run the graph, and resize the mask back to the picture's size.
+
+Export uses the dynamo exporter (``torch.onnx.export(dynamo=True)``, which needs ``onnxscript``).
+Every shape that depends on the input size is computed in the graph: the Swin branch always sees
+``swin_input_size`` and the official grafting point always runs on the Swin s2 grid, so the CMGM
+pooling stride of the official ``r5-s2`` point is a constant. The optional ``r4-s1`` point pools a
+grid that scales with the input, and its stride (a Python integer) would be frozen at the traced
+size: such models are exported with a fixed height and width (``static_size``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pgnet.inference import normalize
+from pgnet.models.pgnet import PGNet
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "mask"
+# The example input traced for a dynamic export: batch 2 and two different sides, none of whose
+# strided grids (1/4 .. 1/32) equals a Swin grid, so that no shape is specialised while tracing.
+TRACE_SHAPE = (2, 3, 480, 352)
+
+
+class SaliencyModel(nn.Module):
+    """PGNet's inference path for export: RGB 0-255 B×3×H×W → B×1×H×W probabilities (or logits)."""
+
+    def __init__(self, model: PGNet, logits: bool = False):
+        super().__init__()
+        self.model = model
+        self.logits = logits
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        pred = self.model(normalize(image), need_attention=False).pred  # B×1×H×W logits
+        return pred if self.logits else torch.sigmoid(pred)
+
+
+def has_size_dependent_pooling(model: PGNet) -> bool:
+    """Whether a CMGM of ``model`` runs on a grid that scales with the input (the ``r4-s1`` point)."""
+    return model.decoder.cnn4_block.cmgm is not None
+
+
+def export_onnx(
+    model: PGNet,
+    path: str | Path,
+    *,
+    logits: bool = False,
+    static_size: tuple[int, int] | None = None,
+    opset: int | None = None,
+    optimize: bool = True,
+) -> Path:
+    """Export ``model``'s inference path to an ONNX file (see the module docstring for its interface).
+
+    Args:
+        model: the network (exported on the CPU in float32, in eval mode).
+        path: the ``.onnx`` file to write (one file, weights included).
+        logits: output the logits instead of the probabilities.
+        static_size: (H, W) to fix the input size; None keeps height and width dynamic. Required for
+            models with the ``r4-s1`` grafting point.
+        opset: the ONNX opset (the exporter's default when None).
+        optimize: let the exporter optimise the graph (constant folding, fusions).
+    """
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise ImportError("ONNX export needs onnx and onnxscript: pip install -c constraints.txt '.[onnx]'") from error
+    if static_size is None and has_size_dependent_pooling(model):
+        raise ValueError(
+            "this model has the r4-s1 grafting point, whose CMGM pooling stride depends on the input size: "
+            "export it with a fixed size (static_size=(H, W), --static-size H W)"
+        )
+    path = Path(path)
+    wrapper = SaliencyModel(model.float().cpu().eval(), logits=logits).eval()
+    if static_size is None:
+        example = torch.rand(TRACE_SHAPE) * 255
+        dynamic_shapes = {"image": {0: "batch", 2: "height", 3: "width"}}
+    else:
+        height, width = (int(v) for v in static_size)
+        example = torch.rand(2, 3, height, width) * 255
+        dynamic_shapes = {"image": {0: "batch"}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset,
+            optimize=optimize,
+            verbose=False,
+        )
+    program.model.metadata_props.update(
+        {
+            "pgnet.input": "image: float32 Bx3xHxW, RGB 0-255 (normalised inside the graph)",
+            "pgnet.output": f"mask: float32 Bx1xHxW, {'logits' if logits else 'probabilities in [0, 1]'}",
+            "pgnet.model_config": repr(model.config.to_dict()),
+        }
+    )
+    program.save(path, external_data=False)
+    return path
+
+
+def compare_onnx(
+    model: PGNet,
+    path: str | Path,
+    shapes: Sequence[tuple[int, int, int, int]] = ((1, 3, 320, 256), (2, 3, 224, 288)),
+    logits: bool = False,
+    seed: int = 0,
+) -> list[float]:
+    """Largest absolute difference between onnxruntime (CPU) and PyTorch outputs, per input shape."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    wrapper = SaliencyModel(model.float().cpu().eval(), logits=logits).eval()
+    generator = torch.Generator().manual_seed(seed)
+    differences = []
+    for shape in shapes:
+        image = torch.rand(shape, generator=generator) * 255
+        with torch.no_grad():
+            expected = wrapper(image).numpy()
+        (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: image.numpy()})
+        if actual.shape != expected.shape:
+            raise AssertionError(f"{path}: output shape {actual.shape} for input {shape}, expected {expected.shape}")
+        differences.append(float(np.abs(actual - expected).max()))
+    return differences

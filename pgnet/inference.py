@@ -1,0 +1,492 @@
+"""Inference on real pictures: the ``Predictor`` API, output pictures, and batch prediction of files.
+
+``Predictor`` takes a path, an RGB uint8 array or a PIL image and returns the saliency mask as
+float32 in [0, 1] at the picture's own size. Pictures are resized to ``size``×``size`` (1024, the
+official test size) and normalised exactly as ``pgnet.data.transforms.build_eval_transform`` does;
+the logits leave the network at its stride-4 head resolution and are resized once, straight to the
+picture's size, before the sigmoid (as the official test code and the evaluator do).
+
+``predict_files`` runs a predictor over files and writes one PNG per picture (a mask, an RGBA
+cut-out, an overlay, or the subject on a plain colour); ``pgnet-predict`` is its command line.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pgnet.data.io import ImageReadError, jpeg_frame_size, jpeg_reduction_factor, list_images, read_image
+from pgnet.data.transforms import OFFICIAL_MEAN, OFFICIAL_STD
+
+ImageInput = str | os.PathLike | np.ndarray | Any  # Any: a PIL image (Pillow is optional)
+
+OUTPUT_MODES = ("mask", "rgba", "overlay", "color")
+DEFAULT_COLORS = {"overlay": (255, 0, 0), "color": (255, 255, 255)}  # overlay tint; plain background
+OVERLAY_OPACITY = 0.5
+PRECISIONS = ("auto", "fp32", "bf16")
+# Bytes read to find a JPEG's frame header (EXIF and ICC segments come first, each at most 64 KiB).
+_HEADER_BYTES = 1 << 20
+
+
+# --------------------------------------------------------------------------------------------------
+# Devices and preprocessing
+
+
+def select_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a torch.device; None or "auto" picks CUDA, then MPS, then the CPU.
+
+    An explicit device that this machine lacks is an error naming it.
+    """
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {str(device)!r} requested but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RuntimeError(f"device {str(device)!r} requested but only {torch.cuda.device_count()} CUDA devices exist")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError(f"device {str(device)!r} requested but MPS is not available")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """ "fp32" or "bf16"; "auto" is bf16 on a CUDA device that supports it, fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return precision
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """B×3×H×W RGB on the 0-255 scale (any dtype) → float32 normalised with the official statistics.
+
+    The one place the network's input normalisation is written: the predictor and the ONNX export
+    both use it; it equals the ``A.Normalize`` step of ``build_eval_transform``.
+    """
+    mean = torch.tensor(OFFICIAL_MEAN, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(OFFICIAL_STD, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    return (images.float() - mean) / std
+
+
+def resize_for_network(image: np.ndarray, size: int) -> np.ndarray:
+    """H×W×3 uint8 → size×size×3 uint8, bilinear: the ``A.Resize`` step of ``build_eval_transform``."""
+    if image.shape[:2] == (size, size):
+        return image
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def as_rgb_array(image: np.ndarray | Any) -> np.ndarray:
+    """An H×W×3 uint8 RGB array from a numpy array or a PIL image.
+
+    Arrays must be uint8, H×W×3 (RGB); H×W (gray) and H×W×4 (alpha dropped) are accepted too. A PIL
+    image is converted to RGB as it is, without applying its EXIF orientation.
+    """
+    if type(image).__module__.startswith("PIL."):
+        image = np.asarray(image.convert("RGB"))
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"expected a path, a numpy array or a PIL image, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise TypeError(f"expected a uint8 image array, got dtype {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+        raise ValueError(f"expected an H×W×3 RGB image array, got shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def _original_size(path: Path, decoded: tuple[int, int], max_side: int) -> tuple[int, int] | None:
+    """The full (H, W), after EXIF rotation, of a picture ``read_image(path, max_side)`` decoded to ``decoded``.
+
+    Only JPEGs are decoded reduced: the frame header gives the size before rotation, and whether the
+    decoded picture is transposed tells the rotation. None when that cannot be told (a frame whose two
+    sides reduce to the same length) or the header is not found: then decode at full size.
+    """
+    if min(decoded) < max_side:
+        return decoded  # a reduced decode keeps both sides at least max_side long
+    with open(path, "rb") as stream:
+        frame = jpeg_frame_size(stream.read(_HEADER_BYTES))
+    if frame is None:
+        return decoded  # not a JPEG: decoded at full size
+    factor = jpeg_reduction_factor(frame, max_side)
+    if factor == 1:
+        return decoded
+    reduced = (-(-frame[0] // factor), -(-frame[1] // factor))
+    if frame[0] == frame[1] and decoded == reduced:
+        return frame
+    if reduced[0] != reduced[1]:
+        if decoded == reduced:
+            return frame
+        if decoded == reduced[::-1]:
+            return frame[1], frame[0]
+    return None
+
+
+def read_for_network(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(image, original (H, W)) of a picture file, decoded no larger than a ``size`` input needs.
+
+    The image is H×W×3 uint8 RGB with its EXIF orientation applied; a large JPEG is decoded at 1/2,
+    1/4 or 1/8 scale (see ``read_image``), and the original size is that of the full picture.
+    Raises ``ImageReadError`` naming the file.
+    """
+    path = Path(path)
+    image = read_image(path, max_side=size)
+    decoded = (int(image.shape[0]), int(image.shape[1]))
+    try:
+        original = _original_size(path, decoded, size)
+    except OSError as error:
+        raise ImageReadError(path, error.strerror or str(error)) from None
+    if original is None:
+        image = read_image(path)
+        original = (int(image.shape[0]), int(image.shape[1]))
+    return image, original
+
+
+# --------------------------------------------------------------------------------------------------
+# The predictor
+
+
+class Predictor:
+    """Saliency masks from a PGNet for pictures of any size.
+
+    Args:
+        model: the network (moved to ``device`` and put in eval mode).
+        size: the network input side; pictures are resized to size×size (1024: the official test size).
+        device: "cuda", "mps", "cpu", ... or None to pick CUDA, then MPS, then the CPU.
+        flip: test-time augmentation: the mask is the mean of the predictions for the picture and
+            for its mirror image (mirrored back).
+        precision: "bf16" runs the network under bfloat16 autocast, "fp32" in float32; "auto" (the
+            default) is bf16 on CUDA and fp32 elsewhere. Masks are always returned as float32.
+        batch_size: pictures per forward pass in ``predict_batch``.
+
+    Call it with one picture (a path, an H×W×3 uint8 RGB array, or a PIL image) to get an H×W
+    float32 mask in [0, 1], or with a list of pictures to get a list of masks.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        size: int = 1024,
+        device: str | torch.device | None = None,
+        flip: bool = False,
+        precision: str = "auto",
+        batch_size: int = 1,
+    ):
+        if int(size) < 32:
+            raise ValueError(f"size must be at least 32, got {size}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.device = select_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.model = model.to(self.device).eval()
+        self.size = int(size)
+        self.flip = bool(flip)
+        self.batch_size = int(batch_size)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device | None = None, *, weights: str = "model", **options: Any
+    ) -> Predictor:
+        """A predictor for a project checkpoint or an official one (converted or as released).
+
+        ``weights`` picks "model" or "ema" weights of a project checkpoint; ``options`` are the
+        other ``Predictor`` arguments (size, flip, precision, batch_size).
+        """
+        from pgnet.checkpoint import load_model
+
+        return cls(load_model(path, "cpu", weights=weights), device=device, **options)
+
+    def __repr__(self) -> str:
+        return (
+            f"Predictor(size={self.size}, device={str(self.device)!r}, flip={self.flip}, "
+            f"precision={self.precision!r}, batch_size={self.batch_size})"
+        )
+
+    def __call__(self, image: ImageInput | Sequence[ImageInput]) -> np.ndarray | list[np.ndarray]:
+        """The mask of one picture (H×W float32 in [0, 1]), or the list of masks of a list of pictures."""
+        if isinstance(image, (list, tuple)):
+            return self.predict_batch(image)
+        return self.predict_batch([image])[0]
+
+    def load(self, image: ImageInput) -> tuple[np.ndarray, tuple[int, int]]:
+        """(RGB uint8 array to feed the network, (H, W) the mask will have) for one picture."""
+        if isinstance(image, (str, os.PathLike)):
+            return read_for_network(image, self.size)
+        array = as_rgb_array(image)
+        return array, (int(array.shape[0]), int(array.shape[1]))
+
+    def predict_batch(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
+        """Masks of several pictures, ``batch_size`` per forward pass; equal to calling one by one."""
+        masks = []
+        for start in range(0, len(images), self.batch_size):
+            loaded = [self.load(image) for image in images[start : start + self.batch_size]]
+            masks += self.predict_arrays([image for image, _ in loaded], [size for _, size in loaded])
+        return masks
+
+    @torch.inference_mode()
+    def predict_arrays(self, images: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """One forward pass over ``images`` (H×W×3 uint8 RGB each); masks resized to ``sizes``."""
+        if len(images) != len(sizes):
+            raise ValueError(f"got {len(images)} images but {len(sizes)} sizes")
+        if not images:
+            return []
+        batch = np.stack([resize_for_network(as_rgb_array(image), self.size) for image in images])  # B×S×S×3
+        x = normalize(torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2))  # B×3×S×S
+        if self.flip:
+            x = torch.cat((x, x.flip(-1)))  # 2B×3×S×S
+        # The head runs at stride 4 (the ResNet's r2 grid): asking for that size keeps the network
+        # from resizing, so that each mask is resized only once, straight to its picture's size.
+        head_size = (-(-self.size // 4), -(-self.size // 4))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            logits = self.model(x, output_size=head_size, need_attention=False).pred  # (2)B×1×h×w
+        logits = logits.float()
+        masks = []
+        for index, size in enumerate(sizes):
+            views = logits[index : index + 1]
+            if self.flip:
+                views = torch.cat((views, logits[len(images) + index : len(images) + index + 1].flip(-1)))
+            resized = F.interpolate(views, size=tuple(size), mode="bilinear", align_corners=False)
+            mask = torch.sigmoid(resized).mean(0)[0]  # H×W
+            masks.append(mask.cpu().numpy())
+        return masks
+
+
+# --------------------------------------------------------------------------------------------------
+# Output pictures
+
+
+def mask_to_uint8(mask: np.ndarray) -> np.ndarray:
+    """A float mask in [0, 1] as uint8 0..255 (rounded)."""
+    return np.clip(np.rint(mask * 255.0), 0, 255).astype(np.uint8)
+
+
+def parse_color(text: str) -> tuple[int, int, int]:
+    """An RGB colour from "R,G,B" (0-255) or "#RRGGBB"; the error names the text."""
+    value = text.strip()
+    try:
+        if value.startswith("#") and len(value) == 7:
+            rgb = tuple(int(value[i : i + 2], 16) for i in (1, 3, 5))
+        else:
+            rgb = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        rgb = ()
+    if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+        raise ValueError(f"invalid colour {text!r}: expected R,G,B with values 0-255 or #RRGGBB")
+    return rgb  # type: ignore[return-value]
+
+
+def compose(
+    image: np.ndarray | None, mask: np.ndarray, mode: str = "mask", color: Sequence[int] | None = None
+) -> np.ndarray:
+    """The output picture of one mode from an H×W×3 uint8 RGB image and its H×W float mask.
+
+    - ``mask``: H×W uint8, the mask (``image`` is not needed);
+    - ``rgba``: H×W×4 uint8, the picture with the mask as alpha (a cut-out);
+    - ``overlay``: H×W×3 uint8, the picture tinted with ``color`` (red) at half opacity where salient;
+    - ``color``: H×W×3 uint8, the subject on a plain ``color`` (white) background.
+
+    Blending uses the 8-bit mask, so an RGBA cut-out's alpha equals the mask PNG exactly.
+    """
+    if mode not in OUTPUT_MODES:
+        raise ValueError(f"unknown output mode {mode!r}; choose from {', '.join(OUTPUT_MODES)}")
+    mask8 = mask_to_uint8(mask)
+    if mode == "mask":
+        return mask8
+    if image is None or image.shape[:2] != mask.shape:
+        shape = None if image is None else image.shape
+        raise ValueError(f"{mode} output needs the picture at the mask's size {mask.shape}, got {shape}")
+    if mode == "rgba":
+        return np.dstack((image, mask8))
+    rgb = np.asarray(DEFAULT_COLORS[mode] if color is None else color, dtype=np.float32).reshape(1, 1, 3)
+    weight = (mask8.astype(np.float32) / 255.0)[:, :, None]  # H×W×1
+    if mode == "overlay":
+        weight = weight * OVERLAY_OPACITY
+        blended = image * (1.0 - weight) + rgb * weight
+    else:
+        blended = image * weight + rgb * (1.0 - weight)
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def write_png(path: str | Path, picture: np.ndarray) -> Path:
+    """Write an H×W (gray), H×W×3 (RGB) or H×W×4 (RGBA) uint8 picture as PNG; parents are created."""
+    path = Path(path)
+    if picture.ndim == 3:
+        picture = cv2.cvtColor(picture, cv2.COLOR_RGB2BGR if picture.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    ok, encoded = cv2.imencode(".png", picture)
+    if not ok:
+        raise OSError(f"cannot encode {path} as PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    encoded.tofile(path)  # np.tofile also handles non-ASCII paths
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Prediction over files
+
+
+@dataclass
+class FileJob:
+    """One input picture and the file its output goes to."""
+
+    source: Path
+    output: Path
+
+
+@dataclass
+class PredictionReport:
+    """What ``predict_files`` did: the outputs written and the inputs skipped, with the reason."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder a glob pattern starts in: its leading components without wildcards."""
+    parts = Path(pattern).expanduser().parts
+    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts[:-1]))
+    return Path(*fixed) if fixed else Path(".")
+
+
+def plan_outputs(sources: Iterable[str | Path], output_dir: str | Path, recursive: bool = False) -> list[FileJob]:
+    """The pictures named by ``sources`` (files, folders, globs) and their output files.
+
+    An output keeps its picture's name and its path under the folder (or the glob's folder) it was
+    found in, with the suffix ``.png``; pictures whose names would collide (``a.jpg``, ``a.png``)
+    keep their suffix (``a.jpg.png``). Raises FileNotFoundError for a source that names nothing, and
+    FileExistsError when an output would be written over an input (an earlier run's outputs inside
+    a folder searched recursively count as inputs: write to a folder outside it).
+    """
+    output_dir = Path(output_dir)
+    found: dict[Path, tuple[Path, Path]] = {}  # resolved source -> (source, relative path)
+    for source in sources:
+        source_path = Path(source).expanduser()
+        root = source_path if source_path.is_dir() else source_path.parent
+        if not source_path.exists():
+            root = _glob_root(str(source))
+        for path in list_images(source, recursive=recursive):
+            found.setdefault(path.resolve(), (path, path.relative_to(root)))
+    by_output: dict[Path, list[tuple[Path, Path]]] = {}
+    for path, relative in found.values():
+        by_output.setdefault(relative.with_suffix(".png"), []).append((path, relative))
+    jobs = []
+    for relative_output, entries in by_output.items():
+        for path, relative in entries:
+            name = relative_output if len(entries) == 1 else relative.with_name(relative.name + ".png")
+            jobs.append(FileJob(path, output_dir / name))
+    for job in jobs:
+        if job.output.resolve() in found:
+            raise FileExistsError(
+                f"the output for {job.source} would overwrite the input {job.output}; choose another output folder"
+            )
+    return sorted(jobs, key=lambda job: str(job.source))
+
+
+def _prefetch(
+    pool: ThreadPoolExecutor, function: Callable, items: Sequence, depth: int
+) -> Iterator[tuple[Any, Future]]:
+    """(item, future of function(item)) in order, keeping up to ``depth`` calls running ahead."""
+    iterator = iter(items)
+    pending = deque((item, pool.submit(function, item)) for item in itertools.islice(iterator, depth))
+    while pending:
+        yield pending.popleft()
+        for item in itertools.islice(iterator, 1):
+            pending.append((item, pool.submit(function, item)))
+
+
+def _write_output(job: FileJob, mask: np.ndarray, mode: str, color: Sequence[int] | None) -> Path:
+    image = None if mode == "mask" else read_image(job.source)
+    if image is not None and image.shape[:2] != mask.shape:
+        raise ImageReadError(job.source, f"decoded at {image.shape[:2]}, expected {mask.shape}")
+    return write_png(job.output, compose(image, mask, mode, color))
+
+
+def predict_files(
+    predictor: Predictor,
+    jobs: Sequence[FileJob],
+    mode: str = "mask",
+    color: Sequence[int] | None = None,
+    workers: int = 4,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> PredictionReport:
+    """Predict every job's picture and write its output picture (see ``compose`` for ``mode``).
+
+    Pictures are read and outputs written by ``workers`` threads while the network runs. A picture
+    that cannot be read or written is skipped, and ``log`` (default: print to stderr above the
+    progress bar) gets a line naming it.
+    """
+    from tqdm import tqdm
+
+    if mode not in OUTPUT_MODES:
+        raise ValueError(f"unknown output mode {mode!r}; choose from {', '.join(OUTPUT_MODES)}")
+    report = PredictionReport()
+    bar = tqdm(total=len(jobs), unit="img", disable=not progress, dynamic_ncols=True)
+    log = log or (lambda message: tqdm.write(message, file=sys.stderr))
+    workers = max(1, int(workers))
+
+    def skip(job: FileJob, error: BaseException) -> None:
+        reason = error.reason if isinstance(error, ImageReadError) else str(error)
+        report.skipped.append((job.source, reason))
+        log(f"skipped {job.source}: {reason}")
+        bar.update(1)
+
+    writes: deque[tuple[FileJob, Future]] = deque()
+
+    def finish_writes(keep: int) -> None:
+        while len(writes) > keep:
+            job, future = writes.popleft()
+            try:
+                report.written.append(future.result())
+                bar.update(1)
+            except (OSError, ValueError, cv2.error) as error:
+                skip(job, error)
+
+    def flush(batch: list[tuple[FileJob, np.ndarray, tuple[int, int]]]) -> None:
+        masks = predictor.predict_arrays([image for _, image, _ in batch], [size for _, _, size in batch])
+        for (job, _, _), mask in zip(batch, masks):
+            writes.append((job, pool.submit(_write_output, job, mask, mode, color)))
+        batch.clear()
+        finish_writes(keep=2 * workers)
+
+    with ThreadPoolExecutor(workers) as pool:
+        batch: list[tuple[FileJob, np.ndarray, tuple[int, int]]] = []
+        depth = predictor.batch_size + workers
+
+        def read(job: FileJob) -> tuple[np.ndarray, tuple[int, int]]:
+            return read_for_network(job.source, predictor.size)
+
+        for job, future in _prefetch(pool, read, jobs, depth):
+            try:
+                image, size = future.result()
+            except (OSError, ValueError, cv2.error) as error:
+                skip(job, error)
+                continue
+            batch.append((job, image, size))
+            if len(batch) == predictor.batch_size:
+                flush(batch)
+        if batch:
+            flush(batch)
+        finish_writes(keep=0)
+    bar.close()
+    return report
