@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -91,6 +93,45 @@ def test_tensorboard_has_losses_lrs_images_attention_and_pr_curves(uninterrupted
     assert any("pr" in tag for tag in events.Tags()["tensors"])
     queries = events.Images("attention/r5-s2/queries_by_head")[0]
     assert queries.width > queries.height  # 8 heads side by side, one row per query point
+
+
+def test_a_real_tensorboard_server_shows_the_run(uninterrupted):
+    """Serve the run with TensorBoard itself and read what its dashboards would draw."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(uninterrupted / "tb"), "--host", "127.0.0.1",
+         "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(),
+    )
+
+    def get(path: str) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.read()
+
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                scalars = json.loads(get("/data/plugin/scalars/tags"))["."]
+                break
+            except (OSError, KeyError):
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.5)
+        assert {"loss/total", "loss/attention", "lr/swin", "val/synthetic/Sm"} <= set(scalars)
+        images = json.loads(get("/data/plugin/images/tags"))["."]
+        assert "attention/r5-s2/queries_by_head" in images
+        tag = urllib.parse.quote("attention/r5-s2/queries_by_head", safe="")
+        listing = json.loads(get(f"/data/plugin/images/images?run=.&tag={tag}"))
+        png = get(f"/data/plugin/images/individualImage?{listing[-1]['query']}")
+        assert png.startswith(b"\x89PNG")
+        tag = urllib.parse.quote("val/synthetic/pr", safe="")
+        curve = json.loads(get(f"/data/plugin/pr_curves/pr_curves?run=.&tag={tag}"))["."][-1]
+        # All 256 thresholds survive TensorBoard's trimming, and recall falls as the threshold rises.
+        assert len(curve["precision"]) == 256 and curve["recall"][0] >= curve["recall"][-1]
+        assert max(curve["precision"]) > 0
+    finally:
+        server.kill()
+        server.wait()
 
 
 def wait_for(path: Path, text: str, timeout: float) -> None:

@@ -42,6 +42,8 @@ from pgnet.engine.optim import build_optimizer, build_scheduler
 from pgnet.losses import PGNetLoss
 from pgnet.models.pgnet import PGNet, create_model
 
+NOMINAL_POSITIVES = 1e4  # foreground pixels behind the PR curve counts in TensorBoard
+
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss more often than allowed."""
@@ -498,13 +500,22 @@ class Trainer:
         return results
 
     def _log_pr_curve(self, name: str, curves: dict[str, np.ndarray]) -> None:
-        precision = np.asarray(curves["precision"], dtype=np.float64)
-        recall = np.asarray(curves["recall"], dtype=np.float64)
-        count = len(precision)
-        zeros = np.zeros(count)
+        """The dataset's mean PR curve as a TensorBoard PR curve.
+
+        The metrics keep mean precision/recall per threshold, not pixel counts; TensorBoard drops
+        points whose TP + FP is 0, so counts consistent with the curve are given for a nominal
+        ``NOMINAL_POSITIVES`` foreground pixels. Thresholds ascend in TensorBoard: the curve is reversed.
+        """
+        order = np.argsort(curves["threshold"])
+        precision = np.asarray(curves["precision"], dtype=np.float64)[order]
+        recall = np.asarray(curves["recall"], dtype=np.float64)[order]
+        true_pos = recall * NOMINAL_POSITIVES
+        false_neg = NOMINAL_POSITIVES - true_pos
+        false_pos = np.where(precision > 0, true_pos * (1 - precision) / np.maximum(precision, 1e-12), 0.0)
+        true_pos = np.maximum(true_pos, 1.0)  # keep every point: TensorBoard trims int(TP + FP) = 0
         self.writer.add_pr_curve_raw(
-            f"val/{name}/pr", zeros, zeros, zeros, zeros, precision, recall, self.position.global_step,
-            num_thresholds=count,
+            f"val/{name}/pr", true_pos, false_pos, np.zeros_like(true_pos), false_neg, precision, recall,
+            self.position.global_step, num_thresholds=len(precision),
         )
 
     def _update_best(self, results: dict[str, dict[str, float]], epoch: int) -> None:
