@@ -101,3 +101,25 @@ def test_yaml_off_and_no_stay_strings(tmp_path):
     config = load_config(path, overrides=["train.compile=false"])
     assert config.train.amp == "off" and config.train.deterministic is True and config.train.compile is False
     assert load_config(path, overrides=["train.amp=off"]).train.amp == "off"
+
+
+def test_augmentations_and_normalisation_are_chosen_in_yaml(tmp_path):
+    from pgnet.data.transforms import IMAGENET_MEAN
+    from pgnet.engine.data_setup import TrainingData
+    from pgnet.engine.distributed import DistInfo
+
+    path = tmp_path / "aug.yaml"
+    path.write_text(
+        "data:\n  preset: official\n  normalization: imagenet\n  augment: {color_jitter: 0.3, rotate: 5}\n"
+        "  train: [{name: synthetic, n: 2, size: 32}]\n  size: 32\n  num_workers: 0\n"
+    )
+    config = load_config(path)
+    assert config.data.augment.color_jitter == 0.3 and config.data.augment.hflip is None
+    data = TrainingData(config.data, seed=0, micro_batch=1, dist=DistInfo(), logger=None)
+    assert data.mean == IMAGENET_MEAN
+    pipeline = repr(data.dataset.datasets[0].transform) if hasattr(data.dataset, "datasets") else repr(
+        data.dataset.transform
+    )
+    assert "ColorJitter" in pipeline and "Rotate" in pipeline
+    with pytest.raises(ConfigError, match=r"data\.augment\.rotat"):
+        load_config(path, overrides=["data.augment.rotation=3"])

@@ -185,7 +185,9 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.network = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         if train.compile:
-            self.network = torch.compile(self.network)
+            # One static graph per multi-scale size (5 in the official recipe): symbolic shapes through
+            # the CMGM's pooling-stride search compile far more slowly than these few recompilations.
+            self.network = torch.compile(self.network, dynamic=False)
 
         self.position = Position()
         self.best: float | None = None
