@@ -42,16 +42,29 @@ class DatasetEntry:
 
 
 @dataclass
+class AugmentConfig:
+    """Overrides of the preset's augmentations (None: the preset's value)."""
+
+    hflip: float | None = None  # probability of a horizontal flip
+    border_crop: float | None = None  # largest fraction of each side a random crop removes
+    color_jitter: float | None = None  # brightness/contrast/saturation strength (0: off)
+    rotate: float | None = None  # largest rotation in degrees (0: off)
+    scale_crop: float | None = None  # smallest area fraction of a random resized crop (0: off)
+
+
+@dataclass
 class DataConfig:
     train: list[DatasetEntry] = field(default_factory=lambda: [DatasetEntry(name="synthetic")])
     val: list[DatasetEntry] = field(default_factory=list)
-    preset: str = "official"  # training augmentation preset (see pgnet.data.transforms)
+    preset: Literal["official", "augmented"] = "official"  # training augmentation preset
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    normalization: Literal["official", "imagenet"] = "official"  # statistics, unless mean/std are given
     size: int = 1024  # training resize before the crop
     multiscale: list[int] = field(default_factory=lambda: [960, 992, 1024, 1056, 1088])
     eval_size: int = 1024
     batch_size: int = 16  # in all, over every process and accumulation step
     num_workers: int = 4
-    mean: list[float] | None = None  # None: the official DUTS statistics
+    mean: list[float] | None = None  # 0-255 scale; None: the statistics of `normalization`
     std: list[float] | None = None
 
 
