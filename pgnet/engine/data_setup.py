@@ -12,7 +12,7 @@ import torch
 from pgnet.config import DataConfig, DatasetEntry
 from pgnet.data.datasets import build_dataset, build_train_dataset
 from pgnet.data.loader import build_eval_loader, build_train_loader, set_loader_epoch
-from pgnet.data.transforms import OFFICIAL_MEAN, OFFICIAL_STD, build_eval_transform, build_train_transform
+from pgnet.data.transforms import NORMALIZATIONS, build_eval_transform, build_train_transform
 from pgnet.engine.distributed import DistInfo
 
 
@@ -38,18 +38,13 @@ class Validation:
 
     @torch.no_grad()
     def run(self, model: torch.nn.Module, device: torch.device, autocast: Callable) -> tuple[dict, dict | None]:
+        """(metrics, mean curves) of ``model`` (in eval mode) on this set, predicted by the evaluator."""
+        from pgnet.engine.evaluator import accumulate_model
         from pgnet.metrics import SODMetrics
 
         metrics = SODMetrics(device=device)
-        for batch in self.loader:
-            if batch["image"].shape[0] == 0:
-                continue
-            image = batch["image"].to(device)
-            for index, mask in enumerate(batch["mask"]):
-                with autocast():
-                    logits = model(image[index : index + 1], output_size=tuple(mask.shape[-2:])).pred
-                pred = torch.sigmoid(logits.float())[0, 0]
-                metrics.update(pred, (mask[0].to(device) * 255).round().to(torch.uint8))
+        if accumulate_model(model, self.loader, device, metrics, autocast=autocast) == 0:
+            raise RuntimeError(f"validation set {self.name}: no image could be scored")
         return metrics.compute(), metrics.curves()
 
 
@@ -61,11 +56,13 @@ class TrainingData:
 
     def __init__(self, config: DataConfig, seed: int, micro_batch: int, dist: DistInfo, logger: logging.Logger):
         self.config = config
-        self.mean = tuple(config.mean) if config.mean else OFFICIAL_MEAN
-        self.std = tuple(config.std) if config.std else OFFICIAL_STD
+        default_mean, default_std = NORMALIZATIONS[config.normalization]
+        self.mean = tuple(config.mean) if config.mean else default_mean
+        self.std = tuple(config.std) if config.std else default_std
         if not config.train:
             raise ValueError("data.train lists no dataset")
-        transform = build_train_transform(config.preset, size=config.size, mean=self.mean, std=self.std)
+        augment = {key: value for key, value in asdict(config.augment).items() if value is not None}
+        transform = build_train_transform(config.preset, size=config.size, mean=self.mean, std=self.std, **augment)
         self.dataset = build_train_dataset([dataset_options(e) for e in config.train], transform)
         self.loader = build_train_loader(
             self.dataset,

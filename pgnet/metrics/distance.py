@@ -1,134 +1,114 @@
-"""Exact Euclidean distances to a binary foreground, capped, on any device.
+"""Exact Euclidean distances to a binary foreground, and nearest foreground pixels, on any device.
 
 On the CPU OpenCV's exact distance transform (``DIST_MASK_PRECISE``, Felzenszwalb-Huttenlocher) does
-the work; its float32 distances are turned back into exact integer squared distances, which is
-exact while the squared distance stays well below 2^22 (the cap keeps it there). On other devices a
-separable torch version runs: exact column distances by running max/min of foreground row indices,
-then the row pass by brute force over column offsets up to the cap, stopping as soon as no pixel can
-improve.
+the work. It returns float32 ``sqrt(n)`` for the integer squared distance ``n``; squaring and
+rounding recovers ``n`` exactly while ``n`` is far below 2^22 (the cap keeps it there). On other devices (or with
+``opencv=False``) a separable torch version runs: exact column distances from running max/min of
+foreground row indices, then the row pass by brute force over column offsets up to the cap,
+stopping as soon as no pixel can improve.
 """
 
 from __future__ import annotations
 
+import math
+
 import cv2
-import numpy as np
 import torch
+
+from pgnet.metrics.morphology import dilate_square, use_opencv
 
 
 def _squared_distance_opencv(foreground: torch.Tensor, cap: int) -> torch.Tensor:
-    background = (~foreground).to(torch.uint8).numpy()
+    background = (~foreground).contiguous().numpy().view("uint8")
     distance = torch.from_numpy(cv2.distanceTransform(background, cv2.DIST_L2, cv2.DIST_MASK_PRECISE))
-    squared = distance.double().square_().round_()
-    # Beyond the cap the float32 distance may not round back to the exact integer: saturate.
-    return squared.masked_fill_((distance > cap + 0.5) | (squared > cap * cap), cap * cap + 1).long()
+    # float32 holds the squares exactly; beyond the cap the rounding may be off, but those saturate.
+    return distance.mul_(distance).round_().clamp_(max=cap * cap + 1).int()
 
 
 def _squared_distance_torch(foreground: torch.Tensor, cap: int) -> torch.Tensor:
+    """(H, W) int64 exact squared distances up to ``cap²``, ``cap² + 1`` beyond."""
     height, width = foreground.shape
     device = foreground.device
     beyond = cap + 1
     rows = torch.arange(height, device=device)[:, None].expand(height, width)
     none_above = torch.full_like(rows, -(2 * beyond + height))
-    above = torch.where(foreground, rows, none_above).cummax(0).values
+    above = torch.where(foreground, rows, none_above).cummax(0).values  # nearest foreground row at or above
     none_below = torch.full_like(rows, 2 * beyond + 2 * height)
     below = torch.where(foreground, rows, none_below).flip(0).cummin(0).values.flip(0)
-    column_distance = torch.minimum(rows - above, below - rows).clamp(max=beyond)
+    column_distance = torch.minimum(rows - above, below - rows).clamp_(max=beyond)
     column_squared = column_distance * column_distance
     squared = column_squared.clone()
     for offset in range(1, min(cap, width - 1) + 1):
         if offset % 8 == 1 and offset * offset > int(squared.max()):
-            break
+            break  # no farther column can bring any pixel closer
         shifted = column_squared[:, :-offset] + offset * offset
-        squared[:, offset:] = torch.minimum(squared[:, offset:], shifted)
+        torch.minimum(squared[:, offset:], shifted, out=squared[:, offset:])
         shifted = column_squared[:, offset:] + offset * offset
-        squared[:, :-offset] = torch.minimum(squared[:, :-offset], shifted)
-    return torch.where(squared <= cap * cap, squared, cap * cap + 1)
+        torch.minimum(squared[:, :-offset], shifted, out=squared[:, :-offset])
+    return squared.clamp_(max=cap * cap + 1)
 
 
-def squared_distance_to_foreground(foreground: torch.Tensor, cap: int, *, use_opencv: bool | None = None
-                                   ) -> torch.Tensor:
-    """(H, W) int64 squared Euclidean distance from each pixel to the nearest foreground pixel.
+def squared_distance_to_foreground(
+    foreground: torch.Tensor, cap: int, *, opencv: bool | None = None
+) -> torch.Tensor:
+    """(H, W) integer squared Euclidean distance to the nearest pixel of bool H×W ``foreground``.
 
-    Exact up to ``cap`` pixels; farther pixels (and every pixel when there is no foreground) get
-    ``cap² + 1``. ``use_opencv`` (default: on CPU tensors) picks the implementation.
+    Exact up to ``cap²``; ``cap² + 1`` beyond, and everywhere when there is no foreground.
     """
     if foreground.dim() != 2:
         raise ValueError(f"expected an H×W mask, got shape {tuple(foreground.shape)}")
     if not bool(foreground.any()):
-        return torch.full(foreground.shape, cap * cap + 1, dtype=torch.long, device=foreground.device)
-    if use_opencv is None:
-        use_opencv = foreground.device.type == "cpu"
-    if use_opencv:
-        return _squared_distance_opencv(foreground.cpu(), cap).to(foreground.device)
+        return torch.full(foreground.shape, cap * cap + 1, dtype=torch.int32, device=foreground.device)
+    if use_opencv(foreground, opencv):
+        return _squared_distance_opencv(foreground, cap)
     return _squared_distance_torch(foreground, cap)
 
 
-def distance_to_foreground(foreground: torch.Tensor, cap: int, *, use_opencv: bool | None = None
-                           ) -> torch.Tensor:
-    """(H, W) float64 Euclidean distance to the nearest foreground pixel, bit-identical to
-    ``scipy.ndimage.distance_transform_edt`` up to ``cap``, ``inf`` beyond."""
-    squared = squared_distance_to_foreground(foreground, cap, use_opencv=use_opencv)
-    distance = squared.double().sqrt_()
-    return distance.masked_fill_(squared > cap * cap, float("inf"))
+def distance_to_foreground(foreground: torch.Tensor, cap: int, *, opencv: bool | None = None) -> torch.Tensor:
+    """(H, W) float64 Euclidean distance to the nearest pixel of bool H×W ``foreground``: ``sqrt`` of
+    the exact squared distance (scipy's ``distance_transform_edt`` agrees to an ulp) up to ``cap``,
+    ``inf`` beyond."""
+    squared = squared_distance_to_foreground(foreground, cap, opencv=opencv)
+    return squared.double().sqrt_().masked_fill_(squared > cap * cap, math.inf)
 
 
-def nearest_foreground_near_boundary(foreground: torch.Tensor, radius: int = 3
-                                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Nearest foreground pixel of every background pixel within Chebyshev distance ``radius``.
+def _preferred_offsets(radius: int) -> list[tuple[int, int]]:
+    """Offsets (dy, dx) with 0 < dy² + dx² <= 2·radius², nearest first, ties by column offset, then
+    row offset: the preference of scipy's ``distance_transform_edt`` among equally near pixels."""
+    span = math.isqrt(2 * radius * radius)
+    offsets = [(dy, dx) for dy in range(-span, span + 1) for dx in range(-span, span + 1)]
+    offsets = [(dy, dx) for dy, dx in offsets if 0 < dy * dy + dx * dx <= 2 * radius * radius]
+    return sorted(offsets, key=lambda o: (o[0] * o[0] + o[1] * o[1], o[1], o[0]))
 
-    Returns (rows, cols, nearest rows, nearest cols) as 1-D int64 tensors. Among equally near
+
+def nearest_foreground_near_boundary(
+    foreground: torch.Tensor, radius: int = 3, *, opencv: bool | None = None, chunk: int = 1 << 16
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nearest foreground pixel of every background pixel within Chebyshev distance ``radius`` of it.
+
+    Returns (rows, cols, nearest rows, nearest cols), 1-D int64 tensors. Among equally near
     foreground pixels the one with the smallest column, then the smallest row, is chosen: the choice
-    scipy's ``distance_transform_edt(..., return_indices=True)`` makes.
+    of ``scipy.ndimage.distance_transform_edt(..., return_indices=True)``. Such a pixel has a
+    foreground pixel within squared distance 2·radius², so it looks up all those offsets at once,
+    ``chunk`` pixels at a time, and takes the first one that holds foreground.
     """
     height, width = foreground.shape
-    near = _dilate_square(foreground, radius) & ~foreground
+    device = foreground.device
+    near = dilate_square(foreground, radius, opencv=opencv) & ~foreground
     rows, cols = near.nonzero(as_tuple=True)
-    pad = radius + 1
+    offsets = torch.tensor(_preferred_offsets(radius), device=device)  # (L, 2)
+    pad = math.isqrt(2 * radius * radius)
     padded_width = width + 2 * pad
-    padded = torch.zeros(height + 2 * pad, padded_width, dtype=torch.bool, device=foreground.device)
-    padded[pad:pad + height, pad:pad + width] = foreground
+    padded = torch.zeros(height + 2 * pad, padded_width, dtype=torch.uint8, device=device)
+    padded[pad : pad + height, pad : pad + width] = foreground
     flat = padded.view(-1)
-    base = (rows + pad) * padded_width + (cols + pad)
-    found_dy = torch.zeros_like(rows)
-    found_dx = torch.zeros_like(rows)
-    pending = torch.arange(rows.numel(), device=foreground.device)
-    for level in _offset_levels(radius):
-        if pending.numel() == 0:
-            break
-        dy = torch.tensor([o[0] for o in level], device=foreground.device)
-        dx = torch.tensor([o[1] for o in level], device=foreground.device)
-        candidates = flat[base[pending][:, None] + (dy * padded_width + dx)[None, :]]
-        hit = candidates.any(1)
-        first = candidates.to(torch.uint8).argmax(1)  # first True: the preferred offset
-        resolved = pending[hit]
-        found_dy[resolved] = dy[first[hit]]
-        found_dx[resolved] = dx[first[hit]]
-        pending = pending[~hit]
-    return rows, cols, rows + found_dy, cols + found_dx
-
-
-def _offset_levels(radius: int) -> list[list[tuple[int, int]]]:
-    """Offsets (dy, dx) with 0 < dy² + dx² <= 2·radius², grouped by squared length, each group
-    ordered by column then row offset."""
-    reach = 2 * radius * radius
-    span = int(np.floor(np.sqrt(reach)))
-    by_length: dict[int, list[tuple[int, int]]] = {}
-    for dy in range(-span, span + 1):
-        for dx in range(-span, span + 1):
-            length = dy * dy + dx * dx
-            if 0 < length <= reach:
-                by_length.setdefault(length, []).append((dy, dx))
-    return [sorted(by_length[length], key=lambda o: (o[1], o[0])) for length in sorted(by_length)]
-
-
-def _dilate_square(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Binary dilation by a (2·radius+1)² square; pixels outside the image count as background."""
-    horizontal = mask.clone()
-    for shift in range(1, radius + 1):
-        horizontal[:, shift:] |= mask[:, :-shift]
-        horizontal[:, :-shift] |= mask[:, shift:]
-    result = horizontal.clone()
-    for shift in range(1, radius + 1):
-        result[shift:] |= horizontal[:-shift]
-        result[:-shift] |= horizontal[shift:]
-    return result
+    index_type = torch.int32 if padded.numel() < 1 << 31 else torch.int64
+    steps = (offsets[:, 0] * padded_width + offsets[:, 1]).to(index_type)  # (L,) flat offsets
+    base = ((rows + pad) * padded_width + (cols + pad)).to(index_type)  # (K,) flat index of each pixel
+    choice = torch.empty_like(rows)
+    for start in range(0, rows.numel(), chunk):
+        index = base[start : start + chunk, None] + steps[None, :]  # (k, L)
+        hits = flat.index_select(0, index.view(-1)).view(index.shape)
+        choice[start : start + chunk] = hits.argmax(1)  # the first foreground offset
+    nearest = offsets[choice]  # (K, 2)
+    return rows, cols, rows + nearest[:, 0], cols + nearest[:, 1]

@@ -42,14 +42,15 @@ def quantize_prediction(pred: ArrayLike) -> torch.Tensor:
 
 
 def binarize_ground_truth(gt: ArrayLike) -> torch.Tensor:
-    """A mask as bool foreground: uint8 > 128, float (0..1 scale) > 128/255, bool as it is."""
+    """A mask as bool foreground: uint8 > 128; float (0..1 scale) ``round(gt·255) > 128``, so a float
+    copy ``mask / 255`` of a uint8 mask binarises as the mask does; bool as it is."""
     tensor = _as_tensor(gt)
     if tensor.dtype == torch.bool:
         return tensor
     if tensor.dtype == torch.uint8:
         return tensor > MASK_THRESHOLD
     if tensor.is_floating_point():
-        return tensor > MASK_THRESHOLD / 255
+        return (tensor * 255).round() > MASK_THRESHOLD
     raise TypeError(f"masks must be uint8 0..255, float in [0, 1] or bool, got {tensor.dtype}")
 
 

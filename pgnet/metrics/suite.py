@@ -63,6 +63,8 @@ class SODMetrics:
     values: means over images, and for the curve metrics the max and mean of the mean curve.
 
     Computation runs on ``device`` (None: wherever each prediction lives); the state lives there too.
+    On the CPU a few kernels (histograms, distance transform, morphology, blur) run in OpenCV unless
+    ``opencv`` is False; the results are the same either way.
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class SODMetrics:
         wfm_beta: float = 1.0,
         biou_dilation_ratio: float = BIOU_DILATION_RATIO,
         mba_steps: int = MBA_STEPS,
+        opencv: bool | None = None,
     ) -> None:
         self.groups = resolve_metric_groups(metrics)
         if not self.groups:
@@ -85,6 +88,7 @@ class SODMetrics:
         self.wfm_beta = wfm_beta
         self.biou_dilation_ratio = biou_dilation_ratio
         self.mba_steps = mba_steps
+        self.opencv = opencv
         self.reset()
 
     @property
@@ -115,8 +119,8 @@ class SODMetrics:
         per_image: dict[str, torch.Tensor] = {}
         groups = set(self.groups)
 
-        if groups & {"MAE", "Sm", "Em", "Fm"}:
-            hist = joint_histogram(pred_u8, gt_bool)
+        if groups & {"MAE", "Sm", "Em", "Fm", "wFm"}:
+            hist = joint_histogram(pred_u8, gt_bool, opencv=self.opencv)
             num_fg = hist.num_foreground
             if "MAE" in groups:
                 per_image["MAE"] = mean_absolute_error(hist)
@@ -136,11 +140,11 @@ class SODMetrics:
                 self._accumulate(self._curve_sums, "recall", recall)
                 self._accumulate(self._curve_sums, "fm", fmeasure)
         if "wFm" in groups:
-            per_image["wFm"] = weighted_fmeasure(pred_u8, gt_bool, self.wfm_beta)
+            per_image["wFm"] = weighted_fmeasure(pred_u8, gt_bool, hist, self.wfm_beta, opencv=self.opencv)
         if "BIoU" in groups:
-            per_image["BIoU"] = boundary_iou(pred_u8, gt_bool, self.biou_dilation_ratio)
+            per_image["BIoU"] = boundary_iou(pred_u8, gt_bool, self.biou_dilation_ratio, opencv=self.opencv)
         if "mBA" in groups:
-            per_image["mBA"] = mean_boundary_accuracy(pred_u8, gt_bool, self.mba_steps)
+            per_image["mBA"] = mean_boundary_accuracy(pred_u8, gt_bool, self.mba_steps, opencv=self.opencv)
 
         for name, values in per_image.items():
             self._accumulate(self._sums, name, values)

@@ -1,0 +1,145 @@
+"""``pgnet-eval`` / ``scripts/eval.py``: evaluate a checkpoint on named datasets, and/or prediction
+folders against ground-truth folders; tables (terminal, Markdown, CSV, JSON) and curve plots."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EPILOG = """examples:
+  checkpoint on registered datasets, saving its predictions:
+    scripts/eval.py -c runs/dh/checkpoints/best.pth --datasets DUTS-TE HRSOD-TE --data-root data \\
+        --save-preds preds -o results/dh
+  prediction folders (preds/<method>/<dataset>/<name>.png) side by side, no model:
+    scripts/eval.py --pred-root preds --datasets DUTS-TE HRSOD-TE --data-root data -o results/compare
+  explicit folders:
+    scripts/eval.py --preds PGNet=preds/PGNet Other=other/masks --gt DAVIS-S=data/DAVIS-S/mask -o results/davis
+"""
+
+
+def _named_paths(values: Sequence[str] | None, option: str) -> dict[str, Path]:
+    """``NAME=PATH`` values as a dict; a bad value is an error naming the option."""
+    named: dict[str, Path] = {}
+    for value in values or []:
+        name, separator, path = value.partition("=")
+        if not separator or not name or not path:
+            raise ValueError(f"{option} expects NAME=PATH, got {value!r}")
+        if name in named:
+            raise ValueError(f"{option}: {name!r} given twice")
+        named[name] = Path(path).expanduser()
+    return named
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgnet-eval",
+        description="Evaluate saliency predictions: MAE, S-measure, E-measure, F-measure and weighted F-measure "
+        "(pysodmetrics' definitions), BIoU and mBA (their papers' code).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sources = parser.add_argument_group("what to evaluate")
+    sources.add_argument("-c", "--checkpoint", help="a project checkpoint or an official one")
+    sources.add_argument("--name", help="method name of the checkpoint (default: from its path)")
+    sources.add_argument("--weights", default="model", choices=("model", "ema"), help="weights of a project checkpoint")
+    sources.add_argument("--preds", nargs="+", metavar="METHOD=FOLDER",
+                         help="prediction folders, each holding <dataset>/<name>.png (or the PNGs of the one dataset)")
+    sources.add_argument("--pred-root",
+                         help="a folder whose subfolders are methods: ROOT/<method>/<dataset>/<name>.png")
+
+    data = parser.add_argument_group("ground truth")
+    data.add_argument("--datasets", nargs="+", metavar="NAME", help="registered datasets (e.g. DUTS-TE HRSOD-TE)")
+    data.add_argument("--data-root", help="root the named datasets are found under")
+    data.add_argument("--gt", nargs="+", metavar="NAME=MASK_FOLDER", help="ground-truth folders by dataset name")
+    data.add_argument("--images", nargs="+", metavar="NAME=IMAGE_FOLDER",
+                      help="image folders for --gt datasets (needed with a checkpoint)")
+
+    model = parser.add_argument_group("running the checkpoint")
+    model.add_argument("--size", type=int, default=1024, help="test size: images are resized to size×size (1024)")
+    model.add_argument("--normalization", default="official", choices=("official", "imagenet"),
+                       help="input statistics the model was trained with (default official)")
+    model.add_argument("--flip", action="store_true", help="flip test-time augmentation")
+    model.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                       help="auto: bf16 on CUDA, fp32 elsewhere")
+    model.add_argument("-b", "--batch-size", type=int, default=1, help="images per forward pass (default 1)")
+    model.add_argument("--num-workers", type=int, default=2, help="data loader workers (default 2)")
+    model.add_argument("--save-preds", metavar="OUT", help="save predictions as OUT/<method>/<dataset>/<name>.png")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("-o", "--output", default="eval_results",
+                        help="folder for results.{md,csv,json} and plots/ (default eval_results)")
+    output.add_argument("--metrics", nargs="+", metavar="METRIC",
+                        help="metric groups or keys (default all: MAE Sm Em Fm wFm BIoU mBA)")
+    output.add_argument("--allow-missing", action="store_true",
+                        help="score the masks that have a prediction when some have none (default: stop)")
+    output.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1")
+    output.add_argument("--workers", type=int, default=2, help="threads reading prediction files (default 2)")
+    output.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 on success, 2 for a usage or data error (the message names the path), 1 otherwise."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (args.checkpoint or args.preds or args.pred_root):
+        parser.error("give --checkpoint, --preds or --pred-root")
+    if not (args.datasets or args.gt):
+        parser.error("give --datasets (with --data-root) or --gt")
+    if args.datasets and not args.data_root:
+        parser.error("--datasets needs --data-root")
+    if args.save_preds and not args.checkpoint:
+        parser.error("--save-preds needs --checkpoint")
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+
+    from pgnet.engine.evaluator import EvalDataset, ModelMethod, evaluate, resolve_datasets
+    from pgnet.metrics import ALL_METRICS, resolve_metric_groups
+    from pgnet.metrics.report import format_table
+
+    try:
+        metrics = resolve_metric_groups(args.metrics) if args.metrics else ALL_METRICS
+        datasets = resolve_datasets(args.datasets, args.data_root) if args.datasets else []
+        images = _named_paths(args.images, "--images")
+        for name, mask_dir in _named_paths(args.gt, "--gt").items():
+            datasets.append(EvalDataset(name, mask_dir, images.pop(name, None)))
+        if images:
+            raise ValueError(f"--images names datasets not given with --gt: {', '.join(images)}")
+        prediction_dirs = _named_paths(args.preds, "--preds")
+        if args.pred_root:
+            root = Path(args.pred_root).expanduser()
+            if not root.is_dir():
+                raise FileNotFoundError(f"--pred-root {root} does not exist or is not a folder")
+            methods = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+            if not methods:
+                raise FileNotFoundError(f"--pred-root {root} has no method subfolders")
+            for folder in methods:
+                prediction_dirs.setdefault(folder.name, folder)
+        model_method = None
+        if args.checkpoint:
+            model_method = ModelMethod(
+                Path(args.checkpoint), name=args.name, weights=args.weights, size=args.size,
+                normalization=args.normalization, precision=args.precision, flip=args.flip,
+                batch_size=args.batch_size, num_workers=args.num_workers,
+                save_dir=Path(args.save_preds) if args.save_preds else None,
+            )
+        report = evaluate(
+            datasets, args.output, model_method=model_method, prediction_dirs=prediction_dirs, metrics=metrics,
+            device=args.device, allow_missing=args.allow_missing, workers=args.workers,
+            progress=not args.no_progress,
+        )
+    except (FileNotFoundError, KeyError, ValueError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except (RuntimeError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print()
+    print(format_table(report.results))
+    print(f"results: {report.folder / 'results.md'}, results.csv, results.json, plots/")
+    return 0

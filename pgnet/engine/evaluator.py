@@ -1,0 +1,417 @@
+"""Evaluation: a checkpoint on named datasets, or prediction folders against ground-truth folders.
+
+- :func:`accumulate_model` is the one way a dataset is predicted for evaluation (the trainer's
+  validation uses it too): images at the test size through the network, the logits taken at the
+  head's stride-4 resolution and resized once, straight to each mask's original size, then the
+  sigmoid; every prediction is scored as its 8-bit PNG would be, and can be saved as that PNG.
+- :func:`accumulate_folder` scores prediction files against mask files (``match_predictions`` pairs
+  them by file stem and reports the missing ones).
+- :func:`evaluate` runs either or both over several datasets and methods and writes an
+  :class:`~pgnet.metrics.report.EvaluationReport` after every dataset.
+
+Predictions of method M on dataset D live at ``<folder>/D/<name>.png`` (what ``save_dir`` writes);
+a method folder without a ``D`` subfolder is read directly when a single dataset is evaluated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from pgnet.data.io import MASK_EXTENSIONS, list_files, read_mask
+from pgnet.metrics import ALL_METRICS, SODMetrics, quantize_prediction
+from pgnet.metrics.report import EvaluationReport, MethodResult
+
+logger = logging.getLogger(__name__)
+
+PREDICTION_EXTENSIONS = MASK_EXTENSIONS
+_SHOWN_NAMES = 10  # names listed in messages about missing files
+
+
+class MissingPredictionsError(FileNotFoundError):
+    """Masks without a prediction (evaluate the rest with ``allow_missing``)."""
+
+
+@dataclass
+class EvalDataset:
+    """A test set: masks, and the images a model needs (None when only prediction folders are scored)."""
+
+    name: str
+    mask_dir: Path
+    image_dir: Path | None = None
+    spec: Any = None  # the registry's DatasetSpec, when resolved by name
+
+
+@dataclass
+class ModelMethod:
+    """A checkpoint to evaluate, and how to run it."""
+
+    checkpoint: Path
+    name: str | None = None  # default: derived from the checkpoint path (see ``method_name``)
+    weights: str = "model"
+    size: int = 1024
+    normalization: str = "official"
+    precision: str = "auto"
+    flip: bool = False
+    batch_size: int = 1
+    num_workers: int = 2
+    save_dir: Path | None = None  # write OUT/<method>/<dataset>/<name>.png
+
+    @property
+    def method_name(self) -> str:
+        """``name``, else the checkpoint's stem; ``best``/``last``/... of a run become ``<run>-best``."""
+        if self.name:
+            return self.name
+        path = Path(self.checkpoint)
+        if path.stem in ("best", "last", "model", "checkpoint"):
+            run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+            return f"{run.name}-{path.stem}" if run.name else path.stem
+        return path.stem
+
+
+@dataclass
+class FolderMatch:
+    """Prediction files matched to masks by stem."""
+
+    pairs: list[tuple[str, Path, Path]] = field(default_factory=list)  # (name, prediction, mask)
+    missing: list[str] = field(default_factory=list)  # masks without a prediction
+    extra: list[str] = field(default_factory=list)  # predictions without a mask
+
+
+def _shorten(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:_SHOWN_NAMES])
+    return shown + (f", ... ({len(names) - _SHOWN_NAMES} more)" if len(names) > _SHOWN_NAMES else "")
+
+
+def _files_by_stem(folder: Path, what: str) -> dict[str, Path]:
+    """Image files in ``folder`` by stem (the earlier extension of MASK_EXTENSIONS wins); errors name
+    the folder when it is missing or holds no image file."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} folder {folder} does not exist or is not a folder")
+    files = list_files(folder, PREDICTION_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"{what} folder {folder} holds no image files ({', '.join(PREDICTION_EXTENSIONS)})")
+    preference = {extension: rank for rank, extension in enumerate(PREDICTION_EXTENSIONS)}
+    by_stem: dict[str, Path] = {}
+    for path in sorted(files, key=lambda p: (p.stem, preference[p.suffix.lower()])):
+        by_stem.setdefault(path.stem, path)
+    return by_stem
+
+
+def match_predictions(prediction_dir: str | Path, mask_dir: str | Path) -> FolderMatch:
+    """Pair ``prediction_dir``'s files with ``mask_dir``'s masks by file stem (sorted by name)."""
+    masks = _files_by_stem(Path(mask_dir), "mask")
+    predictions = _files_by_stem(Path(prediction_dir), "prediction")
+    return FolderMatch(
+        pairs=[(name, predictions[name], masks[name]) for name in sorted(masks) if name in predictions],
+        missing=[name for name in sorted(masks) if name not in predictions],
+        extra=[name for name in sorted(predictions) if name not in masks],
+    )
+
+
+def prediction_folder(method_dir: str | Path, dataset: str, single_dataset: bool) -> Path:
+    """Where a method's predictions for ``dataset`` are: ``method_dir/dataset``, or ``method_dir``
+    itself when it has no such subfolder and only one dataset is evaluated."""
+    method_dir = Path(method_dir)
+    nested = method_dir / dataset
+    if nested.is_dir() or not single_dataset:
+        return nested
+    return method_dir
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring a model
+
+
+def _no_autocast() -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+def save_prediction_png(path: Path, pred: torch.Tensor) -> None:
+    """Write an H×W prediction (float in [0, 1] or uint8) as an 8-bit PNG; errors name the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), quantize_prediction(pred).cpu().numpy()):
+        raise OSError(f"cannot write {path}")
+
+
+@torch.no_grad()
+def accumulate_model(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    device: torch.device | str,
+    metrics: SODMetrics,
+    *,
+    autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+    flip: bool = False,
+    save_dir: str | Path | None = None,
+    progress: bool = False,
+    description: str | None = None,
+) -> int:
+    """Predict every image of an evaluation loader and add it to ``metrics``; returns the images scored.
+
+    ``loader`` yields :func:`pgnet.data.loader.collate_eval` batches (images at the test size, masks
+    at their original size). The logits are taken at the head's stride-4 resolution and resized once
+    to each mask's size before the sigmoid; ``flip`` averages with the mirrored image's prediction.
+    With ``save_dir`` each prediction is written as ``save_dir/<name>.png`` (8-bit, as scored).
+    The model is used as it is (put it in eval mode first).
+    """
+    from tqdm import tqdm
+
+    device = torch.device(device)
+    autocast = autocast or _no_autocast
+    save_dir = Path(save_dir) if save_dir is not None else None
+    total = len(loader.dataset) if hasattr(loader.dataset, "__len__") else None
+    count = 0
+    with tqdm(total=total, desc=description, unit="img", disable=not progress, leave=False) as bar:
+        for batch in loader:
+            bar.update(len(batch["name"]) + int(batch.get("skipped", 0)))
+            if batch["image"].shape[0] == 0:
+                continue
+            images = batch["image"].to(device, non_blocking=True)  # B×3×S×S
+            if flip:
+                images = torch.cat((images, images.flip(-1)))
+            head_size = (-(-images.shape[-2] // 4), -(-images.shape[-1] // 4))
+            with autocast():
+                logits = model(images, output_size=head_size, need_attention=False).pred
+            logits = logits.float()  # (2)B×1×h×w
+            batch_size = len(batch["name"])
+            for index, (name, mask) in enumerate(zip(batch["name"], batch["mask"])):
+                views = logits[index : index + 1]
+                if flip:
+                    views = torch.cat((views, logits[batch_size + index : batch_size + index + 1].flip(-1)))
+                resized = F.interpolate(views, size=tuple(mask.shape[-2:]), mode="bilinear", align_corners=False)
+                pred = torch.sigmoid(resized).mean(0)[0]  # H×W in [0, 1]
+                metrics.update(pred, mask[0].to(device))
+                if save_dir is not None:
+                    save_prediction_png(save_dir / f"{name}.png", pred)
+                count += 1
+    return count
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring prediction files
+
+
+def _read_pair(prediction: Path, mask: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int] | None]:
+    """(prediction resized to the mask if needed, mask, the prediction's original (H, W) if resized)."""
+    gt = read_mask(mask)
+    pred = read_mask(prediction)
+    if pred.shape == gt.shape:
+        return pred, gt, None
+    resized = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return resized, gt, (int(pred.shape[0]), int(pred.shape[1]))
+
+
+def _prefetch(pairs: Sequence[tuple[str, Path, Path]], workers: int
+              ) -> Iterator[tuple[str, Path, tuple[np.ndarray, np.ndarray, tuple[int, int] | None]]]:
+    """Read pairs in background threads, at most ``2·workers`` ahead (decoding releases the GIL)."""
+    if workers <= 0:
+        for name, prediction, mask in pairs:
+            yield name, prediction, _read_pair(prediction, mask)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="pgnet-eval-read") as pool:
+        items = iter(pairs)
+        pending: deque[tuple[str, Path, Future]] = deque()
+
+        def submit_next() -> None:
+            item = next(items, None)
+            if item is not None:
+                pending.append((item[0], item[1], pool.submit(_read_pair, item[1], item[2])))
+
+        for _ in range(2 * workers):
+            submit_next()
+        while pending:
+            name, prediction, future = pending.popleft()
+            submit_next()
+            yield name, prediction, future.result()
+
+
+def accumulate_folder(
+    pairs: Sequence[tuple[str, Path, Path]],
+    metrics: SODMetrics,
+    device: torch.device | str = "cpu",
+    *,
+    workers: int = 2,
+    progress: bool = False,
+    description: str | None = None,
+) -> tuple[int, list[str]]:
+    """Score (name, prediction file, mask file) pairs; returns (images scored, resize notes).
+
+    A prediction whose size differs from its mask's is resized to it (bilinear) and noted.
+    Unreadable files raise ``ImageReadError`` naming the file.
+    """
+    from tqdm import tqdm
+
+    device = torch.device(device)
+    resized: list[str] = []
+    count = 0
+    for _name, prediction, (pred, gt, original) in tqdm(
+        _prefetch(pairs, workers), total=len(pairs), desc=description, unit="img", disable=not progress, leave=False
+    ):
+        if original is not None:
+            resized.append(f"{prediction.name} {original[1]}x{original[0]} -> {gt.shape[1]}x{gt.shape[0]}")
+        metrics.update(torch.from_numpy(pred).to(device), torch.from_numpy(gt).to(device))
+        count += 1
+    return count, resized
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole evaluations
+
+
+def resolve_datasets(names: Sequence[str], root: str | Path) -> list[EvalDataset]:
+    """Registered datasets by name under ``root`` (errors name the root and the dataset)."""
+    from pgnet.data.registry import resolve_dataset
+
+    datasets = []
+    for name in names:
+        spec = resolve_dataset(name, root)
+        datasets.append(EvalDataset(spec.name, spec.mask_dir, spec.image_dir, spec))
+    return datasets
+
+
+def _load_dataset(dataset: EvalDataset, method: ModelMethod):
+    """The dataset of images at ``method.size`` (masks at their size), warning about unpaired masks."""
+    from pgnet.data.datasets import build_dataset
+    from pgnet.data.registry import DatasetSpec, pair_files
+    from pgnet.data.transforms import NORMALIZATIONS, build_eval_transform
+
+    if dataset.image_dir is None:
+        raise ValueError(f"dataset {dataset.name}: a model needs images, but only masks ({dataset.mask_dir}) are known")
+    if method.normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {method.normalization!r}; choose from {', '.join(NORMALIZATIONS)}")
+    mean, std = NORMALIZATIONS[method.normalization]
+    spec = dataset.spec or DatasetSpec(dataset.name, dataset.mask_dir.parent, dataset.image_dir, dataset.mask_dir)
+    unpaired = pair_files(spec.image_dir, spec.mask_dir).unpaired_masks
+    if unpaired:
+        logger.warning("%s: %d masks have no image in %s and are not scored: %s", dataset.name, len(unpaired),
+                       spec.image_dir, _shorten([p.name for p in unpaired]))
+    return build_dataset(spec, build_eval_transform(method.size, mean, std))
+
+
+def _evaluate_model(model: torch.nn.Module, dataset: EvalDataset, method: ModelMethod, device: torch.device,
+                    metric_names: Sequence[str], progress: bool) -> MethodResult:
+    from pgnet.data.loader import build_eval_loader
+    from pgnet.inference import resolve_precision
+
+    data = _load_dataset(dataset, method)
+    loader = build_eval_loader(data, batch_size=method.batch_size, num_workers=method.num_workers)
+    precision = resolve_precision(method.precision, device)
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    save_dir = method.save_dir / method.method_name / dataset.name if method.save_dir is not None else None
+    metrics = SODMetrics(metric_names, device=device)
+    count = accumulate_model(model, loader, device, metrics, autocast=autocast, flip=method.flip,
+                             save_dir=save_dir, progress=progress, description=f"{method.method_name} {dataset.name}")
+    notes = []
+    skipped = len(data) - count
+    if skipped:
+        notes.append(f"{skipped} of {len(data)} pairs were unreadable and not scored (see the warnings)")
+    if count == 0:
+        raise RuntimeError(f"{dataset.name}: no image could be scored")
+    return _result(dataset.name, method.method_name, metrics, count, notes)
+
+
+def _evaluate_folder(method: str, folder: Path, dataset: EvalDataset, device: torch.device,
+                     metric_names: Sequence[str], allow_missing: bool, workers: int, progress: bool) -> MethodResult:
+    match = match_predictions(folder, dataset.mask_dir)
+    notes = []
+    if match.missing:
+        message = (f"{method} on {dataset.name}: {len(match.missing)} of {len(match.missing) + len(match.pairs)} "
+                   f"masks in {dataset.mask_dir} have no prediction in {folder}: {_shorten(match.missing)}")
+        if not allow_missing or not match.pairs:
+            raise MissingPredictionsError(message + ("" if allow_missing else " (--allow-missing scores the rest)"))
+        logger.warning("%s; scoring the %d that have one", message, len(match.pairs))
+        notes.append(f"{len(match.missing)} masks without a prediction were left out: {_shorten(match.missing)}")
+    if match.extra:
+        logger.info("%s on %s: %d predictions have no mask and are ignored: %s", method, dataset.name,
+                    len(match.extra), _shorten(match.extra))
+    metrics = SODMetrics(metric_names, device=device)
+    count, resized = accumulate_folder(match.pairs, metrics, device, workers=workers, progress=progress,
+                                       description=f"{method} {dataset.name}")
+    if resized:
+        logger.warning("%s on %s: %d predictions differ in size from their masks and were resized to them: %s",
+                       method, dataset.name, len(resized), _shorten(resized))
+        notes.append(f"{len(resized)} predictions were resized to their masks")
+    return _result(dataset.name, method, metrics, count, notes)
+
+
+def _result(dataset: str, method: str, metrics: SODMetrics, count: int, notes: list[str]) -> MethodResult:
+    curves = metrics.curves()
+    return MethodResult(dataset, method, metrics.compute(), count, curves if "fm" in curves else None, notes)
+
+
+def evaluate(
+    datasets: Sequence[EvalDataset],
+    output_dir: str | Path,
+    *,
+    model_method: ModelMethod | None = None,
+    prediction_dirs: Mapping[str, str | Path] | None = None,
+    metrics: Sequence[str] = ALL_METRICS,
+    device: str | torch.device | None = None,
+    allow_missing: bool = False,
+    workers: int = 2,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = print,
+) -> EvaluationReport:
+    """Evaluate a checkpoint and/or prediction folders (method name -> folder) on ``datasets``.
+
+    After each dataset the report in ``output_dir`` is rewritten (tables and that dataset's plots),
+    and its table is passed to ``echo``. Missing predictions raise ``MissingPredictionsError``
+    unless ``allow_missing``; then the masks that have one are scored, and the report says so.
+    """
+    from pgnet.inference import select_device
+    from pgnet.metrics.report import format_table
+
+    prediction_dirs = {name: Path(folder) for name, folder in (prediction_dirs or {}).items()}
+    if model_method is None and not prediction_dirs:
+        raise ValueError("nothing to evaluate: give a checkpoint or prediction folders")
+    if not datasets:
+        raise ValueError("no datasets to evaluate")
+    names = [d.name for d in datasets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"dataset names must be unique, got {names}")
+    methods = ([model_method.method_name] if model_method else []) + list(prediction_dirs)
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"method names must be unique, got {methods}")
+    device = select_device(device)
+    meta: dict[str, Any] = {"datasets": names, "methods": methods, "device": str(device), "metrics": list(metrics)}
+    if model_method is not None:
+        meta["checkpoint"] = str(model_method.checkpoint)
+        meta.update(size=model_method.size, normalization=model_method.normalization, flip=model_method.flip,
+                    weights=model_method.weights, precision=model_method.precision)
+    meta["prediction_dirs"] = {name: str(folder) for name, folder in prediction_dirs.items()}
+    report = EvaluationReport(output_dir, meta)
+
+    model = None
+    if model_method is not None:
+        from pgnet.checkpoint import load_model
+
+        model = load_model(model_method.checkpoint, device, weights=model_method.weights)
+    single = len(datasets) == 1
+    for dataset in datasets:
+        if model is not None:
+            report.add(_evaluate_model(model, dataset, model_method, device, metrics, progress))
+        for method, folder in prediction_dirs.items():
+            report.add(_evaluate_folder(method, prediction_folder(folder, dataset.name, single), dataset, device,
+                                        metrics, allow_missing, workers, progress))
+        report.write(plot_dataset=dataset.name)
+        if echo is not None:
+            echo(format_table([r for r in report.results if r.dataset == dataset.name], markdown=False))
+    logger.info("results written to %s", os.fspath(report.folder))
+    return report
