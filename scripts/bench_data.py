@@ -28,44 +28,13 @@ import torch
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from pgnet.benchmark import loader_samples_per_second, write_synthetic_pairs
 from pgnet.data.cache import build_cache, find_cache
 from pgnet.data.datasets import SODDataset
-from pgnet.data.loader import build_train_loader
 from pgnet.data.registry import pair_files
-from pgnet.data.synthetic import make_sample, sample_seed
 from pgnet.data.transforms import build_train_transform
 
 REQUIRED_SPEEDUP = 3.0
-
-
-def write_pairs(root: Path, n: int, height: int, width: int, quality: int) -> None:
-    """n synthetic pairs as root/image/*.jpg + root/mask/*.png."""
-    (root / "image").mkdir(parents=True)
-    (root / "mask").mkdir(parents=True)
-    for index in range(n):
-        image, mask = make_sample(sample_seed(0, index), (height, width))
-        name = f"bench_{index:03d}"
-        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        ok_image, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        ok_mask, png = cv2.imencode(".png", mask)
-        assert ok_image and ok_mask
-        jpeg.tofile(root / "image" / f"{name}.jpg")
-        png.tofile(root / "mask" / f"{name}.png")
-
-
-def samples_per_second(dataset: SODDataset, batch_size: int, passes: int) -> float:
-    """Loader throughput with num_workers=0, after one warm-up pass."""
-    loader = build_train_loader(
-        dataset, batch_size=batch_size, num_workers=0, seed=0, pin_memory=False, drop_last=False
-    )
-    for _ in loader:
-        pass
-    count = 0
-    start = time.perf_counter()
-    for _ in range(passes):
-        for batch in loader:
-            count += batch["image"].shape[0]
-    return count / (time.perf_counter() - start)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pgnet-bench-") as folder:
         root = Path(folder)
         start = time.perf_counter()
-        write_pairs(root, args.n, args.height, args.width, args.quality)
+        write_synthetic_pairs(root, args.n, args.height, args.width, args.quality)
         print(f"wrote {args.n} synthetic {args.width}x{args.height} pairs in {time.perf_counter() - start:.1f} s")
         pairs = pair_files(root / "image", root / "mask").pairs
         start = time.perf_counter()
@@ -100,7 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "reduced": SODDataset(pairs, transform, reduced_decode=True),
             "cached": SODDataset(pairs, transform, cache=cache),
         }
-        rates = {name: samples_per_second(dataset, args.batch_size, args.passes) for name, dataset in datasets.items()}
+        rates = {
+            name: loader_samples_per_second(dataset, args.batch_size, args.passes) for name, dataset in datasets.items()
+        }
 
     print(
         f"\nper-worker throughput, {args.width}x{args.height} JPEG -> {args.size} training samples "

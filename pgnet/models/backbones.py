@@ -83,6 +83,14 @@ class SwinBranch(nn.Module):
         embed = model.embed_dim
         self.channels = (embed, 2 * embed, 4 * embed, 4 * embed)
 
+    def set_fused_attention(self, enabled: bool = True) -> int:
+        """Let timm's window attention call ``scaled_dot_product_attention`` (timm leaves it off for Swin);
+        the results agree up to float rounding. Returns the number of attention modules switched."""
+        modules = [m for m in self.modules() if hasattr(m, "fused_attn")]
+        for module in modules:
+            module.fused_attn = enabled
+        return len(modules)
+
     def _blocks(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if not (self.grad_checkpointing and self.training and torch.is_grad_enabled()):
             return stage.blocks(x)

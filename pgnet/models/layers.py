@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1) -> nn.Sequential:
@@ -43,3 +46,37 @@ def init_decoder_weights(module: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
+    return (
+        type(conv) is nn.Conv2d
+        and type(norm) is nn.BatchNorm2d
+        and norm.track_running_stats
+        and conv.out_channels == norm.num_features
+    )
+
+
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold each BatchNorm2d into the Conv2d it follows, in place, for inference; returns how many.
+
+    Folded are the conv/BN neighbours of every ``nn.Sequential`` (``conv_bn_relu`` and ResNet
+    downsamples) and the ``convN``/``bnN`` attribute pairs of ResNet stems and blocks; each folded
+    BatchNorm becomes an ``nn.Identity``. The module must be in eval mode: the running statistics are
+    what is folded, so it must not be trained afterwards.
+    """
+    if any(m.training for m in module.modules()):
+        raise ValueError("fold_batchnorm needs a module in eval mode")
+    folded = 0
+    for parent in list(module.modules()):
+        if isinstance(parent, nn.Sequential):
+            pairs = list(zip(list(parent._modules), list(parent._modules)[1:]))
+        else:
+            pairs = [(name, f"bn{match[1]}") for name in parent._modules if (match := re.fullmatch(r"conv(\d*)", name))]
+        for conv_name, norm_name in pairs:
+            conv, norm = parent._modules[conv_name], parent._modules.get(norm_name)
+            if norm is not None and _foldable(conv, norm):
+                parent._modules[conv_name] = fuse_conv_bn_eval(conv, norm)
+                parent._modules[norm_name] = nn.Identity()
+                folded += 1
+    return folded

@@ -1,0 +1,195 @@
+"""The benchmark suite at tiny sizes on the CPU: the fast inference paths against the straightforward one,
+the training step with Swin checkpointing, the loader and evaluator figures, the CLI's JSON."""
+
+import json
+
+import pytest
+import torch
+
+from pgnet import benchmark
+from pgnet.cli.benchmark import main
+from pgnet.models.layers import fold_batchnorm
+
+CPU = torch.device("cpu")
+FIGURE_KEYS = {"benchmark", "name", "value", "unit", "device", "device_name", "dtype", "torch", "timm"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine, two threads stall each other's parallel regions."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    return benchmark.build_benchmark_model(benchmark.SMALL_MODEL)
+
+
+def check_figure(figure: dict) -> None:
+    assert FIGURE_KEYS <= figure.keys()
+    assert figure["value"] > 0
+    assert figure["torch"] == torch.__version__
+    json.dumps(figure)  # plain JSON values only
+
+
+def test_fast_inference_paths_match_the_straightforward_path(small_model):
+    variants = benchmark.default_inference_variants(CPU)
+    softmax_calls = []
+    hook = small_model.decoder.graft.cmgm.softmax.register_forward_hook(lambda *_: softmax_calls.append(1))
+    try:
+        figures = benchmark.measure_inference(small_model, CPU, variants, size=96, batch=2, iterations=2, warmup=1)
+    finally:
+        hook.remove()
+    # The straightforward path materialises the attention (1 warm-up, 1 compared, 2 timed calls); no fast path does.
+    assert len(softmax_calls) == 4
+    assert [f["name"] for f in figures] == [v.name for v in variants]
+    assert figures[0]["variant"]["attention"] and not any(f["variant"]["attention"] for f in figures[1:])
+    fast = figures[-1]["variant"]
+    assert fast["channels_last"] and fast["fold_batchnorm"] and fast["swin_sdpa"] and not fast["compile"]
+    for figure in figures:
+        check_figure(figure)
+        assert (figure["batch"], figure["size"], figure["iterations"], figure["dtype"]) == (2, 96, 2, "float32")
+        assert figure["unit"] == "images/s" and figure["peak_memory_mib"] is None  # no CUDA
+        assert figure["value"] == pytest.approx(2000 / figure["median_ms"])
+    assert figures[0]["speedup"] == 1.0 and figures[0]["max_abs_diff_logits"] == 0.0
+    for figure in figures[1:]:
+        assert figure["speedup"] == pytest.approx(figures[0]["median_ms"] / figure["median_ms"])
+        assert figure["max_abs_diff_probability"] <= 1e-4
+        assert figure["max_abs_diff_logits"] <= 1e-4
+        assert figure["max_abs_diff_side_logits"] <= 1e-4
+        assert 1 < figure["reference_logit_range"] < 100  # BatchNorm calibrated: logits at a trained network's scale
+
+
+def test_model_preparation_folds_batchnorm_and_fuses_swin_attention_on_a_copy(small_model):
+    folded = benchmark.prepare_for_variant(small_model.eval(), fold_bn=True)
+    left = [name for name, m in folded.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert left == ["decoder.graft.cmgm.attention_norm"]  # only the attention branch, unused at inference
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in small_model.resnet.layer1.modules())  # a copy
+    image = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        expected, actual = small_model(image), folded(image)
+    torch.testing.assert_close(actual.pred, expected.pred, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(actual.side_cnn, expected.side_cnn, rtol=1e-5, atol=1e-4)
+    fused = benchmark.prepare_for_variant(small_model, swin_sdpa=True)
+    switched = [m.fused_attn for m in fused.swin.modules() if hasattr(m, "fused_attn")]
+    assert switched and all(switched)
+    assert not any(m.fused_attn for m in small_model.swin.modules() if hasattr(m, "fused_attn"))
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(small_model.train())
+    small_model.eval()
+
+
+def test_train_step_with_swin_checkpointing_matches_eager(small_model):
+    before = {k: v.clone() for k, v in small_model.state_dict().items()}
+    eager_variant, checkpointed_variant = benchmark.default_train_variants(CPU)
+    eager = benchmark.measure_train_step(small_model, CPU, eager_variant, size=64, batch=2, iterations=1, warmup=1)
+    checkpointed = benchmark.measure_train_step(
+        small_model, CPU, checkpointed_variant, size=64, batch=2, iterations=1, warmup=1, baseline_ms=eager["median_ms"]
+    )
+    for figure in (eager, checkpointed):
+        check_figure(figure)
+        assert figure["benchmark"] == "train_step" and (figure["batch"], figure["size"]) == (2, 64)
+        assert figure["losses_finite"] and len(figure["losses"]) == 2
+    assert checkpointed["variant"]["swin_grad_checkpointing"] and not eager["variant"]["swin_grad_checkpointing"]
+    assert checkpointed["speedup"] == pytest.approx(eager["median_ms"] / checkpointed["median_ms"])
+    # Same weights, input and RNG: the same losses step after step.
+    assert checkpointed["losses"] == pytest.approx(eager["losses"], rel=1e-5)
+    # The template is copied, never trained or switched.
+    assert not small_model.swin.grad_checkpointing
+    assert all(torch.equal(before[k], v) for k, v in small_model.state_dict().items())
+
+
+def test_largest_batch_search():
+    calls = []
+
+    def fits(batch: int) -> bool:
+        calls.append(batch)
+        return batch <= 37
+
+    assert benchmark.find_largest_batch(fits, limit=1024) == 37
+    assert calls[:7] == [1, 2, 4, 8, 16, 32, 64] and max(calls) == 64
+    assert benchmark.find_largest_batch(lambda b: b <= 37, limit=20) == 20
+    assert benchmark.find_largest_batch(lambda b: True, limit=16) == 16
+    assert benchmark.find_largest_batch(lambda b: False, limit=16) == 0
+    assert 640 <= benchmark.find_largest_batch(lambda b: b <= 700, limit=1000, tolerance=0.1) <= 700
+    assert benchmark.is_too_large(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert not benchmark.is_too_large(RuntimeError("shape mismatch"))
+
+
+def test_loader_and_evaluator_figures():
+    threads = torch.get_num_threads()
+    loader = benchmark.measure_loader(n=2, height=96, width=128, size=64, long_side=96, passes=1, sizes=(64,))
+    assert torch.get_num_threads() == threads  # one worker's single thread, restored afterwards
+    assert [f["name"] for f in loader] == ["full_decode", "reduced_decode", "cached"]
+    for figure in loader:
+        check_figure(figure)
+        assert figure["benchmark"] == "loader" and figure["unit"] == "samples/s per worker"
+    assert loader[0]["speedup"] == 1.0
+    evaluator = benchmark.measure_evaluator(CPU, size=64, num_images=3)
+    check_figure(evaluator)
+    assert evaluator["unit"] == "images/s" and 0 < evaluator["maxFm"] <= 1
+
+
+def test_cli_quick_run_writes_json(tmp_path, capsys):
+    out = tmp_path / "results.json"
+    code = main(["--quick", "--device", "cpu", "--size", "64", "--skip-train", "--skip-loader", "--iterations", "1",
+                 "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["environment"]["device"] == "cpu" and report["environment"]["torch"] == torch.__version__
+    assert report["model"]["swin"] == benchmark.SMALL_MODEL["swin"]
+    assert {f["benchmark"] for f in report["figures"]} == {"inference", "evaluator"}
+    for figure in report["figures"]:
+        check_figure(figure)
+    (target,) = report["summary"]["targets"]
+    assert target["required"] == 1.3 and not target["applies"]  # judged at 1024×1024 only
+    assert "eager_fp32_official" in capsys.readouterr().out and report["errors"] == []
+    assert main(["--model-config", "swin", "--out", str(out)]) == 2
+
+
+def test_a_failing_benchmark_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluator broke")
+
+    monkeypatch.setattr(benchmark, "measure_evaluator", broken)
+    out = tmp_path / "partial.json"
+    code = main(["--quick", "--device", "cpu", "--skip-inference", "--skip-train", "--out", str(out)])
+    assert code == 1
+    report = json.loads(out.read_text())
+    assert report["errors"] == [{"benchmark": "evaluator: 4 predictions of 128x128",
+                                 "error": "RuntimeError: evaluator broke"}]
+    assert [f["benchmark"] for f in report["figures"]] == ["loader"] * 3
+
+
+def test_gpu_targets_are_judged_from_the_figures():
+    """The CUDA summary, from figures as a GPU run writes them (no GPU needed)."""
+    cuda = torch.device("cuda")
+
+    def made(benchmark_name, name, value, amp=None, checkpointing=False, **details):
+        variant = {"amp_dtype": amp, "swin_grad_checkpointing": checkpointing}
+        return {"benchmark": benchmark_name, "name": name, "value": value, "variant": variant, **details}
+
+    figures = [
+        made("inference", "eager_fp32_official", 50.0, batch=1, speedup=1.0),
+        made("inference", "fast_bf16", 160.0, "bfloat16", batch=1, speedup=3.2),
+        made("inference_largest_batch", "eager_fp32_official", 100.0, batch=300),
+        made("inference_largest_batch", "fast_bf16", 250.0, "bfloat16", batch=700),
+        made("train_step", "eager_fp32", 20.0, speedup=1.0),
+        made("train_step", "bf16_channels_last", 38.0, "bfloat16", speedup=1.9),
+        made("train_step", "bf16_channels_last_swin_checkpointing", None, "bfloat16", True, error="out of memory"),
+    ]
+    targets = {t["target"]: t for t in benchmark.summarize(figures, benchmark.BenchmarkOptions(), cuda)["targets"]}
+    assert targets["gpu bf16 inference speedup at batch 1"]["met"] is True
+    assert targets["gpu bf16 inference speedup at the largest batch"]["measured"] == 2.5
+    assert targets["gpu bf16 inference speedup at the largest batch"]["met"] is False
+    assert targets["gpu training step speedup"]["met"] is False
+    memory = targets["training step fits in the memory limit (peak GiB reserved)"]
+    assert memory["met"] is False and memory["error"] == "out of memory" and memory["applies"]
+    figures[-1].update(value=30.0, peak_reserved_mib=9.0 * 1024)
+    options = benchmark.BenchmarkOptions(train_batch=4)
+    targets = {t["target"]: t for t in benchmark.summarize(figures, options, cuda)["targets"]}
+    memory = targets["training step fits in the memory limit (peak GiB reserved)"]
+    assert memory["met"] is True and memory["measured"] == 9.0 and not memory["applies"]  # not batch 8
