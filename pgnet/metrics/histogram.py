@@ -103,8 +103,8 @@ def _quadrant_counts_opencv(pred: torch.Tensor, gt: torch.Tensor, split: torch.T
             values, mask = preds[index][box], masks[index][box]
             if values.size == 0:
                 continue
-            every = torch.from_numpy(cv2.calcHist([values], [0], None, [NUM_LEVELS], [0, NUM_LEVELS]))[:, 0]
-            foreground = torch.from_numpy(cv2.calcHist([values], [0], mask, [NUM_LEVELS], [0, NUM_LEVELS]))[:, 0]
+            every = torch.from_numpy(cv2.calcHist([values], [0], None, [NUM_LEVELS], [0, NUM_LEVELS])).reshape(-1)
+            foreground = torch.from_numpy(cv2.calcHist([values], [0], mask, [NUM_LEVELS], [0, NUM_LEVELS])).reshape(-1)
             counts[index, quadrant, 0] = every - foreground
             counts[index, quadrant, 1] = foreground
     return counts
