@@ -81,15 +81,19 @@ def foreground_split(gt: torch.Tensor) -> torch.Tensor:
 
 
 def normalized_values(class_counts: torch.Tensor) -> torch.Tensor:
-    """(B, 256) float64: each uint8 value's prediction after scaling and per-image min-max normalisation."""
-    levels = torch.arange(NUM_LEVELS, device=class_counts.device, dtype=torch.float64)
-    scaled = (levels / 255).expand(class_counts.shape[0], NUM_LEVELS)
-    present = class_counts.sum(1) > 0  # (B, 256)
+    """(B, 256) float64: each uint8 value's prediction after scaling and per-image min-max normalisation.
+
+    Computed on the CPU (256 entries per image): CUDA divides by a scalar as a multiplication by its
+    reciprocal, which moves values that sit on a bin edge and changes the curves.
+    """
+    present = class_counts.sum(1).cpu() > 0  # (B, 256)
+    levels = torch.arange(NUM_LEVELS, dtype=torch.float64)
+    scaled = (levels / 255).expand(present.shape[0], NUM_LEVELS)
     lowest = torch.where(present, levels, float(NUM_LEVELS)).amin(1, keepdim=True)
     highest = torch.where(present, levels, -1.0).amax(1, keepdim=True)
     low, high = lowest / 255, highest / 255
     normalised = (scaled - low) / torch.where(high != low, high - low, 1.0)
-    return torch.where(high != low, normalised, scaled)
+    return torch.where(high != low, normalised, scaled).to(class_counts.device)
 
 
 def _quadrant_counts_opencv(pred: torch.Tensor, gt: torch.Tensor, split: torch.Tensor) -> torch.Tensor:
