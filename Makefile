@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) scripts/train.py --config configs/demo.yaml --run-dir runs/demo --overwrite
+	$(PY) scripts/train.py --config configs/demo.yaml
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
