@@ -21,7 +21,6 @@ import json
 import platform
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import cv2
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from pgnet.metrics import ALL_METRICS, SOD_METRICS, SODMetrics
+from pgnet.metrics.reference import PySODReference
 
 
 def synthetic_pair(index: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -56,40 +56,6 @@ def synthetic_pair(index: int, height: int, width: int, seed: int = 0) -> tuple[
     cv2.circle(pred, center, int(rng.integers(scale // 30, scale // 8)), float(rng.uniform(60, 255)), -1)
     pred += rng.normal(0, 12, size=pred.shape).astype(np.float32)
     return np.clip(pred, 0, 255).round().astype(np.uint8), mask
-
-
-class PySODSuite:
-    """pysodmetrics' classic suite, with results keyed like pgnet's."""
-
-    def __init__(self) -> None:
-        import py_sod_metrics
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.fm = py_sod_metrics.Fmeasure()
-        self.em = py_sod_metrics.Emeasure()
-        self.sm = py_sod_metrics.Smeasure()
-        self.wfm = py_sod_metrics.WeightedFmeasure()
-        self.mae = py_sod_metrics.MAE()
-
-    def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
-        for metric in (self.fm, self.em, self.sm, self.wfm, self.mae):
-            metric.step(pred, gt)
-
-    def compute(self) -> dict[str, float]:
-        fm = self.fm.get_results()["fm"]
-        em = self.em.get_results()["em"]
-        return {
-            "MAE": float(self.mae.get_results()["mae"]),
-            "Sm": float(self.sm.get_results()["sm"]),
-            "adpEm": float(em["adp"]),
-            "meanEm": float(em["curve"].mean()),
-            "maxEm": float(em["curve"].max()),
-            "adpFm": float(fm["adp"]),
-            "meanFm": float(fm["curve"].mean()),
-            "maxFm": float(fm["curve"].max()),
-            "wFm": float(self.wfm.get_results()["wfm"]),
-        }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -120,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     suites: dict[str, object] = {}
     if not args.skip_pysod:
-        suites["pysodmetrics"] = PySODSuite()
+        suites["pysodmetrics"] = PySODReference()
     suites["pgnet (same metrics)"] = SODMetrics(SOD_METRICS, device=device)
     suites["pgnet (all, + BIoU, mBA)"] = SODMetrics(ALL_METRICS, device=device)
     seconds = dict.fromkeys(suites, 0.0)

@@ -4,7 +4,6 @@ BIoU and mBA (re-stated here with OpenCV), scipy for distances; the torch kernel
 from __future__ import annotations
 
 import math
-import warnings
 
 import cv2
 import numpy as np
@@ -16,6 +15,7 @@ from pgnet.metrics import ALL_METRICS, SOD_METRICS, SODMetrics, binarize_ground_
 from pgnet.metrics.boundary import biou_dilation, mba_radii
 from pgnet.metrics.distance import distance_to_foreground, nearest_foreground_near_boundary
 from pgnet.metrics.morphology import dilate_square, elliptic_gradient, erode_square
+from pgnet.metrics.reference import PySODReference
 
 py_sod_metrics = pytest.importorskip("py_sod_metrics")
 
@@ -25,45 +25,6 @@ SHAPES = [(1, 1), (1, 9), (9, 1), (2, 3), (3, 2), (5, 5), (7, 12), (16, 9), (31,
 
 
 # ----------------------------------------------------------------------------- references
-
-
-class PySOD:
-    """pysodmetrics' suite over a list of images, keyed like SODMetrics."""
-
-    def __init__(self) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.fm = py_sod_metrics.Fmeasure()
-        self.em = py_sod_metrics.Emeasure()
-        self.sm = py_sod_metrics.Smeasure()
-        self.wfm = py_sod_metrics.WeightedFmeasure()
-        self.mae = py_sod_metrics.MAE()
-
-    def step(self, pred: np.ndarray, gt: np.ndarray) -> PySOD:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pysodmetrics' NaN cases warn
-            for metric in (self.fm, self.em, self.sm, self.wfm, self.mae):
-                metric.step(pred, gt)
-        return self
-
-    def results(self) -> dict[str, float]:
-        fm, em = self.fm.get_results(), self.em.get_results()["em"]
-        return {
-            "MAE": float(self.mae.get_results()["mae"]),
-            "Sm": float(self.sm.get_results()["sm"]),
-            "adpEm": float(em["adp"]),
-            "meanEm": float(em["curve"].mean()),
-            "maxEm": float(em["curve"].max()),
-            "adpFm": float(fm["fm"]["adp"]),
-            "meanFm": float(fm["fm"]["curve"].mean()),
-            "maxFm": float(fm["fm"]["curve"].max()),
-            "wFm": float(self.wfm.get_results()["wfm"]),
-        }
-
-    def curves(self) -> dict[str, np.ndarray]:
-        fm = self.fm.get_results()
-        return {"precision": fm["pr"]["p"], "recall": fm["pr"]["r"], "fm": fm["fm"]["curve"],
-                "em": self.em.get_results()["em"]["curve"]}
 
 
 def official_boundary_iou(gt: np.ndarray, pred: np.ndarray, dilation_ratio: float = 0.02) -> float:
@@ -192,7 +153,7 @@ def test_per_image_values_match_pysodmetrics():
         suite = SODMetrics(SOD_METRICS)
         per_image = suite.update(pred, gt)
         computed = suite.compute()
-        expected = PySOD().step(pysod_input(pred), gt).results()
+        expected = PySODReference().update(pysod_input(pred), gt).compute()
         for key in SOD_KEYS:
             if key == "Sm" and empty_quadrant(gt):
                 assert math.isnan(expected[key]) and math.isfinite(computed[key])
@@ -208,11 +169,11 @@ def test_dataset_values_and_curves_match_pysodmetrics():
     """One streaming suite over every image (all sizes mixed) against pysodmetrics over the same."""
     usable = [(pred, gt) for pred, gt in CASES if not empty_quadrant(gt)]
     suite = SODMetrics(SOD_METRICS)
-    reference = PySOD()
+    reference = PySODReference()
     for pred, gt in usable:
         suite.update(pred, gt)
-        reference.step(pysod_input(pred), gt)
-    computed, expected = suite.compute(), reference.results()
+        reference.update(pysod_input(pred), gt)
+    computed, expected = suite.compute(), reference.compute()
     assert set(computed) == set(SOD_KEYS)
     for key in SOD_KEYS:
         # rel: 1×1 images have E-measures near 1e15 (pysodmetrics divides by N - 1 + eps).
@@ -254,7 +215,7 @@ def test_weighted_f_distances_beyond_the_cap():
         for opencv in (None, False):
             suite = SODMetrics(["wFm"], opencv=opencv)
             suite.update(pred, gt)
-            expected = PySOD().step(pred, gt).results()["wFm"]
+            expected = PySODReference().update(pred, gt).compute()["wFm"]
             assert suite.compute()["wFm"] == pytest.approx(expected, abs=TOLERANCE)
 
 
