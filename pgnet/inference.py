@@ -12,6 +12,7 @@ cut-out, an overlay, or the subject on a plain colour); ``pgnet-predict`` is its
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import os
@@ -167,6 +168,39 @@ def read_for_network(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int
 # The predictor
 
 
+@torch.no_grad()
+def predict_probabilities(
+    model: nn.Module,
+    images: torch.Tensor,
+    sizes: Sequence[tuple[int, int]],
+    flip: bool = False,
+    autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+) -> list[torch.Tensor]:
+    """Saliency probabilities of normalised ``images`` (B×3×S×S on the model's device), one H×W
+    float32 tensor per image at its ``sizes`` entry.
+
+    The head runs at stride 4 (the ResNet's r2 grid): asking for that size keeps the network from
+    resizing, so each map is resized once, straight to its target size, before the sigmoid (as the
+    official test code does). ``flip`` averages with the mirrored image's probabilities; ``autocast``
+    wraps the forward pass. Used by the predictor and the evaluator alike.
+    """
+    batch_size = images.shape[0]
+    if flip:
+        images = torch.cat((images, images.flip(-1)))  # 2B×3×S×S
+    head_size = (-(-images.shape[-2] // 4), -(-images.shape[-1] // 4))
+    with autocast() if autocast is not None else contextlib.nullcontext():
+        logits = model(images, output_size=head_size, need_attention=False).pred  # (2)B×1×h×w
+    logits = logits.float()
+    probabilities = []
+    for index, size in enumerate(sizes):
+        views = logits[index : index + 1]
+        if flip:
+            views = torch.cat((views, logits[batch_size + index : batch_size + index + 1].flip(-1)))
+        resized = F.interpolate(views, size=tuple(size), mode="bilinear", align_corners=False)
+        probabilities.append(torch.sigmoid(resized).mean(0)[0])  # H×W
+    return probabilities
+
+
 class Predictor:
     """Saliency masks from a PGNet for pictures of any size.
 
@@ -253,23 +287,12 @@ class Predictor:
             return []
         batch = np.stack([resize_for_network(as_rgb_array(image), self.size) for image in images])  # B×S×S×3
         x = normalize(torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2))  # B×3×S×S
-        if self.flip:
-            x = torch.cat((x, x.flip(-1)))  # 2B×3×S×S
-        # The head runs at stride 4 (the ResNet's r2 grid): asking for that size keeps the network
-        # from resizing, so that each mask is resized only once, straight to its picture's size.
-        head_size = (-(-self.size // 4), -(-self.size // 4))
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            logits = self.model(x, output_size=head_size, need_attention=False).pred  # (2)B×1×h×w
-        logits = logits.float()
-        masks = []
-        for index, size in enumerate(sizes):
-            views = logits[index : index + 1]
-            if self.flip:
-                views = torch.cat((views, logits[len(images) + index : len(images) + index + 1].flip(-1)))
-            resized = F.interpolate(views, size=tuple(size), mode="bilinear", align_corners=False)
-            mask = torch.sigmoid(resized).mean(0)[0]  # H×W
-            masks.append(mask.cpu().numpy())
-        return masks
+
+        def autocast() -> contextlib.AbstractContextManager:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+        masks = predict_probabilities(self.model, x, sizes, flip=self.flip, autocast=autocast)
+        return [mask.cpu().numpy() for mask in masks]
 
 
 # --------------------------------------------------------------------------------------------------

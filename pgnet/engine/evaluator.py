@@ -28,10 +28,10 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from pgnet.data.io import MASK_EXTENSIONS, list_files, read_mask
+from pgnet.inference import predict_probabilities
 from pgnet.metrics import ALL_METRICS, SODMetrics, quantize_prediction
 from pgnet.metrics.report import EvaluationReport, MethodResult
 
@@ -136,10 +136,6 @@ def prediction_folder(method_dir: str | Path, dataset: str, single_dataset: bool
 # Scoring a model
 
 
-def _no_autocast() -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext()
-
-
 def save_prediction_png(path: Path, pred: torch.Tensor) -> None:
     """Write an H×W prediction (float in [0, 1] or uint8) as an 8-bit PNG; errors name the file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,7 +167,6 @@ def accumulate_model(
     from tqdm import tqdm
 
     device = torch.device(device)
-    autocast = autocast or _no_autocast
     save_dir = Path(save_dir) if save_dir is not None else None
     total = len(loader.dataset) if hasattr(loader.dataset, "__len__") else None
     count = 0
@@ -181,19 +176,9 @@ def accumulate_model(
             if batch["image"].shape[0] == 0:
                 continue
             images = batch["image"].to(device, non_blocking=True)  # B×3×S×S
-            if flip:
-                images = torch.cat((images, images.flip(-1)))
-            head_size = (-(-images.shape[-2] // 4), -(-images.shape[-1] // 4))
-            with autocast():
-                logits = model(images, output_size=head_size, need_attention=False).pred
-            logits = logits.float()  # (2)B×1×h×w
-            batch_size = len(batch["name"])
-            for index, (name, mask) in enumerate(zip(batch["name"], batch["mask"])):
-                views = logits[index : index + 1]
-                if flip:
-                    views = torch.cat((views, logits[batch_size + index : batch_size + index + 1].flip(-1)))
-                resized = F.interpolate(views, size=tuple(mask.shape[-2:]), mode="bilinear", align_corners=False)
-                pred = torch.sigmoid(resized).mean(0)[0]  # H×W in [0, 1]
+            sizes = [tuple(mask.shape[-2:]) for mask in batch["mask"]]
+            predictions = predict_probabilities(model, images, sizes, flip=flip, autocast=autocast)
+            for name, mask, pred in zip(batch["name"], batch["mask"], predictions):
                 metrics.update(pred, mask[0].to(device))
                 if save_dir is not None:
                     save_prediction_png(save_dir / f"{name}.png", pred)
