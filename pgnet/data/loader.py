@@ -4,7 +4,7 @@ Reproducibility: training batches come from a :class:`~pgnet.data.sampler.Resuma
 which shards the data over ranks like a DistributedSampler and derives the order, each batch's size
 and each sample's augmentation seed from (seed, epoch, position). The stream of batches therefore
 does not depend on the number of workers, and an epoch can be resumed at any batch. The loader's
-seeded generator and per-worker seeds cover any other randomness in the workers.
+seeded generator sets the workers' torch, numpy and ``random`` seeds for any other randomness.
 
 Per epoch the trainer calls ``set_loader_epoch(loader, epoch, start_batch)`` on every rank (the
 sampler's ``set_epoch``), and sums the ``skipped`` field of the batches, e.g. with a
@@ -18,9 +18,9 @@ from typing import Any
 
 import cv2
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
-from pgnet.data.sampler import ResumableBatchSampler, SeededSamples, seed_transforms
+from pgnet.data.sampler import ResumableBatchSampler, SeededSamples
 
 DEFAULT_TRAIN_SIZES: tuple[int, ...] = (960, 992, 1024, 1056, 1088)
 _MASK_MODES = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
@@ -58,10 +58,6 @@ class MultiScaleCollate:
         self.sizes = tuple(int(size) for size in sizes)
         self.mask_mode = mask_mode
         self.generator = torch.Generator().manual_seed(seed)
-
-    def reseed(self, seed: int) -> None:
-        """Restart the size draw from ``seed`` (done per worker)."""
-        self.generator.manual_seed(seed)
 
     def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
         valid = [sample for sample in samples if sample is not None]
@@ -110,22 +106,15 @@ class SkipCounter:
         return count
 
 
-class WorkerInit:
-    """``worker_init_fn``: one OpenCV thread per worker, and per-worker seeds for the transforms and the
-    collate size draw (the DataLoader itself seeds torch, numpy and ``random`` in each worker)."""
+def init_worker(worker_id: int) -> None:
+    """``worker_init_fn``: OpenCV runs sequentially in each worker.
 
-    def __init__(self, collate: MultiScaleCollate | None = None) -> None:
-        self.collate = collate
-
-    def __call__(self, worker_id: int) -> None:
-        info = get_worker_info()
-        seed = info.seed % 2**32  # the loader's base seed + worker_id
-        # 0 = run OpenCV sequentially. Not 1: resizing the thread pool inherited by a forked worker
-        # deadlocks when the parent has already used it.
-        cv2.setNumThreads(0)
-        seed_transforms(info.dataset, seed)
-        if self.collate is not None:
-            self.collate.reseed(seed)
+    Seeds need nothing here: training samples carry their own augmentation seeds (see
+    :class:`~pgnet.data.sampler.SeededSamples`), and the DataLoader seeds torch, numpy and ``random``.
+    """
+    # 0 = run OpenCV sequentially. Not 1: resizing the thread pool inherited by a forked worker
+    # deadlocks when the parent has already used it.
+    cv2.setNumThreads(0)
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
@@ -180,7 +169,7 @@ def build_train_loader(
         num_workers=num_workers,
         collate_fn=collate,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        worker_init_fn=WorkerInit(collate),
+        worker_init_fn=init_worker,
         generator=torch.Generator().manual_seed(seed + rank),
         **_worker_options(num_workers, prefetch_factor),
     )
@@ -201,6 +190,6 @@ def build_eval_loader(
         num_workers=num_workers,
         collate_fn=collate_eval,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        worker_init_fn=WorkerInit(),
+        worker_init_fn=init_worker,
         persistent_workers=False,
     )
