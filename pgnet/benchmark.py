@@ -41,6 +41,7 @@ import timm
 import torch
 from torch import nn
 
+from pgnet.acceleration import CUDAGraphRunner, compile_for_inference, prepare_for_inference
 from pgnet.config import LossConfig, OptimConfig
 from pgnet.data.cache import build_cache, find_cache
 from pgnet.data.datasets import SODDataset
@@ -51,7 +52,6 @@ from pgnet.data.transforms import build_train_transform
 from pgnet.engine.optim import build_optimizer
 from pgnet.losses import PGNetLoss
 from pgnet.metrics import ALL_METRICS, SODMetrics
-from pgnet.models.layers import fold_batchnorm
 from pgnet.models.pgnet import ModelConfig, PGNet, PGNetOutput, create_model
 
 MIB = 2**20
@@ -292,6 +292,7 @@ class InferenceVariant:
     fold_batchnorm: bool = False  # BatchNorm folded into the convolutions
     swin_sdpa: bool = False  # Swin's window attention through scaled_dot_product_attention
     compile: bool = False
+    cuda_graphs: bool = False  # replayed from a CUDA graph (pgnet.acceleration.CUDAGraphRunner)
     cudnn_benchmark: bool = False
     inference_mode: bool = True  # torch.inference_mode, else torch.no_grad
 
@@ -313,6 +314,8 @@ def default_inference_variants(device: torch.device, compile: bool = False) -> l
     else:
         fast = InferenceVariant("fast_fp32", **fast)
     variants.append(fast)
+    if device.type == "cuda":
+        variants.append(replace(fast, name=f"{fast.name}_cuda_graphs", cuda_graphs=True))
     if compile:
         variants.append(replace(fast, name=f"{fast.name}_compiled", compile=True))
     return variants
@@ -324,31 +327,28 @@ def prepare_for_variant(
     fold_bn: bool = False,
     swin_sdpa: bool = False,
     compile: bool = False,
+    cuda_graphs: bool = False,
+    amp_dtype: torch.dtype | None = None,
     compile_mode: str | None = None,
-) -> nn.Module:
-    """``model`` as a variant runs it: a copy with BatchNorm folded, Swin's attention fused and/or in
-    channels_last, compiled or not (``model`` itself is left as it is). Compiled for inference only."""
+) -> nn.Module | CUDAGraphRunner:
+    """``model`` as a variant runs it (``model`` itself is left as it is): a copy prepared by
+    ``pgnet.acceleration.prepare_for_inference``, compiled, or replayed from CUDA graphs under
+    ``amp_dtype`` autocast. Compiled and graphed for inference only."""
     prepared: nn.Module = model
     if channels_last or fold_bn or swin_sdpa:
-        prepared = copy.deepcopy(model).eval()
-    if fold_bn:
-        fold_batchnorm(prepared)
-    if swin_sdpa:
-        prepared.swin.set_fused_attention(True)
-    if channels_last:
-        prepared = prepared.to(memory_format=torch.channels_last)
+        prepared = prepare_for_inference(model, fold_bn=fold_bn, swin_sdpa=swin_sdpa, channels_last=channels_last)
     if compile:
-        # Inductor's freezing folds the (constant) weights into the graph, BatchNorm and weight layouts
-        # included; an explicit mode replaces it (torch.compile takes a mode or options, not both).
-        options = None if compile_mode else {"freezing": True}
-        prepared = torch.compile(prepared, dynamic=False, mode=compile_mode, options=options)
+        return compile_for_inference(prepared, compile_mode)
+    if cuda_graphs:
+        return CUDAGraphRunner(prepared, autocast_dtype=amp_dtype)
     return prepared
 
 
 def infer(model: nn.Module, image: torch.Tensor, variant: InferenceVariant, device: torch.device) -> PGNetOutput:
     """One forward pass as ``variant`` says (``image`` is converted to channels_last inside when asked)."""
     grad_mode = torch.inference_mode() if variant.inference_mode else torch.no_grad()
-    with grad_mode, cudnn_benchmark(variant.cudnn_benchmark), autocast(device, variant.amp_dtype):
+    amp_dtype = None if variant.cuda_graphs else variant.amp_dtype  # a CUDAGraphRunner autocasts itself
+    with grad_mode, cudnn_benchmark(variant.cudnn_benchmark), autocast(device, amp_dtype):
         if variant.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         return model(image, need_attention=variant.attention)
@@ -388,7 +388,7 @@ def measure_inference(
     """
     model = model.eval().to(device)
     image = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
-    prepared: dict[tuple[bool, bool, bool, bool], nn.Module] = {}
+    prepared: dict[tuple[Any, ...], nn.Module | CUDAGraphRunner] = {}
     for variant in variants:
         if _model_key(variant) not in prepared:
             prepared[_model_key(variant)] = prepare_for_variant(model, *_model_key(variant), compile_mode=compile_mode)
@@ -414,7 +414,8 @@ def measure_inference(
             with PeakMemory(device) as memory:
                 seconds[variant.name].append(timed(lambda v=variant: run(v), device))
             if memory.extra_mib is not None:
-                weights = tensor_mib(prepared[_model_key(variant)])
+                network = prepared[_model_key(variant)]
+                weights = tensor_mib(network.model if isinstance(network, CUDAGraphRunner) else network)
                 total = weights + tensor_mib(image) + memory.extra_mib
                 peak_mib[variant.name] = max(peak_mib[variant.name] or 0.0, total)
 
@@ -434,8 +435,10 @@ def measure_inference(
     return figures
 
 
-def _model_key(variant: InferenceVariant) -> tuple[bool, bool, bool, bool]:
-    return variant.channels_last, variant.fold_batchnorm, variant.swin_sdpa, variant.compile
+def _model_key(variant: InferenceVariant) -> tuple[Any, ...]:
+    graphed = variant.cuda_graphs
+    return (variant.channels_last, variant.fold_batchnorm, variant.swin_sdpa, variant.compile, graphed,
+            variant.amp_dtype if graphed else None)
 
 
 def _variant_dict(variant: InferenceVariant | TrainVariant) -> dict[str, Any]:
@@ -462,10 +465,10 @@ def measure_largest_batch(
     """
     if device.type != "cuda":
         raise ValueError("the largest-batch search needs a CUDA device")
-    if variant.compile:
-        raise ValueError("the largest-batch search recompiles for every batch: use an eager variant")
+    if variant.compile or variant.cuda_graphs:
+        raise ValueError("the largest-batch search compiles or captures every batch: use an eager variant")
     model = model.eval().to(device)
-    network = prepare_for_variant(model, *_model_key(replace(variant, compile=False)))
+    network = prepare_for_variant(model, *_model_key(variant))
     generator = torch.Generator(device).manual_seed(seed)
     failures: list[str] = []
     searching = replace(variant, cudnn_benchmark=False)  # no autotuning at every batch tried
@@ -788,7 +791,7 @@ class BenchmarkOptions:
     train_batch: int = 8
     train_iterations: int = 5
     train_warmup: int = 2
-    compile: bool = False
+    compile: bool = True  # also the torch.compile'd paths (a compilation per path: 16 s on a 2-core CPU)
     compile_mode: str | None = None
     tf32: bool | None = None  # None: PyTorch's settings
     # The official 11 GB cards, less ~0.5 GiB for the CUDA context: the checkpointed training step runs
@@ -816,6 +819,7 @@ class BenchmarkOptions:
             model=dict(SMALL_MODEL), size=128, max_batch=8, iterations=2, warmup=1, train_size=128,
             train_batch=2, train_iterations=2, train_warmup=1, loader_images=2, loader_height=270,
             loader_width=480, loader_size=128, loader_sizes=(128,), loader_passes=1, eval_size=128, eval_images=4,
+            compile=False,
         )
         values.update(overrides)
         return cls(**values)
@@ -880,7 +884,7 @@ def run_benchmarks(
         env = environment(device)
         model = build_benchmark_model(options.model, options.seed)
         variants = default_inference_variants(device, options.compile)
-        fastest_eager = next(v for v in reversed(variants) if not v.compile)
+        fastest_eager = next(v for v in reversed(variants) if not (v.compile or v.cuda_graphs))
         steps: list[tuple[str, Callable[[], list[dict[str, Any]]]]] = []
         if options.inference:
             steps += [

@@ -196,8 +196,17 @@ def test_trainer_validation_runs_the_evaluator(setup, monkeypatch):
     model = pgnet.load_model(checkpoint, "cpu")
     metrics, curves = Validation("ECSSD", dataset, num_workers=0).run(model, torch.device("cpu"), torch.no_grad)
     assert calls == [1]
-    expected = load_json(out)["results"]["ECSSD"]["tiny"]["metrics"]
-    assert metrics == pytest.approx(expected, abs=1e-12)
+    # pgnet-eval on the network as loaded scores exactly what the trainer's validation does ...
+    plain = out.parent / "plain"
+    assert eval_main(["-c", str(checkpoint), "--name", "tiny", "--datasets", "ECSSD", "--data-root", str(root),
+                      "--size", str(SIZE), "--num-workers", "0", "-o", str(plain), "--no-progress", "--device", "cpu",
+                      "--no-optimize"]) == 0
+    assert load_json(plain)["meta"]["optimize"] is False
+    assert metrics == pytest.approx(load_json(plain)["results"]["ECSSD"]["tiny"]["metrics"], abs=1e-12)
+    # ... and on its optimised copy (folded BatchNorm, fused attention, channels_last, the default) nearly so.
+    optimized = load_json(out)
+    assert optimized["meta"]["optimize"] is True
+    assert metrics == pytest.approx(optimized["results"]["ECSSD"]["tiny"]["metrics"], abs=1e-3)
     assert curves["precision"].shape == (256,)
 
 

@@ -27,6 +27,39 @@ def test_bf16_predictor_on_cuda_agrees_with_fp32_on_cpu():
     assert np.abs(gpu - cpu).mean() < 0.02
 
 
+def test_cuda_graph_runner_replays_the_eager_forward():
+    from pgnet.acceleration import CUDAGraphRunner, prepare_for_inference
+
+    torch.manual_seed(0)
+    model = prepare_for_inference(pgnet.create_model(TINY)).cuda()
+    runner = CUDAGraphRunner(model, autocast_dtype=torch.bfloat16, max_graphs=2)
+    first = torch.randn(2, 3, 128, 160, device="cuda").contiguous(memory_format=torch.channels_last)
+    second = torch.randn_like(first)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        expected_first = model(first).pred.float()
+        expected_second = model(second).pred.float()
+    out_first = runner(first).pred
+    out_second = runner(second).pred  # a replay: the first output must not be overwritten
+    assert len(runner.graphs) == 1
+    for output, expected in ((out_first, expected_first), (out_second, expected_second)):
+        torch.testing.assert_close(output.float(), expected, atol=2e-2, rtol=2e-2)
+    assert (out_first - out_second).abs().max() > 1e-3
+    runner(first[:1])
+    runner(first, output_size=(32, 40))
+    assert len(runner.graphs) == 2  # the least recently used graph was dropped
+
+
+def test_predictor_on_cuda_replays_graphs_and_agrees_with_eager():
+    torch.manual_seed(0)
+    model = pgnet.create_model(TINY)
+    images = [np.random.default_rng(seed).integers(0, 256, (200, 150, 3), dtype=np.uint8) for seed in range(3)]
+    graphed = Predictor(model, size=256, device="cuda", flip=True, batch_size=2)
+    eager = Predictor(model, size=256, device="cuda", flip=True, batch_size=2, cuda_graphs=False)
+    assert "cuda_graphs=True" in repr(graphed) and "cuda_graphs=False" in repr(eager)
+    for mine, theirs in zip(graphed(images), eager(images)):
+        assert np.abs(mine - theirs).max() < 1e-2
+
+
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_training_on_cuda(tmp_path, amp):
     config = load_config(

@@ -236,6 +236,11 @@ def test_cli_mask_mode_with_a_glob_and_name_collisions(checkpoint, predictor, tm
     for source in (jpg, png):
         mask = read_mask(output / f"{source.name}.png")
         np.testing.assert_array_equal(mask, mask_to_uint8(predictor(source)))
+    # The model as loaded (no folded BatchNorm, no channels_last) gives the same masks up to rounding.
+    status, _, err = run_cli(capsys, jpg, "-c", checkpoint, "-o", tmp_path / "plain", "--size", SIZE, "--no-optimize")
+    assert status == 0 and "optimize=False" in err
+    plain = read_mask(tmp_path / "plain" / "a.png").astype(int)
+    assert np.abs(plain - read_mask(output / "a.jpg.png").astype(int)).max() <= 1
 
 
 def test_cli_refuses_to_write_over_an_input(checkpoint, tmp_path, capsys):

@@ -112,3 +112,44 @@ def test_drop_path_rates_follow_the_official_linspace():
 def test_config_round_trip():
     config = ModelConfig(graft_points=("r5-s2", "r4-s1"), token_budget=1024)
     assert ModelConfig.from_dict(config.to_dict()) == config
+
+
+def _conv_input_layouts(model: PGNet, image: torch.Tensor, need_attention: bool) -> dict[str, bool]:
+    """Name of every Conv2d → whether its input was channels_last (and not also NCHW-contiguous)."""
+    layouts, hooks = {}, []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d):
+            def record(module, inputs, output, name=name):
+                x = inputs[0]
+                layouts[name] = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            hooks.append(module.register_forward_hook(record))
+    try:
+        with torch.no_grad():
+            model(image, need_attention=need_attention)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return layouts
+
+
+@pytest.mark.parametrize("graft_points", [("r5-s2",), ("r5-s2", "r4-s1")])
+def test_channels_last_propagates_to_every_convolution(graft_points):
+    """A channels_last input keeps every feature channels_last (Swin taps, CMGM outputs included), so no
+    convolution or BatchNorm meets an NCHW tensor: on a GPU those take the slow layout conversions and
+    BatchNorm kernels. The outputs are those of the NCHW model."""
+    torch.manual_seed(0)
+    model = create_model(**SMALL, graft_points=graft_points, token_budget=64).eval()
+    image = torch.randn(1, 3, 128, 96)
+    with torch.no_grad():
+        reference = model(image, need_attention=True)
+    nchw = _conv_input_layouts(model, image, need_attention=True)
+    assert not any(nchw.values())
+    model = model.to(memory_format=torch.channels_last)
+    image = image.contiguous(memory_format=torch.channels_last)
+    layouts = _conv_input_layouts(model, image, need_attention=False)
+    assert len(layouts) > 40 and all(layouts.values()), [n for n, cl in layouts.items() if not cl]
+    with torch.no_grad():
+        output = model(image, need_attention=True)
+    torch.testing.assert_close(output.pred, reference.pred, atol=1e-4, rtol=1e-4)
+    for mine, theirs in zip(output.attention, reference.attention):
+        torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-4)

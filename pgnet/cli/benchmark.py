@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-iterations", type=int, help="timed training steps per path (default 5)")
     parser.add_argument("--model-config", nargs="+", default=[], metavar="KEY=VALUE",
                         help="ModelConfig overrides, e.g. swin=swin_tiny_patch4_window7_224 resnet=resnet18")
-    parser.add_argument("--compile", action="store_true",
-                        help="also measure torch.compile'd fast paths (inference compiled with Inductor freezing)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="also measure torch.compile'd fast paths (inference compiled with Inductor freezing); "
+                             "on by default, off with --quick")
     parser.add_argument("--compile-mode", help="torch.compile mode instead of freezing, e.g. reduce-overhead")
     parser.add_argument("--tf32", choices=("default", "on", "off"), default="default",
                         help="TF32 for float32 convolutions and matmuls on CUDA (default: PyTorch's settings)")
@@ -101,7 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     values: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
     values.update(
         device=args.device,
-        compile=args.compile,
         tf32={"default": None, "on": True, "off": False}[args.tf32],
         largest_batch=not args.no_largest_batch,
         inference=not args.skip_inference,
@@ -109,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         loader=not args.skip_loader,
         evaluator=not args.skip_eval,
     )
+    if args.compile is not None:
+        values["compile"] = args.compile
     if model:
         values["model"] = model
     options = BenchmarkOptions.quick(**values) if args.quick else BenchmarkOptions(**values)

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     model.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                        help="auto: bf16 on CUDA, fp32 elsewhere")
+    model.add_argument("--no-optimize", action="store_true",
+                       help="run the network as loaded (default: BatchNorm folded, fused attention, channels_last, "
+                            "CUDA graphs on CUDA; scores agree to ~1e-5)")
     model.add_argument("-b", "--batch-size", type=int, default=1, help="images per forward pass (default 1)")
     model.add_argument("--num-workers", type=int, default=2, help="data loader workers (default 2)")
     model.add_argument("--save-preds", metavar="OUT", help="save predictions as OUT/<method>/<dataset>/<name>.png")
@@ -124,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_method = ModelMethod(
                 Path(args.checkpoint), name=args.name, weights=args.weights, size=args.size,
                 normalization=args.normalization, precision=args.precision, flip=args.flip,
-                batch_size=args.batch_size, num_workers=args.num_workers,
+                optimize=not args.no_optimize, batch_size=args.batch_size, num_workers=args.num_workers,
                 save_dir=Path(args.save_preds) if args.save_preds else None,
             )
         report = evaluate(

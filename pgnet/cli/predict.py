@@ -44,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-b", "--batch-size", type=int, default=1, help="pictures per forward pass (default 1)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: bf16 on CUDA, fp32 elsewhere")
+    parser.add_argument("--no-optimize", action="store_true",
+                        help="run the model as loaded (default: BatchNorm folded, fused attention, channels_last)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network (each new size compiles)")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="on CUDA, launch kernels eagerly")
     parser.add_argument("-r", "--recursive", action="store_true", help="search folders (and ** globs) recursively")
     parser.add_argument("--workers", type=int, default=4, help="threads reading and writing pictures (default 4)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -69,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             flip=args.flip,
             precision=args.precision,
             batch_size=args.batch_size,
+            optimize=not args.no_optimize,
+            compile=args.compile,
+            cuda_graphs=False if args.no_cuda_graphs else None,
         )
     except (FileNotFoundError, KeyError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)

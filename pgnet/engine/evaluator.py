@@ -66,6 +66,7 @@ class ModelMethod:
     normalization: str = "official"
     precision: str = "auto"
     flip: bool = False
+    optimize: bool = True  # the fast inference paths of ``pgnet.acceleration.inference_network``
     batch_size: int = 1
     num_workers: int = 2
     save_dir: Path | None = None  # write OUT/<method>/<dataset>/<name>.png
@@ -152,6 +153,7 @@ def accumulate_model(
     *,
     autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
     flip: bool = False,
+    channels_last: bool = False,
     save_dir: str | Path | None = None,
     progress: bool = False,
     description: str | None = None,
@@ -162,7 +164,8 @@ def accumulate_model(
     at their original size). The logits are taken at the head's stride-4 resolution and resized once
     to each mask's size before the sigmoid; ``flip`` averages with the mirrored image's prediction.
     With ``save_dir`` each prediction is written as ``save_dir/<name>.png`` (8-bit, as scored).
-    The model is used as it is (put it in eval mode first).
+    The model is used as it is (put it in eval mode first); ``channels_last`` feeds it channels_last
+    images (for a model prepared by ``pgnet.acceleration``).
     """
     from tqdm import tqdm
 
@@ -176,6 +179,8 @@ def accumulate_model(
             if batch["image"].shape[0] == 0:
                 continue
             images = batch["image"].to(device, non_blocking=True)  # B×3×S×S
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             sizes = [tuple(mask.shape[-2:]) for mask in batch["mask"]]
             predictions = predict_probabilities(model, images, sizes, flip=flip, autocast=autocast)
             for name, mask, pred in zip(batch["name"], batch["mask"], predictions):
@@ -287,22 +292,22 @@ def _load_dataset(dataset: EvalDataset, method: ModelMethod):
     return build_dataset(spec, build_eval_transform(method.size, mean, std))
 
 
-def _evaluate_model(model: torch.nn.Module, dataset: EvalDataset, method: ModelMethod, device: torch.device,
+def _evaluate_model(network: Any, dataset: EvalDataset, method: ModelMethod, device: torch.device,
                     metric_names: Sequence[str], progress: bool) -> MethodResult:
+    """Score ``network`` (from ``inference_network``: a prepared channels_last copy, or graph-replayed)."""
+    from pgnet.acceleration import autocast_for
     from pgnet.data.loader import build_eval_loader
     from pgnet.inference import resolve_precision
 
     data = _load_dataset(dataset, method)
     loader = build_eval_loader(data, batch_size=method.batch_size, num_workers=method.num_workers)
     precision = resolve_precision(method.precision, device)
-
-    def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
+    autocast = autocast_for(network, device, torch.bfloat16 if precision == "bf16" else None)
     save_dir = method.save_dir / method.method_name / dataset.name if method.save_dir is not None else None
     metrics = SODMetrics(metric_names, device=device)
-    count = accumulate_model(model, loader, device, metrics, autocast=autocast, flip=method.flip,
-                             save_dir=save_dir, progress=progress, description=f"{method.method_name} {dataset.name}")
+    count = accumulate_model(network, loader, device, metrics, autocast=autocast, flip=method.flip,
+                             channels_last=method.optimize, save_dir=save_dir, progress=progress,
+                             description=f"{method.method_name} {dataset.name}")
     notes = []
     skipped = len(data) - count
     if skipped:
@@ -379,15 +384,19 @@ def evaluate(
     if model_method is not None:
         meta["checkpoint"] = str(model_method.checkpoint)
         meta.update(size=model_method.size, normalization=model_method.normalization, flip=model_method.flip,
-                    weights=model_method.weights, precision=model_method.precision)
+                    weights=model_method.weights, precision=model_method.precision, optimize=model_method.optimize)
     meta["prediction_dirs"] = {name: str(folder) for name, folder in prediction_dirs.items()}
     report = EvaluationReport(output_dir, meta)
 
     model = None
     if model_method is not None:
+        from pgnet.acceleration import inference_network
         from pgnet.checkpoint import load_model
+        from pgnet.inference import resolve_precision
 
-        model = load_model(model_method.checkpoint, device, weights=model_method.weights)
+        bf16 = resolve_precision(model_method.precision, device) == "bf16"
+        model = inference_network(load_model(model_method.checkpoint, "cpu", weights=model_method.weights), device,
+                                  optimize=model_method.optimize, autocast_dtype=torch.bfloat16 if bf16 else None)
     single = len(datasets) == 1
     for dataset in datasets:
         if model is not None:

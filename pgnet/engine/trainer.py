@@ -412,8 +412,7 @@ class Trainer:
             with sync, capture as attention, self._autocast():
                 output = self.network(image, need_attention=True)
                 loss, terms = self.criterion(output, mask)
-            if not torch.isfinite(loss):
-                nonfinite += 1
+            nonfinite += (~torch.isfinite(loss.detach())).float()  # no host sync mid-step
             self.scaler.scale(loss / len(micro_batches)).backward()
             for name, value in {"total": loss.detach(), **terms}.items():
                 totals[name] = totals.get(name, 0) + value.float() / len(micro_batches)

@@ -18,6 +18,8 @@ from timm.layers import to_2tuple
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from pgnet.models.layers import memory_format_of
+
 # Full stage depths of each Swin variant: the drop-path rates are spread over all of them, as in the
 # official model, although only the first three stages are built.
 SWIN_FULL_DEPTHS = {
@@ -39,8 +41,9 @@ RECOMPUTED_BUFFER_SUFFIXES = ("relative_position_index", "attn_mask", "atten_mas
 DROPPED_BACKBONE_KEYS = re.compile(r"^(fc|head|norm|layers\.[3-9])\.|(relative_position_index|attn_mask)$")
 
 
-def _nchw(x: torch.Tensor) -> torch.Tensor:
-    return x.permute(0, 3, 1, 2).contiguous()
+def _nchw(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """B×H×W×C tokens as a B×C×H×W feature laid out as ``memory_format`` (channels_last: no copy)."""
+    return x.permute(0, 3, 1, 2).contiguous(memory_format=memory_format)
 
 
 class SwinBranch(nn.Module):
@@ -99,7 +102,9 @@ class SwinBranch(nn.Module):
         return x
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """image B×3×H×W (normalised, any size) → [s1, s2, s3, s4], each B×C×h×w."""
+        """image B×3×H×W (normalised, any size) → [s1, s2, s3, s4], each B×C×h×w in the image's layout
+        (NCHW, or channels_last for a channels_last image)."""
+        memory_format = memory_format_of(image)
         x = F.interpolate(image, size=self.input_size, mode="bilinear", align_corners=True)
         x = self.patch_embed(x)  # B×h×w×C (NHWC)
         s1 = x
@@ -108,7 +113,7 @@ class SwinBranch(nn.Module):
         x = self._blocks(self.layers[1], x)
         s3 = x = self.layers[2].downsample(x)
         s4 = self._blocks(self.layers[2], x)
-        return [_nchw(s1), _nchw(s2), _nchw(s3), _nchw(s4)]
+        return [_nchw(s, memory_format) for s in (s1, s2, s3, s4)]
 
 
 class ResNetBranch(nn.Module):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pgnet.models.layers import double_conv_bn_relu
+from pgnet.models.layers import double_conv_bn_relu, memory_format_of
 
 
 def pooling_stride(height: int, width: int, token_budget: int) -> int:
@@ -107,8 +107,10 @@ class CMGM(nn.Module):
             grafted = attention @ value
         else:
             grafted = F.scaled_dot_product_attention(query, key, value, scale=self.scale)
-        grafted = self.proj(grafted.transpose(1, 2).reshape(batch, tokens, channels))
-        grafted = grafted.transpose(1, 2).reshape(batch, channels, grid_h, grid_w)
+        grafted = self.proj(grafted.transpose(1, 2).reshape(batch, tokens, channels))  # B×N×C
+        # Back to B×C×h×w in the CNN feature's layout (channels_last is the B×N×C memory as it is).
+        grafted = grafted.reshape(batch, grid_h, grid_w, channels).permute(0, 3, 1, 2)
+        grafted = grafted.contiguous(memory_format=memory_format_of(cnn_feature))
         if stride > 1:
             grafted = F.interpolate(grafted, size=(height, width), mode="bilinear", align_corners=False)
         fused = grafted + cnn_feature

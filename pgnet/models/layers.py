@@ -32,6 +32,14 @@ def resize_to(x: torch.Tensor, size: tuple[int, int] | torch.Size, align_corners
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """``torch.channels_last`` when a 4-d tensor is laid out NHWC (and not also NCHW-contiguous), else
+    ``torch.contiguous_format``: the layout the features computed from ``x`` keep."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def init_decoder_weights(module: nn.Module) -> None:
     """The official initialisation of the decoder and heads.
 

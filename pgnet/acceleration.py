@@ -1,0 +1,192 @@
+"""Inference fast paths: the network prepared, compiled, or replayed from CUDA graphs.
+
+Each keeps the official computation, so the outputs agree with the plain float32 network up to float
+rounding (``pgnet-benchmark`` measures by how much, and how much faster each is):
+
+- ``prepare_for_inference``: a copy with BatchNorm folded into the convolutions, Swin's window
+  attention through ``scaled_dot_product_attention`` and channels_last weights;
+- ``compile_for_inference``: ``torch.compile`` with Inductor's freezing (weights folded into the graph
+  as constants), static shapes;
+- ``CUDAGraphRunner``: one CUDA graph captured per input shape and replayed. At batch 1 a forward pass
+  launches about 760 kernels and, on a fast GPU, their launch cost exceeds their run time; a replay
+  launches them all at once.
+
+The model's CMGM always skips the N×N attention matrix at inference (``need_attention=False``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from pgnet.models.layers import fold_batchnorm
+from pgnet.models.pgnet import PGNet, PGNetOutput
+
+
+def prepare_for_inference(
+    model: PGNet, fold_bn: bool = True, swin_sdpa: bool = True, channels_last: bool = True
+) -> PGNet:
+    """An eval-mode copy of ``model`` (left as it is) with the chosen fast paths applied.
+
+    fold_bn: fold every BatchNorm into the convolution before it (running statistics; eval only).
+    swin_sdpa: let timm's window attention call ``scaled_dot_product_attention``.
+    channels_last: weights in channels_last; feed channels_last images (``to_model_layout``) and every
+        feature stays channels_last, the layout cuDNN and oneDNN convolutions run fastest in.
+    """
+    prepared = copy.deepcopy(model).eval()
+    if fold_bn:
+        fold_batchnorm(prepared)
+    if swin_sdpa:
+        prepared.swin.set_fused_attention(True)
+    if channels_last:
+        prepared = prepared.to(memory_format=torch.channels_last)
+    return prepared
+
+
+def compile_for_inference(model: nn.Module, mode: str | None = None) -> nn.Module:
+    """``torch.compile(model)`` for inference with static shapes (one compilation per input size).
+
+    Without ``mode`` Inductor's freezing folds the weights into the graph (constant folding, BatchNorm
+    and weight layouts included); a ``mode`` such as "reduce-overhead" replaces it, since
+    ``torch.compile`` takes a mode or options, not both. The first call of each size compiles
+    (about 16 s for the official network at 1024×1024 on a 2-core CPU).
+    """
+    options = None if mode else {"freezing": True}
+    return torch.compile(model, dynamic=False, mode=mode, options=options)
+
+
+class _Graph:
+    """A captured forward pass: its static input and the static outputs a replay overwrites."""
+
+    def __init__(self, graph: torch.cuda.CUDAGraph, image: torch.Tensor, output: PGNetOutput):
+        self.graph, self.image, self.output = graph, image, output
+
+
+class CUDAGraphRunner:
+    """Runs an eval-mode PGNet through CUDA graphs, one captured per (input shape, output size).
+
+    Call it like the model (``runner(image, output_size=None)``); ``need_attention`` must stay False.
+    The first call of a shape warms the model up (cuDNN autotuning included) on a side stream, then
+    captures the forward pass under ``autocast_dtype`` (autocast's weight cache off, as graphs need);
+    later calls copy the input into the graph's buffer and replay it. Outputs are cloned, so they
+    stay valid after the next call. At most ``max_graphs`` graphs are kept (least recently used
+    dropped first; each holds its own activation memory).
+
+    Inputs that are not on a CUDA device, or shapes whose capture fails, run the model eagerly (a
+    failed capture warns once).
+    """
+
+    def __init__(self, model: nn.Module, autocast_dtype: torch.dtype | None = None, max_graphs: int = 4,
+                 warmup: int = 2):
+        if model.training:
+            raise ValueError("CUDAGraphRunner runs inference only: put the model in eval mode")
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs must be positive, got {max_graphs}")
+        self.model = model
+        self.autocast_dtype = autocast_dtype
+        self.max_graphs = max_graphs
+        self.warmup = warmup
+        self.graphs: OrderedDict[tuple, _Graph] = OrderedDict()
+        self.uncapturable: set[tuple] = set()
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast_dtype, cache_enabled=False)
+
+    def _eager(self, image: torch.Tensor, output_size: tuple[int, int] | None) -> PGNetOutput:
+        with torch.inference_mode(), self._autocast(image.device):
+            return self.model(image, output_size=output_size, need_attention=False)
+
+    def _capture(self, image: torch.Tensor, output_size: tuple[int, int] | None) -> _Graph:
+        static_image = image.clone()
+        side = torch.cuda.Stream(image.device)
+        side.wait_stream(torch.cuda.current_stream(image.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self._eager(static_image, output_size)
+        torch.cuda.current_stream(image.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph), self._autocast(image.device):
+            output = self.model(static_image, output_size=output_size, need_attention=False)
+        return _Graph(graph, static_image, output)
+
+    def __call__(
+        self, image: torch.Tensor, output_size: tuple[int, int] | None = None, need_attention: bool = False
+    ) -> PGNetOutput:
+        if need_attention:
+            raise ValueError("CUDAGraphRunner runs inference only: need_attention must be False")
+        output_size = None if output_size is None else (int(output_size[0]), int(output_size[1]))
+        key = (tuple(image.shape), image.dtype, image.stride(), str(image.device), output_size)
+        if image.device.type != "cuda" or key in self.uncapturable:
+            return self._eager(image, output_size)
+        graph = self.graphs.get(key)
+        if graph is None:
+            try:
+                graph = self._capture(image, output_size)
+            except RuntimeError as error:
+                self.uncapturable.add(key)
+                warnings.warn(f"CUDA graph capture failed for input {tuple(image.shape)}, running eagerly: {error}",
+                              RuntimeWarning, stacklevel=2)
+                return self._eager(image, output_size)
+            self.graphs[key] = graph
+            while len(self.graphs) > self.max_graphs:
+                self.graphs.popitem(last=False)
+        self.graphs.move_to_end(key)
+        graph.image.copy_(image)
+        graph.graph.replay()
+        return PGNetOutput(
+            pred=graph.output.pred.clone(),
+            side_cnn=graph.output.side_cnn.clone(),
+            side_swin=graph.output.side_swin.clone(),
+        )
+
+    def __repr__(self) -> str:
+        return f"CUDAGraphRunner(graphs={len(self.graphs)}, autocast_dtype={self.autocast_dtype})"
+
+
+def inference_network(
+    model: PGNet,
+    device: torch.device,
+    optimize: bool = True,
+    compile: bool = False,
+    cuda_graphs: bool | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> Any:
+    """What to call for inference on ``device``: ``model`` itself (moved there, in eval mode) or its
+    prepared copy (made where ``model`` is, then moved: the device holds one set of weights), compiled
+    or replayed from CUDA graphs.
+
+    ``cuda_graphs`` None means: on when ``device`` is CUDA and the network isn't compiled. A
+    ``CUDAGraphRunner`` applies ``autocast_dtype`` itself; the other forms leave autocast to the caller.
+    """
+    if cuda_graphs and device.type != "cuda":
+        raise ValueError(f"CUDA graphs need a CUDA device, not {device}")
+    if cuda_graphs and compile:
+        raise ValueError("choose CUDA graphs or torch.compile, not both")
+    network: Any = (prepare_for_inference(model) if optimize else model.eval()).to(device)
+    if compile:
+        return compile_for_inference(network)
+    if cuda_graphs or (cuda_graphs is None and device.type == "cuda"):
+        return CUDAGraphRunner(network, autocast_dtype=autocast_dtype)
+    return network
+
+
+def autocast_for(
+    network: Any, device: torch.device, dtype: torch.dtype | None
+) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the autocast context to call ``network`` in: ``dtype`` autocast, or none for float32
+    and for a ``CUDAGraphRunner`` (which autocasts inside its graphs)."""
+    enabled = dtype is not None and not isinstance(network, CUDAGraphRunner)
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast(device.type, dtype=dtype, enabled=True) if enabled else contextlib.nullcontext()
+
+    return autocast
