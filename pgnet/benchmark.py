@@ -5,14 +5,15 @@ Every fast path is measured against the straightforward path in the same run, on
 - inference: the straightforward path is the official one, eager float32 with the CMGM's N×N attention
   materialised and its attention-map branch run (``need_attention=True``). The fast paths drop that
   branch (the CMGM then calls ``scaled_dot_product_attention``) and run under ``torch.inference_mode``;
-  the ``fast_*`` ones also let Swin's window attention use ``scaled_dot_product_attention``, fold
-  BatchNorm into the convolutions and run in channels_last, on CUDA under bf16 autocast with cuDNN
-  autotuning, optionally ``torch.compile``'d. The paths are timed interleaved, call by call, so that
-  load on a shared machine affects all alike, and each path's prediction is compared with the
-  straightforward one;
-- a training step (forward, PGNet loss, backward, SGD step) in eager float32 against bf16 autocast +
-  channels_last + cuDNN autotuning (+ ``torch.compile``), and the same with activation checkpointing
-  in the Swin branch.
+  the ``fast_*`` ones run the copy ``pgnet.acceleration.prepare_for_inference`` makes (Swin's window
+  attention through ``scaled_dot_product_attention``, BatchNorm folded into the convolutions,
+  channels_last), on CUDA under bf16 autocast with cuDNN autotuning and also replayed from CUDA
+  graphs, and ``torch.compile``'d (unless ``compile`` is off). The paths are timed interleaved, call
+  by call, so that load on a shared machine affects all alike, and each path's prediction is
+  compared with the straightforward one;
+- a training step (``pgnet.engine.step.TrainStep``, the trainer's: forward, PGNet loss, backward, SGD
+  step) in eager float32 against bf16 autocast + channels_last + cuDNN autotuning (+ ``torch.compile``),
+  and the same with activation checkpointing in the Swin branch.
 
 Each measurement returns figures: dicts made by :func:`figure` that carry the value and its unit with
 the device, the dtype and the torch/timm versions they were measured with. On CUDA every timing is
@@ -41,7 +42,7 @@ import timm
 import torch
 from torch import nn
 
-from pgnet.acceleration import CUDAGraphRunner, compile_for_inference, prepare_for_inference
+from pgnet.acceleration import CUDAGraphRunner, autocast_for, compile_for_inference, prepare_for_inference
 from pgnet.config import LossConfig, OptimConfig
 from pgnet.data.cache import build_cache, find_cache
 from pgnet.data.datasets import SODDataset
@@ -50,6 +51,7 @@ from pgnet.data.registry import pair_files
 from pgnet.data.synthetic import make_sample, sample_seed
 from pgnet.data.transforms import build_train_transform
 from pgnet.engine.optim import build_optimizer
+from pgnet.engine.step import TrainStep
 from pgnet.losses import PGNetLoss
 from pgnet.metrics import ALL_METRICS, SODMetrics
 from pgnet.models.pgnet import ModelConfig, PGNet, PGNetOutput, create_model
@@ -179,10 +181,6 @@ def torch_threads(count: int) -> Iterator[None]:
     finally:
         torch.set_num_threads(previous_torch)
         cv2.setNumThreads(previous_cv2)
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def dtype_name(dtype: torch.dtype | None) -> str:
@@ -347,8 +345,7 @@ def prepare_for_variant(
 def infer(model: nn.Module, image: torch.Tensor, variant: InferenceVariant, device: torch.device) -> PGNetOutput:
     """One forward pass as ``variant`` says (``image`` is converted to channels_last inside when asked)."""
     grad_mode = torch.inference_mode() if variant.inference_mode else torch.no_grad()
-    amp_dtype = None if variant.cuda_graphs else variant.amp_dtype  # a CUDAGraphRunner autocasts itself
-    with grad_mode, cudnn_benchmark(variant.cudnn_benchmark), autocast(device, amp_dtype):
+    with grad_mode, cudnn_benchmark(variant.cudnn_benchmark), autocast_for(model, device, variant.amp_dtype)():
         if variant.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         return model(image, need_attention=variant.attention)
@@ -626,22 +623,17 @@ def _time_train_steps(
     model.swin.grad_checkpointing = variant.swin_grad_checkpointing
     network = torch.compile(model, dynamic=False, mode=compile_mode) if variant.compile else model
     # The official SGD, at a learning rate of the warm-up's first steps: random weights stay finite.
-    optimizer = build_optimizer(model, OptimConfig(lr=1e-4))
-    criterion = PGNetLoss(LossConfig())
+    # The step is the trainer's own (pgnet.engine.step.TrainStep).
+    train_step = TrainStep(model, PGNetLoss(LossConfig()), build_optimizer(model, OptimConfig(lr=1e-4)),
+                           network=network, amp_dtype=variant.amp_dtype, memory_format=memory_format)
     image, mask = synthetic_batch(batch, size, seed)
-    image = image.to(device).contiguous(memory_format=memory_format)
-    mask = mask.to(device)
+    image, mask = image.to(device), mask.to(device)
     losses: list[torch.Tensor] = []
 
     def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
         with cudnn_benchmark(variant.cudnn_benchmark):
-            with autocast(device, variant.amp_dtype):
-                output = network(image, need_attention=True)
-                loss, _ = criterion(output, mask)
-            loss.backward()
-            optimizer.step()
-        losses.append(loss.detach())
+            losses.append(train_step.forward_backward(image, mask).loss)
+            train_step.apply()
 
     torch.manual_seed(seed)  # drop path
     first_step_s = timed(step, device)

@@ -39,6 +39,7 @@ from pgnet.config import Config, save_config
 from pgnet.engine import distributed
 from pgnet.engine.ema import ModelEma
 from pgnet.engine.optim import build_optimizer, build_scheduler
+from pgnet.engine.step import TrainStep
 from pgnet.losses import PGNetLoss
 from pgnet.models.pgnet import PGNet, create_model
 
@@ -188,6 +189,10 @@ class Trainer:
             # One static graph per multi-scale size (5 in the official recipe): symbolic shapes through
             # the CMGM's pooling-stride search compile far more slowly than these few recompilations.
             self.network = torch.compile(self.network, dynamic=False)
+        self.train_step = TrainStep(
+            self.model, self.criterion, self.optimizer, network=self.network, amp_dtype=self.amp_dtype,
+            scaler=self.scaler, memory_format=self.memory_format, clip_grad=train.clip_grad,
+        )
 
         self.position = Position()
         self.best: float | None = None
@@ -232,11 +237,6 @@ class Trainer:
         if amp == "fp16":
             return torch.float16
         return torch.bfloat16
-
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -400,7 +400,7 @@ class Trainer:
         totals: dict[str, torch.Tensor] = {}
         nonfinite = torch.zeros((), device=self.device)
         for index, batch in enumerate(micro_batches):
-            image = batch["image"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            image = batch["image"].to(self.device, non_blocking=True)
             mask = batch["mask"].to(self.device, non_blocking=True)
             last = index == len(micro_batches) - 1
             sync = contextlib.nullcontext() if last or not self.dist.enabled else self.network.no_sync()
@@ -409,18 +409,16 @@ class Trainer:
                 from pgnet.visualize import capture_cmgm_attention
 
                 capture = capture_cmgm_attention(self.model)
-            with sync, capture as attention, self._autocast():
-                output = self.network(image, need_attention=True)
-                loss, terms = self.criterion(output, mask)
-            nonfinite += (~torch.isfinite(loss.detach())).float()  # no host sync mid-step
-            self.scaler.scale(loss / len(micro_batches)).backward()
-            for name, value in {"total": loss.detach(), **terms}.items():
+            with sync, capture as attention:
+                result = self.train_step.forward_backward(image, mask, len(micro_batches))
+            nonfinite += result.nonfinite
+            for name, value in {"total": result.loss, **result.terms}.items():
                 totals[name] = totals.get(name, 0) + value.float() / len(micro_batches)
             if log_images and index == 0 and self.writer is not None:
-                self._log_images(batch, output, attention)
+                self._log_images(batch, result.output, attention)
         nonfinite = distributed.all_reduce_sum(nonfinite, self.dist)
         if nonfinite.item() > 0:
-            self.optimizer.zero_grad(set_to_none=True)
+            self.train_step.discard()
             self.nonfinite_steps += 1
             described = ", ".join(f"{k}={v.item():.4g}" for k, v in totals.items())
             message = f"non-finite loss at global step {self.position.global_step + 1} ({described})"
@@ -430,12 +428,7 @@ class Trainer:
                                 train.max_nonfinite_steps)
             self.scheduler.step()
             return None
-        if train.clip_grad:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.train_step.apply()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
@@ -487,7 +480,7 @@ class Trainer:
         if self.dist.is_main:
             model.eval()
             for name, evaluation in self.data.validation_sets():
-                metrics, curves = evaluation.run(model, self.device, self._autocast)
+                metrics, curves = evaluation.run(model, self.device, self.train_step.autocast)
                 results[name] = metrics
                 for key, value in metrics.items():
                     self.writer.add_scalar(f"val/{name}/{key}", value, self.position.global_step)
