@@ -196,6 +196,33 @@ def timed(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def write_profile(fn: Callable[[], Any], device: torch.device, path: Path, row_limit: int = 30) -> dict[str, Any]:
+    """Profile one call of ``fn`` (``torch.profiler``, device synchronised) and write its operator table,
+    sorted by self device time on CUDA (self CPU time otherwise), to ``path``. Returns the file and,
+    on CUDA, how many kernels ran and their total time."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    synchronize(device)
+    with profile(activities=activities) as profiler:
+        fn()
+        synchronize(device)
+    events = profiler.key_averages()
+    device_time = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    table = events.table(sort_by=device_time if cuda else "self_cpu_time_total", row_limit=row_limit,
+                         max_name_column_width=60)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table + "\n")
+    details: dict[str, Any] = {"profile": str(path)}
+    if cuda:
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+        details["profile_kernels"] = sum(e.count for e in kernels)
+        details["profile_kernel_ms"] = sum(getattr(e, device_time) for e in kernels) / 1000
+    return details
+
+
 def timing_details(seconds: Sequence[float]) -> dict[str, float | int]:
     return {
         "median_ms": 1000 * statistics.median(seconds),
@@ -376,8 +403,12 @@ def measure_inference(
     warmup: int = 3,
     compile_mode: str | None = None,
     seed: int = 0,
+    profile_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Images/s of each variant at ``batch``×3×``size``×``size``, timed interleaved.
+
+    With ``profile_dir`` one more call of each variant is profiled into
+    ``profile_dir/inference_b<batch>_<variant>.txt``.
 
     The first variant is the reference: every figure has its speedup over it and how far its outputs
     are from it. ``peak_memory_mib`` is what a process running only that variant would need on CUDA:
@@ -416,6 +447,12 @@ def measure_inference(
                 total = weights + tensor_mib(image) + memory.extra_mib
                 peak_mib[variant.name] = max(peak_mib[variant.name] or 0.0, total)
 
+    profiles: dict[str, dict[str, Any]] = {v.name: {} for v in variants}
+    if profile_dir is not None:
+        for variant in variants:
+            profiles[variant.name] = write_profile(
+                lambda v=variant: run(v), device, Path(profile_dir) / f"inference_b{batch}_{variant.name}.txt"
+            )
     baseline = statistics.median(seconds[variants[0].name])
     figures = []
     for variant in variants:
@@ -426,7 +463,7 @@ def measure_inference(
                 size=size, batch=batch, **timing_details(seconds[variant.name]),
                 speedup=baseline / median, peak_memory_mib=peak_mib[variant.name],
                 first_call_s=first_call_s[variant.name], **differences[variant.name],
-                variant=_variant_dict(variant),
+                variant=_variant_dict(variant), **profiles[variant.name],
             )
         )
     return figures
@@ -580,13 +617,15 @@ def measure_train_step(
     compile_mode: str | None = None,
     memory_limit_gib: float | None = None,
     seed: int = 0,
+    profile_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Time of one optimiser step of a copy of ``template`` (forward with attention, PGNet loss, backward,
     SGD as the official recipe) at ``batch``×3×``size``×``size``, and its peak memory on CUDA.
 
     Every variant starts from the same weights, input and RNG state, so their losses (``losses``, one per
     step) agree up to rounding. ``memory_limit_gib`` caps the CUDA caching allocator for the run (a
-    smaller card). An out-of-memory error gives a figure with value None and the error.
+    smaller card). An out-of-memory error gives a figure with value None and the error. With
+    ``profile_dir`` one more step is profiled into ``profile_dir/train_<variant>.txt``.
     """
     details: dict[str, Any] = {"size": size, "batch": batch, "variant": _variant_dict(variant)}
     release_memory(device)
@@ -597,7 +636,8 @@ def measure_train_step(
         details["memory_limit_gib"] = memory_limit_gib
     try:
         details.update(
-            _time_train_steps(template, device, variant, size, batch, iterations, warmup, compile_mode, seed)
+            _time_train_steps(template, device, variant, size, batch, iterations, warmup, compile_mode, seed,
+                              profile_dir)
         )
         value = batch / (details["median_ms"] / 1000)
         if baseline_ms is not None:
@@ -616,7 +656,7 @@ def measure_train_step(
 
 def _time_train_steps(
     template: PGNet, device: torch.device, variant: TrainVariant, size: int, batch: int, iterations: int,
-    warmup: int, compile_mode: str | None, seed: int,
+    warmup: int, compile_mode: str | None, seed: int, profile_dir: Path | None = None,
 ) -> dict[str, Any]:
     memory_format = torch.channels_last if variant.channels_last else torch.contiguous_format
     model = copy.deepcopy(template).to(device).to(memory_format=memory_format).train()
@@ -641,8 +681,12 @@ def _time_train_steps(
         step()
     with PeakMemory(device, release_cache=True) as memory:
         seconds = [timed(step, device) for _ in range(iterations)]
+    profile = {}
+    if profile_dir is not None:
+        profile = write_profile(step, device, Path(profile_dir) / f"train_{variant.name}.txt")
     return {
         **timing_details(seconds),
+        **profile,
         "first_step_s": first_step_s,
         "peak_memory_mib": memory.allocated_mib,
         "peak_reserved_mib": memory.reserved_mib,
@@ -803,6 +847,7 @@ class BenchmarkOptions:
     eval_size: int = 1024
     eval_images: int = 50
     seed: int = 0
+    profile_dir: str | None = None  # write a torch.profiler table of each inference path and training step
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchmarkOptions:
@@ -883,7 +928,7 @@ def run_benchmarks(
                 (f"inference: {len(variants)} paths at batch {batch}, {options.size}x{options.size}",
                  lambda batch=batch: measure_inference(
                      model, device, variants, options.size, batch, options.iterations, options.warmup,
-                     options.compile_mode, options.seed,
+                     options.compile_mode, options.seed, options.profile_dir,
                  ))
                 for batch in options.batches
             ]
@@ -905,6 +950,7 @@ def run_benchmarks(
                 result = measure_train_step(
                     model, device, variant, options.train_size, options.train_batch, options.train_iterations,
                     options.train_warmup, baseline.get("median_ms"), options.compile_mode, limit, options.seed,
+                    options.profile_dir,
                 )
                 if not baseline and result["value"] is not None:
                     baseline["median_ms"] = result["median_ms"]

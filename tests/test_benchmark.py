@@ -2,6 +2,7 @@
 the training step with Swin checkpointing, the loader and evaluator figures, the CLI's JSON."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -135,15 +136,25 @@ def test_loader_and_evaluator_figures():
 
 def test_cli_quick_run_writes_json(tmp_path, capsys):
     out = tmp_path / "results.json"
-    code = main(["--quick", "--device", "cpu", "--size", "64", "--skip-train", "--skip-loader", "--iterations", "1",
-                 "--out", str(out)])
+    code = main(["--quick", "--device", "cpu", "--size", "64", "--train-size", "64", "--train-iterations", "1",
+                 "--skip-loader", "--iterations", "1", "--out", str(out), "--profile", str(tmp_path / "profiles")])
     assert code == 0
     report = json.loads(out.read_text())
     assert report["environment"]["device"] == "cpu" and report["environment"]["torch"] == torch.__version__
     assert report["model"]["swin"] == benchmark.SMALL_MODEL["swin"]
-    assert {f["benchmark"] for f in report["figures"]} == {"inference", "evaluator"}
+    assert {f["benchmark"] for f in report["figures"]} == {"inference", "train_step", "evaluator"}
     for figure in report["figures"]:
         check_figure(figure)
+    # --profile: an operator table per inference path and training step, named in its figure
+    profiled = [f for f in report["figures"] if f["benchmark"] != "evaluator"]
+    assert sorted(Path(f["profile"]).name for f in profiled) == sorted(
+        [f"inference_b1_{f['name']}.txt" for f in profiled if f["benchmark"] == "inference"]
+        + [f"train_{f['name']}.txt" for f in profiled if f["benchmark"] == "train_step"]
+    )
+    for f in profiled:
+        table = Path(f["profile"]).read_text()
+        assert "aten::" in table and "Self CPU" in table
+    assert "aten::_scaled_dot_product" in Path(report["figures"][2]["profile"]).read_text()  # the fast path
     (target,) = report["summary"]["targets"]
     assert target["required"] == 1.3 and not target["applies"]  # judged at 1024×1024 only
     assert "eager_fp32_official" in capsys.readouterr().out and report["errors"] == []

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--skip-{part}", action="store_true", help=f"skip the {part} benchmark")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmark.json"),
                         help="JSON output (default runs/benchmark.json)")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="also profile one call of each inference path and training step (torch.profiler "
+                             "operator tables in DIR; on CUDA the kernel count and time go into the JSON)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target that applies is missed")
     return parser
 
@@ -98,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train_batch": args.train_batch,
         "train_iterations": args.train_iterations,
         "compile_mode": args.compile_mode,
+        "profile_dir": args.profile,
     }
     values: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
     values.update(
