@@ -108,11 +108,12 @@ class CMGM(nn.Module):
         else:
             grafted = F.scaled_dot_product_attention(query, key, value, scale=self.scale)
         grafted = self.proj(grafted.transpose(1, 2).reshape(batch, tokens, channels))  # B×N×C
-        # Back to B×C×h×w in the CNN feature's layout (channels_last is the B×N×C memory as it is).
-        grafted = grafted.reshape(batch, grid_h, grid_w, channels).permute(0, 3, 1, 2)
-        grafted = grafted.contiguous(memory_format=memory_format_of(cnn_feature))
+        # B×C×h×w as a view of the token memory (channels_last strides), as the official module has it.
+        grafted = grafted.transpose(1, 2).reshape(batch, channels, grid_h, grid_w)
         if stride > 1:
             grafted = F.interpolate(grafted, size=(height, width), mode="bilinear", align_corners=False)
+        if memory_format_of(cnn_feature) == torch.channels_last:  # a channels_last model stays channels_last
+            grafted = grafted.contiguous(memory_format=torch.channels_last)
         fused = grafted + cnn_feature
         fused = self.refine(fused) + fused
 
