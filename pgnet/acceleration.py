@@ -106,7 +106,8 @@ class CUDAGraphRunner:
             return self.model(image, output_size=output_size, need_attention=False)
 
     def _capture(self, image: torch.Tensor, output_size: tuple[int, int] | None) -> _Graph:
-        static_image = image.clone()
+        with torch.inference_mode():
+            static_image = image.clone()  # same strides as ``image``
         side = torch.cuda.Stream(image.device)
         side.wait_stream(torch.cuda.current_stream(image.device))
         with torch.cuda.stream(side):
@@ -127,6 +128,10 @@ class CUDAGraphRunner:
         key = (tuple(image.shape), image.dtype, image.stride(), str(image.device), output_size)
         if image.device.type != "cuda" or key in self.uncapturable:
             return self._eager(image, output_size)
+        with torch.cuda.device(image.device):
+            return self._replay(key, image, output_size)
+
+    def _replay(self, key: tuple, image: torch.Tensor, output_size: tuple[int, int] | None) -> PGNetOutput:
         graph = self.graphs.get(key)
         if graph is None:
             try:
@@ -134,15 +139,16 @@ class CUDAGraphRunner:
             except RuntimeError as error:
                 self.uncapturable.add(key)
                 warnings.warn(f"CUDA graph capture failed for input {tuple(image.shape)}, running eagerly: {error}",
-                              RuntimeWarning, stacklevel=2)
+                              RuntimeWarning, stacklevel=3)
                 return self._eager(image, output_size)
             self.graphs[key] = graph
             while len(self.graphs) > self.max_graphs:
                 self.graphs.popitem(last=False)
         self.graphs.move_to_end(key)
-        graph.image.copy_(image)
-        graph.graph.replay()
-        return PGNetOutput(
+        with torch.inference_mode():
+            graph.image.copy_(image)
+            graph.graph.replay()
+        return PGNetOutput(  # clones: the next replay overwrites the graph's own outputs
             pred=graph.output.pred.clone(),
             side_cnn=graph.output.side_cnn.clone(),
             side_swin=graph.output.side_swin.clone(),

@@ -73,3 +73,90 @@ def test_predictor_fast_and_compiled_paths_agree_with_the_plain_model(model):
         mask = predictor(image)
         assert mask.shape == (90, 120) and mask.dtype == np.float32
         assert np.abs(mask - expected).max() <= 1e-4
+
+
+class _FakeGraph:
+    """Stands in for torch.cuda.CUDAGraph on the CPU: a "replay" re-runs the captured call, which is what
+    a real replay does to the captured tensors."""
+
+    def __init__(self):
+        self.replays = 0
+        self.call = None
+
+    def replay(self):
+        self.replays += 1
+        self.call()
+
+
+def test_graph_runner_bookkeeping_with_a_fake_cuda(model, monkeypatch):
+    """The capture/replay logic, run on the CPU with torch.cuda's graph API faked: each shape is captured
+    once, inputs go through the static buffer, outputs are copies, the least recently used graph goes."""
+    import contextlib
+
+    from pgnet import acceleration
+
+    captured_calls = []
+
+    @contextlib.contextmanager
+    def fake_graph(graph, **kwargs):
+        original = model.forward
+
+        def recording(image, output_size=None, need_attention=False):
+            result = original(image, output_size, need_attention)
+
+            def rerun():  # recompute into the captured output, reading the static input again
+                result.pred = original(image, output_size).pred
+
+            graph.call = rerun
+            captured_calls.append(tuple(image.shape))
+            return result
+
+        monkeypatch.setattr(model, "forward", recording)
+        yield
+        monkeypatch.setattr(model, "forward", original)
+
+    class FakeStream:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: FakeStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", fake_graph)
+    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
+    runner = acceleration.CUDAGraphRunner(model.eval(), max_graphs=2, warmup=1)
+
+    def call(image, output_size=None):
+        key = (tuple(image.shape), image.dtype, image.stride(), str(image.device), output_size)
+        return runner._replay(key, image, output_size)
+
+    first, second = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
+    out_first = call(first)
+    out_second = call(second)  # a replay of the first graph, with the second input copied in
+    assert captured_calls == [(1, 3, 64, 64)] and len(runner.graphs) == 1
+    (graph,) = runner.graphs.values()
+    assert graph.graph.replays == 2 and torch.equal(graph.image, second)
+    with torch.inference_mode():
+        expected_first, expected_second = model(first).pred, model(second).pred
+    torch.testing.assert_close(out_first.pred, expected_first)
+    torch.testing.assert_close(out_second.pred, expected_second)  # the first output was a copy: unchanged
+    assert out_first.pred.data_ptr() != graph.output.pred.data_ptr()
+    call(torch.randn(2, 3, 64, 64))
+    call(torch.randn(1, 3, 64, 64), output_size=(16, 16))
+    assert len(runner.graphs) == 2 and len(captured_calls) == 3
+    assert all(key[0] != (1, 3, 64, 64) or key[-1] is not None for key in runner.graphs)  # the LRU one went
+    # A capture that fails (an operation graphs don't allow) warns once, then that shape runs eagerly.
+    def failing_graph(graph, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "graph", failing_graph)
+    odd = torch.randn(1, 3, 48, 80)
+    with pytest.warns(RuntimeWarning, match="capture failed for input \\(1, 3, 48, 80\\)"):
+        output = call(odd)
+    with torch.inference_mode():
+        torch.testing.assert_close(output.pred, model(odd).pred)
+    assert len(runner.uncapturable) == 1 and len(runner.graphs) == 2
