@@ -37,8 +37,8 @@ def prepare_for_inference(
 
     fold_bn: fold every BatchNorm into the convolution before it (running statistics; eval only).
     swin_sdpa: let timm's window attention call ``scaled_dot_product_attention``.
-    channels_last: weights in channels_last; feed channels_last images (``to_model_layout``) and every
-        feature stays channels_last, the layout cuDNN and oneDNN convolutions run fastest in.
+    channels_last: weights in channels_last; fed a channels_last image, every feature stays
+        channels_last, the layout cuDNN and oneDNN convolutions run fastest in.
     """
     prepared = copy.deepcopy(model).eval()
     if fold_bn:
@@ -193,6 +193,6 @@ def autocast_for(
     enabled = dtype is not None and not isinstance(network, CUDAGraphRunner)
 
     def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast(device.type, dtype=dtype, enabled=True) if enabled else contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=dtype) if enabled else contextlib.nullcontext()
 
     return autocast

@@ -292,17 +292,15 @@ def _load_dataset(dataset: EvalDataset, method: ModelMethod):
     return build_dataset(spec, build_eval_transform(method.size, mean, std))
 
 
-def _evaluate_model(network: Any, dataset: EvalDataset, method: ModelMethod, device: torch.device,
-                    metric_names: Sequence[str], progress: bool) -> MethodResult:
-    """Score ``network`` (from ``inference_network``: a prepared channels_last copy, or graph-replayed)."""
-    from pgnet.acceleration import autocast_for
+def _evaluate_model(network: Any, autocast: Callable[[], contextlib.AbstractContextManager], dataset: EvalDataset,
+                    method: ModelMethod, device: torch.device, metric_names: Sequence[str],
+                    progress: bool) -> MethodResult:
+    """Score ``network`` (from ``inference_network``: a prepared channels_last copy, or graph-replayed),
+    called in ``autocast()``."""
     from pgnet.data.loader import build_eval_loader
-    from pgnet.inference import resolve_precision
 
     data = _load_dataset(dataset, method)
     loader = build_eval_loader(data, batch_size=method.batch_size, num_workers=method.num_workers)
-    precision = resolve_precision(method.precision, device)
-    autocast = autocast_for(network, device, torch.bfloat16 if precision == "bf16" else None)
     save_dir = method.save_dir / method.method_name / dataset.name if method.save_dir is not None else None
     metrics = SODMetrics(metric_names, device=device)
     count = accumulate_model(network, loader, device, metrics, autocast=autocast, flip=method.flip,
@@ -390,17 +388,18 @@ def evaluate(
 
     model = None
     if model_method is not None:
-        from pgnet.acceleration import inference_network
+        from pgnet.acceleration import autocast_for, inference_network
         from pgnet.checkpoint import load_model
         from pgnet.inference import resolve_precision
 
-        bf16 = resolve_precision(model_method.precision, device) == "bf16"
+        amp_dtype = torch.bfloat16 if resolve_precision(model_method.precision, device) == "bf16" else None
         model = inference_network(load_model(model_method.checkpoint, "cpu", weights=model_method.weights), device,
-                                  optimize=model_method.optimize, autocast_dtype=torch.bfloat16 if bf16 else None)
+                                  optimize=model_method.optimize, autocast_dtype=amp_dtype)
+        autocast = autocast_for(model, device, amp_dtype)
     single = len(datasets) == 1
     for dataset in datasets:
         if model is not None:
-            report.add(_evaluate_model(model, dataset, model_method, device, metrics, progress))
+            report.add(_evaluate_model(model, autocast, dataset, model_method, device, metrics, progress))
         for method, folder in prediction_dirs.items():
             report.add(_evaluate_folder(method, prediction_folder(folder, dataset.name, single), dataset, device,
                                         metrics, allow_missing, workers, progress))

@@ -2,8 +2,9 @@
 
 A step runs, for each micro-batch, a forward pass with the CMGM attention maps under autocast, the
 PGNet loss and a backward pass (the loss divided by the number of micro-batches and scaled for fp16),
-then the optimiser step, with gradients clipped when asked. Nothing in it waits for the device: the
-caller decides when to read losses back.
+then the optimiser step, with gradients clipped when asked. Apart from the fp16 gradient scaler's
+check for infinite gradients, nothing in it waits for the device: the caller decides when to read
+losses back.
 """
 
 from __future__ import annotations
