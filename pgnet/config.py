@@ -39,6 +39,10 @@ class DatasetEntry:
     n: int = 200
     size: int = 512
     seed: int = 0
+    # files only: hold out a fraction for validation, no file moved (see pgnet.data.split)
+    split: Literal["all", "train", "val"] = "all"
+    val_fraction: float = 0.1
+    split_seed: int = 0
 
 
 @dataclass
@@ -118,6 +122,10 @@ class TrainConfig:
     log_every: int = 10  # steps
     image_every: int = 200  # steps; 0 disables image summaries
     max_steps_per_epoch: int | None = None
+    # fine-tuning (see pgnet.engine.finetune)
+    init_from: str | None = None  # starting weights: a project checkpoint or an official one
+    init_weights: Literal["model", "ema"] = "model"  # which weights of a project checkpoint
+    freeze: list[str] = field(default_factory=list)  # parts kept fixed: swin, resnet, decoder, graft, heads, ...
 
 
 @dataclass

@@ -17,10 +17,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML config (with optional _base_ files)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pth")
     parser.add_argument("--run-dir", help="write the run here instead of output_dir/name-DATE-TIME")
+    parser.add_argument("--init-from", metavar="CHECKPOINT",
+                        help="start from these weights (a pgnet or an official checkpoint): train.init_from")
     parser.add_argument("overrides", nargs="*", help="dotted overrides such as train.epochs=8")
     args = parser.parse_intermixed_args(argv)
     if bool(args.config) == bool(args.resume):
         parser.error("give either --config CONFIG or --resume RUN_DIR")
+    if args.init_from and args.resume:
+        parser.error("--init-from starts a new run; --resume continues one from its own checkpoint")
 
     from pathlib import Path
 
@@ -34,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             run_dir = Path(args.run_dir) if args.run_dir else None
             config = load_config(args.config, args.overrides)
+            if args.init_from:
+                config.train.init_from = args.init_from
         trainer = Trainer(config, run_dir, resume=bool(args.resume))
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)

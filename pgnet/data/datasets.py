@@ -20,6 +20,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from pgnet.data.cache import ImageCache, find_cache
 from pgnet.data.io import ImageReadError, PairMismatchError, binarize_mask, read_image, read_mask, read_pair
 from pgnet.data.registry import DatasetSpec, known_dataset_names, pair_files, resolve_dataset
+from pgnet.data.split import split_pairs
 from pgnet.data.synthetic import SyntheticDataset
 from pgnet.data.transforms import PairTransform, build_eval_transform, to_sample
 
@@ -151,13 +152,15 @@ def build_dataset(
     """One dataset from a config entry.
 
     ``config`` is a DatasetSpec or a dict: ``{name, root}`` for a registered layout, ``{image_dir,
-    mask_dir}`` (optional ``name``) for any folder pair, or ``{name: synthetic, n, size, seed}``;
+    mask_dir}`` (optional ``name``) for any folder pair, or ``{name: synthetic, n, size, seed}``; a
+    file dataset may keep one part of a held-out split (``split: train|val``, ``val_fraction``,
+    ``split_seed``; see :mod:`pgnet.data.split`);
     ``repeat`` may be present but must be 1 (repeats belong to :func:`build_train_dataset`).
     File datasets also take ``cache`` (default True: use an on-disk cache when present) and
     ``reduced_decode`` (default True). With ``check``, a dataset whose pairs are all unreadable
     raises here instead of during training.
     """
-    use_cache, reduced_decode = True, True
+    use_cache, reduced_decode, split = True, True, ("all", 0.1, 0)
     if isinstance(config, DatasetSpec):
         spec = config
     else:
@@ -174,9 +177,11 @@ def build_dataset(
             return synthetic
         use_cache = bool(options.pop("cache", True))
         reduced_decode = bool(options.pop("reduced_decode", True))
+        split = (options.pop("split", "all"), options.pop("val_fraction", 0.1), options.pop("split_seed", 0))
         spec = _spec_from_config(options, name)
         _reject_unknown(
-            options, spec.name, ("name", "root", "image_dir", "mask_dir", "repeat", "cache", "reduced_decode")
+            options, spec.name, ("name", "root", "image_dir", "mask_dir", "repeat", "cache", "reduced_decode",
+                                 "split", "val_fraction", "split_seed")
         )
 
     pairing = pair_files(spec.image_dir, spec.mask_dir)
@@ -201,7 +206,8 @@ def build_dataset(
             len(pairing.pairs),
             spec.expected_count,
         )
-    dataset = SODDataset(pairing.pairs, transform, reduced_decode=reduced_decode, name=spec.name)
+    pairs = split_pairs(pairing.pairs, *split, dataset=spec.name)
+    dataset = SODDataset(pairs, transform, reduced_decode=reduced_decode, name=spec.name)
     if use_cache:
         dataset.cache = find_cache(spec.root, dataset.transform.input_size)
     if check:

@@ -8,10 +8,12 @@ from dataclasses import asdict
 from typing import Any
 
 import torch
+from torch.utils.data import ConcatDataset
 
 from pgnet.config import DataConfig, DatasetEntry
 from pgnet.data.datasets import build_dataset, build_train_dataset
 from pgnet.data.loader import build_eval_loader, build_train_loader, set_loader_epoch
+from pgnet.data.split import shared_images
 from pgnet.data.transforms import NORMALIZATIONS, build_eval_transform, build_train_transform
 from pgnet.engine.distributed import DistInfo
 
@@ -19,14 +21,32 @@ from pgnet.engine.distributed import DistInfo
 def dataset_options(entry: DatasetEntry) -> dict[str, Any]:
     """The builder dict of one config entry (synthetic options only for synthetic data)."""
     options = asdict(entry)
+    if entry.split == "all" or entry.name.lower() == "synthetic":
+        for key in ("split", "val_fraction", "split_seed"):
+            options.pop(key)
     if entry.name.lower() != "synthetic":
         for key in ("n", "size", "seed"):
             options.pop(key)
         if options["root"] is None:
             raise ValueError(f"data: dataset {entry.name} needs a root")
     else:
+        if entry.split != "all":
+            raise ValueError("data: synthetic data has no split; give the validation set another seed")
         options.pop("root")
     return options
+
+
+def check_held_out(train_dataset: ConcatDataset, validation: list[tuple[str, Any]]) -> None:
+    """Validation pictures must not be training pictures; raises naming the set and an example."""
+    training = [part.pairs for part in train_dataset.datasets if hasattr(part, "pairs")]
+    for name, dataset in validation:
+        shared = shared_images(training, [dataset.pairs]) if hasattr(dataset, "pairs") else []
+        if shared:
+            raise ValueError(
+                f"data.val {name}: {len(shared)} of its pictures are also in data.train (e.g. {shared[0]}); "
+                "validation needs held-out pictures (a split of one folder: the same val_fraction and "
+                "split_seed in both entries)"
+            )
 
 
 class Validation:
@@ -80,6 +100,7 @@ class TrainingData:
         self._validation = [
             (entry.name, build_dataset(dataset_options(entry), eval_transform)) for entry in config.val
         ]
+        check_held_out(self.dataset, self._validation)
         self.logger = logger
 
     @property

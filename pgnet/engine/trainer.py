@@ -38,6 +38,7 @@ from pgnet.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
 from pgnet.config import Config, save_config
 from pgnet.engine import distributed
 from pgnet.engine.ema import ModelEma
+from pgnet.engine.finetune import FineTuning
 from pgnet.engine.optim import build_optimizer, build_scheduler
 from pgnet.engine.step import TrainStep
 from pgnet.losses import PGNetLoss
@@ -125,6 +126,8 @@ class Trainer:
     def __init__(self, config: Config, run_dir: str | Path | None = None, resume: bool = False):
         self.config = config
         train = config.train
+        # Starting weights and frozen parts are checked before the run folder is made.
+        self.finetuning = FineTuning(config, resume=resume)
         self.device = resolve_device(train.device)
         self.dist = distributed.init_distributed(self.device.type)
         if self.device.type == "cuda":
@@ -169,7 +172,8 @@ class Trainer:
                 f"per process with train.grad_accum={train.grad_accum}"
             )
 
-        self.model: PGNet = create_model(config.model).to(self.device)
+        self.model: PGNet = create_model(self.finetuning.model_config).to(self.device)
+        self.finetuning.apply(self.model, self.logger.info)
         self.amp_dtype = self._amp_dtype()
         channels_last = train.channels_last if train.channels_last is not None else self.device.type == "cuda"
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

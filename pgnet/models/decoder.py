@@ -148,6 +148,13 @@ class Decoder(nn.Module):
         self.cnn3_block = FusionBlock(r3, width)
         self.cnn2_block = FusionBlock(r2, width)
 
+    def graft_modules(self) -> dict[str, nn.Module]:
+        """The modules that exist for each grafting point, by point name (what ``train.freeze`` names)."""
+        modules: dict[str, nn.Module] = {"r5-s2": self.graft}
+        if self.cnn4_block.cmgm is not None:
+            modules["r4-s1"] = self.cnn4_block.cmgm
+        return modules
+
     def forward(
         self,
         swin_features: Sequence[torch.Tensor],

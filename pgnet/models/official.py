@@ -88,44 +88,51 @@ def is_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
 
 
 def convert_official_state_dict(
-    state_dict: Mapping[str, torch.Tensor], model: PGNet | None = None
+    state_dict: Mapping[str, torch.Tensor], model: PGNet | None = None, *, partial: bool = False
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename an official PGNet state dict for ``model`` (the default PGNet when None).
 
     Returns the converted state dict (exactly the model's keys) and the sorted unused source keys.
     Raises ``ConversionError`` naming any unknown, missing or mis-shaped key, and any recomputed
     buffer whose value disagrees with the model's.
+
+    With ``partial`` every key is only renamed (an unknown key is still an error) and nothing is
+    unused: no model is needed, and fitting the result to one is left to
+    ``pgnet.models.weights.load_weights_with_report``, which lists what the model has and lacks
+    (``swin.norm`` and the recomputed buffers come out unused there).
     """
-    model = model if model is not None else PGNet()
     source = strip_ddp_prefix(state_dict)
-    target = model.state_dict()
-    buffers = dict(model.named_buffers())
+    if not partial:
+        model = model if model is not None else PGNet()
+        target = model.state_dict()
+        buffers = dict(model.named_buffers())
     converted: dict[str, torch.Tensor] = {}
     unused: list[str] = []
     errors: list[str] = []
     for key, value in source.items():
-        if key.startswith(UNUSED_PREFIXES):
+        if key.startswith(UNUSED_PREFIXES) and not partial:
             unused.append(key)
             continue
         ours = official_to_project_key(key)
         if ours is None:
             errors.append(f"unknown key {key}")
             continue
-        if key.endswith(RECOMPUTED_BUFFER_SUFFIXES):
+        if partial:
+            converted[ours.replace("atten_mask", "attn_mask")] = value
+        elif key.endswith(RECOMPUTED_BUFFER_SUFFIXES):
             ours = ours.replace("atten_mask", "attn_mask")
             mine = buffers.get(ours)
             if mine is None or mine.shape != value.shape or not torch.equal(mine.to(value.dtype), value):
                 errors.append(f"buffer {key} does not match the model's recomputed {ours}")
             unused.append(key)
-            continue
-        if ours not in target:
+        elif ours not in target:
             errors.append(f"{key} maps to {ours}, which the model does not have")
         elif target[ours].shape != value.shape:
             errors.append(f"{key}: shape {tuple(value.shape)}, model {ours} has {tuple(target[ours].shape)}")
         else:
             converted[ours] = value
-    missing = sorted(set(target) - set(converted))
-    errors += [f"missing {k}" for k in missing]
+    if not partial:
+        errors += [f"missing {k}" for k in sorted(set(target) - set(converted))]
     if errors:
         shown = "\n  ".join(errors[:20])
         more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""

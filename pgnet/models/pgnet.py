@@ -79,6 +79,8 @@ class PGNet(nn.Module):
     Takes a normalised image of any size (B×3×H×W; official statistics in ``pgnet.data``).
     """
 
+    frozen_modules: tuple[str, ...] = ()  # dotted names of modules kept in eval mode (see ``train``)
+
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
         config = config or ModelConfig()
@@ -107,6 +109,14 @@ class PGNet(nn.Module):
         )
         for module in (self.decoder, self.head_pred, self.head_side_cnn, self.head_side_swin, self.attention_heads):
             init_decoder_weights(module)
+
+    def train(self, mode: bool = True) -> PGNet:
+        """``nn.Module.train``, except that the modules named in ``frozen_modules`` (set by
+        ``pgnet.engine.finetune``) always stay in eval mode: fixed BatchNorm statistics, no drop-path."""
+        super().train(mode)
+        for name in self.frozen_modules:
+            self.get_submodule(name).eval()
+        return self
 
     def forward(
         self,
