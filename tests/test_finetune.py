@@ -168,7 +168,8 @@ def test_part_names():
         (["train.init_from=/nonexistent/pgnet_dh.pth"], "train.init_from: /nonexistent/pgnet_dh.pth does not exist"),
         (["train.init_from=NOT_A_CHECKPOINT"], "train.init_from: cannot read checkpoint"),
         (["train.init_from=NOT_A_STATE_DICT"], "is neither a pgnet checkpoint nor an official PGNet state dict"),
-        (["train.init_from=NO_EMA", "train.init_weights=ema"], "has no 'ema' weights (train.init_weights); it has model"),
+        (["train.init_from=NO_EMA", "train.init_weights=ema"],
+         "has no 'ema' weights (train.init_weights); it has model"),
         (["train.freeze=[swim]"], "'swim' matches no part of the model; valid names: swin, resnet, decoder, graft, "
                                   "graft.r5-s2, heads"),
         (["train.freeze=[swin, resnet, decoder, heads]"], "leaves no parameter to train"),
@@ -213,7 +214,7 @@ def test_split_is_disjoint_deterministic_and_the_same_with_0_or_2_workers(tmp_pa
     assert seen[0] == seen[2] and sorted(seen[0]) == sorted(train)
 
     other_val = build_dataset({"name": "generic", "root": str(root), "split": "val", "split_seed": 1}, transform)
-    with pytest.raises(ValueError, match="pictures are also in data.train"):
+    with pytest.raises(ValueError, match=r"pictures are also in data\.train"):
         check_held_out(dataset, [("generic", other_val)])
     check_held_out(dataset, [("generic", build_dataset(
         {"name": "generic", "root": str(root), "split": "val", "val_fraction": 0.25}, transform))])
@@ -230,7 +231,8 @@ def test_split_leaving_no_training_picture_is_an_error(tmp_path):
 def test_resumed_fine_tuning_run_ends_with_the_uninterrupted_weights(tiny_checkpoint, tmp_path):
     init = tmp_path / "pgnet_dh.pth"
     init.write_bytes(tiny_checkpoint.read_bytes())
-    extra = [f"train.init_from={init}", "train.freeze=[swin]", "model.graft_points=[r5-s2, r4-s1]", "train.keep_recent=0"]
+    extra = [f"train.init_from={init}", "train.freeze=[swin]", "model.graft_points=[r5-s2, r4-s1]",
+             "train.keep_recent=0"]
     straight = Trainer(tiny_config(*extra), tmp_path / "straight")
     straight.fit()
 
