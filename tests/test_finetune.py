@@ -190,6 +190,15 @@ def test_errors_come_before_the_run_folder(tmp_path, tiny_checkpoint, extra, mes
     assert not (tmp_path / "run").exists()
 
 
+def test_init_from_and_resume_exclude_each_other(capsys):
+    from pgnet.cli import train
+
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--resume", "runs/x", "--init-from", "pgnet_dh.pth"])
+    assert exit_info.value.code == 2
+    assert "--init-from starts a new run" in capsys.readouterr().err
+
+
 def test_split_is_disjoint_deterministic_and_the_same_with_0_or_2_workers(tmp_path):
     root = make_folder(tmp_path / "mine", count=20, size=(40, 48))
     transform = build_eval_transform(32)

@@ -6,7 +6,9 @@ schedule and epoch start fresh, and a resumed run continues from its own checkpo
 it. The load is accounted for (loaded, new, unused; see :mod:`pgnet.models.weights`) in the run's log.
 
 ``freeze`` lists parts of the model (:func:`model_parts`, or any module path) whose parameters get
-no gradient and which stay in eval mode, so their BatchNorm statistics do not move either.
+no gradient and which stay in eval mode, so their BatchNorm statistics do not move either. The
+optimiser only gets the parameters that train; DDP leaves out those without ``requires_grad``, so a
+frozen part needs no ``find_unused_parameters``.
 
 :class:`FineTuning` checks everything a user can get wrong before the run folder is made, on a model
 built on the meta device (no memory, no initialisation): the file exists and is a checkpoint, its
