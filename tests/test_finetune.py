@@ -17,7 +17,7 @@ from pgnet.data.loader import build_train_loader, set_loader_epoch
 from pgnet.data.split import SplitError
 from pgnet.data.transforms import build_eval_transform, build_train_transform
 from pgnet.engine.data_setup import check_held_out
-from pgnet.engine.finetune import model_parts
+from pgnet.engine.finetune import model_parts, read_starting_weights
 from pgnet.engine.trainer import Trainer, TrainingInterrupted
 from pgnet.models.official import convert_official_state_dict
 from pgnet.models.pgnet import ModelConfig, PGNet, create_model
@@ -48,8 +48,13 @@ def tiny_config(*extra: str):
 
 
 @pytest.fixture(scope="module")
-def official_converted():
-    converted, unused = convert_official_state_dict(official_pgnet_state_dict(), partial=True)
+def official_state():
+    return official_pgnet_state_dict()
+
+
+@pytest.fixture(scope="module")
+def official_converted(official_state):
+    converted, unused = convert_official_state_dict(official_state, partial=True)
     assert unused == []  # partial: everything renamed, the accounting decides what is unused
     return converted
 
@@ -92,6 +97,18 @@ def test_official_checkpoint_into_two_grafting_points_lists_the_new_modules(offi
     assert all(key.startswith(("decoder.cnn4_block.cmgm.", "attention_heads.1.")) for key in report.new)
     assert sorted(report.loaded) == sorted(k for k in official_converted if k in model.state_dict())
     assert len(report.loaded) == 654 and report.unused_groups == OFFICIAL_UNUSED
+
+
+def test_an_official_file_is_read_and_converted(official_state, tmp_path):
+    decoder_only = {k: v for k, v in official_state.items() if not k.startswith(("module.swin.", "module.resnet."))}
+    torch.save(decoder_only, tmp_path / "PGNet_DUT+HR.pth")
+    state, source, trained_with = read_starting_weights(tmp_path / "PGNet_DUT+HR.pth")
+    assert source.endswith("PGNet_DUT+HR.pth (official PGNet checkpoint, converted)")
+    assert trained_with == ModelConfig().to_dict()
+    torch.testing.assert_close(state["head_pred.weight"], official_state["module.linear1.weight"], rtol=0, atol=0)
+    with torch.device("meta"):
+        report = account_weights(PGNet().state_dict(), state)
+    assert {name for name, _ in report.new_groups} == {"swin", "resnet"} and not report.unused
 
 
 def test_new_modules_keep_their_initialisation_and_shapes_must_match(tiny_checkpoint):
