@@ -120,7 +120,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # also save `last` inside an epoch every N steps (0: epoch ends only)
     keep_recent: int = 3
     log_every: int = 10  # steps
-    image_every: int = 200  # steps; 0 disables image summaries
+    image_every: int = 1000  # steps between training-batch pictures; 0: no pictures (validation ones too)
     max_steps_per_epoch: int | None = None
     # fine-tuning (see pgnet.engine.finetune)
     init_from: str | None = None  # starting weights: a project checkpoint or an official one

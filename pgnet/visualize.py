@@ -92,7 +92,7 @@ class _Sheet:
         self.paste(np.repeat(ramp, 14, axis=1), left, top)
         for fraction in np.linspace(0, 1, 5):
             y = top + (1 - fraction) * (height - 1)
-            self.pixels[int(round(y)), left + 14 : left + 18] = 0
+            self.pixels[round(y), left + 14 : left + 18] = 0
             self.text(left + 20, y, f"{fraction * vmax:.2g}", size=8, va="center")
         self.text(left + 64, top + height / 2, label, size=8, va="center", rotation=90)
 
@@ -104,10 +104,12 @@ class _Sheet:
             figure.text(x / width, 1 - y / height, text, **options)
         canvas = FigureCanvasAgg(figure)
         canvas.draw()
-        layer = np.asarray(canvas.buffer_rgba()).astype(np.float32) / 255
-        alpha = layer[..., 3:]
-        blended = self.pixels / 255 * (1 - alpha) + layer[..., :3] * alpha
-        return (blended * 255).round().astype(np.uint8)
+        layer = np.asarray(canvas.buffer_rgba())
+        picture = self.pixels.copy()
+        drawn = layer[..., 3] > 0  # blend only where text was drawn
+        alpha = layer[drawn, 3:].astype(np.float32) / 255
+        picture[drawn] = (picture[drawn] * (1 - alpha) + layer[drawn, :3] * alpha).round().astype(np.uint8)
+        return picture
 
 
 def _resize(values: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
@@ -136,11 +138,12 @@ def _coloured(values: np.ndarray, size: int, colormap: str, vmax: float, nearest
 
 
 def _overlay(image: np.ndarray, heat: np.ndarray, vmax: float) -> np.ndarray:
-    """``heat`` (any size) coloured on a dimmed gray ``image`` (S×S×3 uint8) with opacity heat / vmax:
+    """``heat`` (any size) coloured on a dimmed gray ``image`` (S×S×3 uint8) with opacity √(heat / vmax):
     the image shows where attention is low."""
-    heat = np.clip(_resize(heat, image.shape[0]) / max(vmax, 1e-12), 0, 1)[..., None]
+    heat = np.clip(_resize(heat, image.shape[0]) / max(vmax, 1e-12), 0, 1)
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None] / 255 * 0.7 + 0.15
-    return gray * (1 - heat) + colormaps[ATTENTION_COLORMAP](heat[..., 0])[..., :3] * heat
+    opacity = np.sqrt(heat)[..., None]
+    return gray * (1 - opacity) + colormaps[ATTENTION_COLORMAP](heat)[..., :3] * opacity
 
 
 def _ring(tile: np.ndarray, point: tuple[int, int], grid: tuple[int, int], thin: bool = False) -> np.ndarray:
@@ -207,10 +210,9 @@ def attention_query_picture(image: np.ndarray, mask: torch.Tensor, attention: to
     place(_ring(_overlay(picture, mean, vmax), point, grid), 2, 0, f"mean of {heads} heads, peak {mean.max():.3g}")
     if columns > 3:
         left = _GAP + 3 * cell
-        for index, line in enumerate(("Each tile: the softmax weights", "of this query token over the",
-                                      f"{height}×{width} key tokens of one head;", "colour and opacity grow",
-                                      "with the weight, on one", "scale for the whole picture.")):
-            sheet.text(left + 4, _HEADER + _TITLE + 10 + 18 * index, line, size=8.5, va="top")
+        sheet.text(left + 4, _HEADER + _TITLE + 10, f"Each tile: this query token's\nsoftmax weights over the\n"
+                   f"{height}×{width} key tokens (one head).\nColour and opacity grow\nwith the weight, on one\n"
+                   "scale for the whole picture.", size=8, va="top", linespacing=1.6)
     for head in range(heads):
         tile = _ring(_overlay(picture, rows[head], vmax), point, grid, thin=True)
         place(tile, head % columns, 1 + head // columns, f"head {head + 1}, peak {rows[head].max():.3g}")

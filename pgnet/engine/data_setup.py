@@ -58,14 +58,15 @@ class Validation:
 
     @torch.no_grad()
     def run(self, model: torch.nn.Module, device: torch.device, autocast: Callable) -> tuple[dict, dict | None]:
-        """(metrics, mean curves) of ``model`` (in eval mode) on this set, predicted by the evaluator."""
+        """(metrics, mean curves and pixel counts) of ``model`` (in eval mode) on this set, predicted by
+        the evaluator."""
         from pgnet.engine.evaluator import accumulate_model
         from pgnet.metrics import SODMetrics
 
         metrics = SODMetrics(device=device)
         if accumulate_model(model, self.loader, device, metrics, autocast=autocast) == 0:
             raise RuntimeError(f"validation set {self.name}: no image could be scored")
-        return metrics.compute(), metrics.curves()
+        return metrics.compute(), {**metrics.curves(), **metrics.pixel_counts()}
 
 
 class TrainingData:
@@ -102,6 +103,7 @@ class TrainingData:
         ]
         check_held_out(self.dataset, self._validation)
         self.logger = logger
+        self._picture_samples: list[tuple[str, dict[str, Any]]] | None = None
 
     @property
     def has_validation(self) -> bool:
@@ -120,3 +122,18 @@ class TrainingData:
         for name, dataset in self._validation:
             yield name, Validation(name, dataset, self.config.num_workers)
 
+
+    def picture_samples(self, count: int) -> list[tuple[str, dict[str, Any]]]:
+        """Up to ``count`` samples of the first validation set, evenly spaced over it and chosen once,
+        as (``set/name`` label, eval sample); unreadable ones are left out."""
+        if self._picture_samples is None:
+            self._picture_samples = []
+            if self._validation:
+                name, dataset = self._validation[0]
+                size = len(dataset)
+                indices = sorted({round(i * (size - 1) / max(count - 1, 1)) for i in range(min(count, size))})
+                for index in indices:
+                    sample = dataset[index]
+                    if sample is not None:
+                        self._picture_samples.append((f"{name}/{sample['name']}", sample))
+        return self._picture_samples

@@ -44,8 +44,6 @@ from pgnet.engine.step import TrainStep
 from pgnet.losses import PGNetLoss
 from pgnet.models.pgnet import PGNet, create_model
 
-NOMINAL_POSITIVES = 1e4  # foreground pixels behind the PR curve counts in TensorBoard
-
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss more often than allowed."""
@@ -228,11 +226,14 @@ class Trainer:
         return logger
 
     def _make_writer(self):
+        """The run's TensorBoard events (rank 0 only; see ``pgnet.engine.tensorboard``)."""
         if not self.dist.is_main:
             return None
-        from torch.utils.tensorboard import SummaryWriter
+        from pgnet.engine.tensorboard import TrainingBoard
 
-        return SummaryWriter(str(self.run_dir / "tb"), purge_step=self.position.global_step or None)
+        return TrainingBoard(self.run_dir / "tb", purge_step=self.position.global_step or None,
+                             graft_points=self.model.decoder.graft_points, mean=self.data.mean, std=self.data.std,
+                             fresh=self.position.global_step == 0)
 
     def _amp_dtype(self) -> torch.dtype | None:
         amp = self.config.train.amp
@@ -392,7 +393,7 @@ class Trainer:
             self.logger.warning("epoch %d: %d unreadable samples skipped (named in the warnings above)",
                                 epoch + 1, skipped_total)
         if self.writer is not None:
-            self.writer.add_scalar("data/skipped_samples", skipped_total, self.position.global_step)
+            self.writer.skipped_samples(self.position.global_step, skipped_total)
 
     def _is_due(self, every: int) -> bool:
         return bool(every) and (self.position.global_step + 1) % every == 0
@@ -418,8 +419,8 @@ class Trainer:
             nonfinite += result.nonfinite
             for name, value in {"total": result.loss, **result.terms}.items():
                 totals[name] = totals.get(name, 0) + value.float() / len(micro_batches)
-            if log_images and index == 0 and self.writer is not None:
-                self._log_images(batch, result.output, attention)
+            if log_images and index == 0 and self.writer is not None:  # at the step its losses are logged at
+                self.writer.training_pictures(self.position.global_step + 1, batch, result.output, attention)
         nonfinite = distributed.all_reduce_sum(nonfinite, self.dist)
         if nonfinite.item() > 0:
             self.train_step.discard()
@@ -444,35 +445,13 @@ class Trainer:
         if self.writer is None:
             return
         step = self.position.global_step
-        for name, value in terms.items():
-            self.writer.add_scalar(f"loss/{name}", value, step)
-        for group in self.optimizer.param_groups:
-            self.writer.add_scalar(f"lr/{group['name']}", group["lr"], step)
-        self.writer.add_scalar("speed/images_per_second", images_per_second, step)
-        if self.device.type == "cuda":
-            self.writer.add_scalar("memory/peak_gib", torch.cuda.max_memory_allocated(self.device) / 2**30, step)
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None
+        self.writer.losses(step, terms, {group["name"]: group["lr"] for group in self.optimizer.param_groups},
+                           images_per_second, peak)
         self.logger.info(
             "step %d: %s, lr %.3g, %.1f img/s", step, ", ".join(f"{k} {v:.4f}" for k, v in terms.items()),
             self.optimizer.param_groups[-1]["lr"], images_per_second,
         )
-
-    def _log_images(self, batch: dict[str, Any], output, attention: list[torch.Tensor]) -> None:
-        from pgnet.visualize import affinity_panel, attention_query_panel, prediction_panel, to_uint8_image
-
-        step = self.position.global_step
-        mean, std = self.data.mean, self.data.std
-        image = to_uint8_image(batch["image"][0], mean, std)
-        mask = batch["mask"][0]
-        panel = prediction_panel(image, mask, output.pred[0].detach(), output.side_cnn[0].detach(),
-                                 output.side_swin[0].detach())
-        self.writer.add_image("train/input_gt_pred_sidecnn_sideswin", panel, step, dataformats="HWC")
-        for point, (logits, grid) in enumerate(zip(output.attention, output.attention_grids)):
-            name = self.model.decoder.graft_points[point]
-            if point < len(attention):
-                queries = attention_query_panel(image, attention[point][0], grid, mask)
-                self.writer.add_image(f"attention/{name}/queries_by_head", queries, step, dataformats="HWC")
-            affinity = affinity_panel(logits[0].detach(), grid, mask)
-            self.writer.add_image(f"attention/{name}/predicted_vs_target", affinity, step, dataformats="HWC")
 
     # ------------------------------------------------------------------ validation
 
@@ -486,35 +465,17 @@ class Trainer:
             for name, evaluation in self.data.validation_sets():
                 metrics, curves = evaluation.run(model, self.device, self.train_step.autocast)
                 results[name] = metrics
-                for key, value in metrics.items():
-                    self.writer.add_scalar(f"val/{name}/{key}", value, self.position.global_step)
-                if curves is not None:
-                    self._log_pr_curve(name, curves)
+                self.writer.validation(self.position.global_step, name, metrics, curves)
                 self.logger.info("epoch %d %s: %s", epoch + 1, name,
                                  ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            if self.config.train.image_every:
+                self.writer.validation_pictures(self.position.global_step, model,
+                                                self.data.picture_samples(self.writer.picture_count), self.device,
+                                                self.train_step.autocast)
             self.history.append({"epoch": epoch + 1, "step": self.position.global_step, "metrics": results})
             self._update_best(results, epoch)
         distributed.barrier(self.dist)
         return results
-
-    def _log_pr_curve(self, name: str, curves: dict[str, np.ndarray]) -> None:
-        """The dataset's mean PR curve as a TensorBoard PR curve.
-
-        The metrics keep mean precision/recall per threshold, not pixel counts; TensorBoard drops
-        points whose TP + FP is 0, so counts consistent with the curve are given for a nominal
-        ``NOMINAL_POSITIVES`` foreground pixels. Thresholds ascend in TensorBoard: the curve is reversed.
-        """
-        order = np.argsort(curves["threshold"])
-        precision = np.asarray(curves["precision"], dtype=np.float64)[order]
-        recall = np.asarray(curves["recall"], dtype=np.float64)[order]
-        true_pos = recall * NOMINAL_POSITIVES
-        false_neg = NOMINAL_POSITIVES - true_pos
-        false_pos = np.where(precision > 0, true_pos * (1 - precision) / np.maximum(precision, 1e-12), 0.0)
-        true_pos = np.maximum(true_pos, 1.0)  # keep every point: TensorBoard trims int(TP + FP) = 0
-        self.writer.add_pr_curve_raw(
-            f"val/{name}/pr", true_pos, false_pos, np.zeros_like(true_pos), false_neg, precision, recall,
-            self.position.global_step, num_thresholds=len(precision),
-        )
 
     def _update_best(self, results: dict[str, dict[str, float]], epoch: int) -> None:
         train = self.config.train

@@ -101,6 +101,7 @@ class SODMetrics:
         self.num_images = 0
         self._sums: dict[str, torch.Tensor] = {}
         self._curve_sums: dict[str, torch.Tensor] = {}
+        self._pixel_sums: dict[str, torch.Tensor] = {}
 
     def _accumulate(self, store: dict[str, torch.Tensor], name: str, values: torch.Tensor) -> None:
         total = values.sum(0)
@@ -139,6 +140,10 @@ class SODMetrics:
                 self._accumulate(self._curve_sums, "precision", precision)
                 self._accumulate(self._curve_sums, "recall", recall)
                 self._accumulate(self._curve_sums, "fm", fmeasure)
+                self._accumulate(self._pixel_sums, "true_pos", true_pos)
+                self._accumulate(self._pixel_sums, "false_pos", false_pos)
+                self._accumulate(self._pixel_sums, "foreground", num_fg.double())
+                self._accumulate(self._pixel_sums, "pixels", torch.full_like(num_fg, hist.num_pixels))
         if "wFm" in groups:
             per_image["wFm"] = weighted_fmeasure(pred_u8, gt_bool, hist, self.wfm_beta, opencv=self.opencv)
         if "BIoU" in groups:
@@ -178,3 +183,17 @@ class SODMetrics:
             if name in self._curve_sums:
                 curves[name] = (self._curve_sums[name] / self.num_images).cpu().numpy()
         return curves
+
+    def pixel_counts(self) -> dict[str, np.ndarray]:
+        """Pixels summed over every image at the 256 thresholds of :meth:`curves` (255 down to 0):
+        ``true_pos``, ``false_pos``, ``true_neg``, ``false_neg`` (int64 each); empty without ``Fm``."""
+        if "true_pos" not in self._pixel_sums:
+            return {}
+        sums = {name: value.cpu().double() for name, value in self._pixel_sums.items()}
+        counts = {
+            "true_pos": sums["true_pos"],
+            "false_pos": sums["false_pos"],
+            "false_neg": sums["foreground"] - sums["true_pos"],
+            "true_neg": sums["pixels"] - sums["foreground"] - sums["false_pos"],
+        }
+        return {name: value.round().long().numpy() for name, value in counts.items()}
