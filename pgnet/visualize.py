@@ -61,6 +61,12 @@ def query_points(mask_grid: np.ndarray) -> dict[str, tuple[int, int]]:
     return points
 
 
+def object_first_order(flat_mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The tokens sorted by mask value, object first (ties keep raster order), and how many are
+    object (mask > 0.5). Sorted this way, the AGL target mask(q)·mask(k) is a block matrix."""
+    return torch.argsort(flat_mask, descending=True, stable=True), int((flat_mask > 0.5).sum())
+
+
 # --------------------------------------------------------------------------------------------------
 # Drawing
 
@@ -250,8 +256,7 @@ def agl_picture(image: np.ndarray, mask: torch.Tensor, attention_logits: torch.T
         for column, (values, name) in enumerate(zip(maps, names), start=1):
             tile = _ring(_coloured(values, small, AGL_COLORMAP, 1.0, nearest=True), point, grid, thin=True)
             sheet.paste(tile, _GAP + column * (small + _GAP), top, name)
-    order = torch.argsort(flat_mask, descending=True, stable=True)
-    objects = int((flat_mask > 0.5).sum())
+    order, objects = object_first_order(flat_mask)
     split = round(objects * big / tokens)
     for column, (matrix, name) in enumerate(((predicted, "predicted σ(logits)"), (target, "target (a block matrix)"))):
         left = axis + column * (axis + big + _GAP)

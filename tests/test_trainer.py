@@ -39,7 +39,7 @@ TINY = [
     "schedule.warmup_epochs=0.5",
     "train.epochs=2",
     "train.log_every=1",
-    "train.image_every=3",
+    "train.image_every=0",  # pictures only in the `uninterrupted` run
     "train.val_every=1",
     "train.keep_recent=1",
     "train.deterministic=true",
@@ -61,7 +61,8 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "straight"
-    result = run_train(["--config", str(REPO / "configs" / "demo.yaml"), "--run-dir", str(run_dir), *TINY])
+    result = run_train(["--config", str(REPO / "configs" / "demo.yaml"), "--run-dir", str(run_dir), *TINY,
+                        "train.image_every=3"])
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -79,20 +80,28 @@ def test_run_folder_contents(uninterrupted):
     assert state["position"] == {"epoch": 2, "step_in_epoch": 0, "global_step": 12}
 
 
-def test_tensorboard_has_losses_lrs_images_attention_and_pr_curves(uninterrupted):
+def test_tensorboard_has_losses_lrs_pictures_and_pr_curves_at_matching_steps(uninterrupted):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(uninterrupted / "tb"), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"loss/total", "loss/pred", "loss/side_cnn", "loss/side_swin", "loss/attention"} <= scalars
+    assert {"loss/total", "loss/pred", "loss/side_cnn", "loss/side_swin", "loss/attention/r5-s2"} <= scalars
     assert {"lr/rest", "lr/swin", "speed/images_per_second", "val/synthetic/Sm", "val/synthetic/MAE"} <= scalars
-    images = set(events.Tags()["images"])
-    assert {"train/input_gt_pred_sidecnn_sideswin", "attention/r5-s2/queries_by_head",
-            "attention/r5-s2/predicted_vs_target"} <= images
-    assert any("pr" in tag for tag in events.Tags()["tensors"])
-    queries = events.Images("attention/r5-s2/queries_by_head")[0]
-    assert queries.width > queries.height  # 8 heads side by side, one row per query point
+    assert "data/skipped_samples" not in scalars  # nothing was skipped
+    images = {tag for tag in events.Tags()["tensors"]
+              if events.SummaryMetadata(tag).plugin_data.plugin_name == "images"}
+    fixed = {f"prediction/val/synthetic/synthetic_00000{i}" for i in range(3)}
+    assert {"prediction/train", "agl/r5-s2/train", "attention/r5-s2/train/object"} | fixed <= images
+    queries = ("object", "boundary", "background")
+    assert {f"attention/r5-s2/val/synthetic/synthetic_000000/{q}" for q in queries} <= images
+    # Training pictures at the steps of their losses; the fixed validation pictures at every validation.
+    assert [e.step for e in events.Tensors("prediction/train")] == [3, 6, 9, 12]
+    assert {3, 6, 9, 12} <= {e.step for e in events.Scalars("loss/total")}
+    val_steps = [e.step for e in events.Scalars("val/synthetic/Sm")]
+    assert val_steps == [6, 12]
+    assert [e.step for e in events.Tensors("agl/r5-s2/val/synthetic/synthetic_000001")] == val_steps
+    assert max(int(events.Tensors(tag)[-1].tensor_proto.string_val[0]) for tag in images) <= 1100
 
 
 def test_a_real_tensorboard_server_shows_the_run(uninterrupted):
@@ -103,32 +112,45 @@ def test_a_real_tensorboard_server_shows_the_run(uninterrupted):
          "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(),
     )
 
-    def get(path: str) -> bytes:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            return response.read()
+    def get(path: str, **query: str):
+        url = f"http://127.0.0.1:{port}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read()
+        return body if body.startswith(b"\x89PNG") else json.loads(body)
 
     try:
         deadline = time.time() + 90
         while True:
             try:
-                scalars = json.loads(get("/data/plugin/scalars/tags"))["."]
+                scalars = get("/data/plugin/scalars/tags")["."]
                 break
             except (OSError, KeyError):
                 if time.time() > deadline or server.poll() is not None:
                     raise
                 time.sleep(0.5)
-        assert {"loss/total", "loss/attention", "lr/swin", "val/synthetic/Sm"} <= set(scalars)
-        images = json.loads(get("/data/plugin/images/tags"))["."]
-        assert "attention/r5-s2/queries_by_head" in images
-        tag = urllib.parse.quote("attention/r5-s2/queries_by_head", safe="")
-        listing = json.loads(get(f"/data/plugin/images/images?run=.&tag={tag}"))
-        png = get(f"/data/plugin/images/individualImage?{listing[-1]['query']}")
-        assert png.startswith(b"\x89PNG")
-        tag = urllib.parse.quote("val/synthetic/pr", safe="")
-        curve = json.loads(get(f"/data/plugin/pr_curves/pr_curves?run=.&tag={tag}"))["."][-1]
-        # All 256 thresholds survive TensorBoard's trimming, and recall falls as the threshold rises.
-        assert len(curve["precision"]) == 256 and curve["recall"][0] >= curve["recall"][-1]
-        assert max(curve["precision"]) > 0
+        plugins = get("/data/plugins_listing")
+        assert all(plugins[name]["enabled"] for name in ("scalars", "images", "custom_scalars", "pr_curves", "text"))
+        assert {"loss/total", "loss/attention/r5-s2", "lr/swin", "val/synthetic/Sm"} <= set(scalars)
+        images = get("/data/plugin/images/tags")["."]
+        tag = "attention/r5-s2/val/synthetic/synthetic_000000/object"
+        assert "softmax attention row" in images[tag]["description"]
+        assert "block matrix" in images["agl/r5-s2/train"]["description"]
+        listing = get("/data/plugin/images/images", run=".", tag=tag)
+        assert [entry["step"] for entry in listing] == [6, 12]
+        assert get(f"/data/plugin/images/individualImage?{listing[-1]['query']}").startswith(b"\x89PNG")
+        layout = get("/data/plugin/custom_scalars/layout")
+        charts = {chart["title"]: chart["multiline"]["tag"] for category in layout["category"]
+                  for chart in category["chart"]}
+        assert charts["S-measure (higher is better)"] == ["^val/.*/Sm$"] and charts["losses"] == ["^loss/"]
+        assert "about/pictures/text_summary" in get("/data/plugin/text/tags")["."]
+        curve = get("/data/plugin/pr_curves/pr_curves", run=".", tag="val/synthetic/pr")["."][-1]
+        # True pixel counts: 3 validation masks of 80×80 pixels at every threshold.
+        totals = {tp + fp + tn + fn for tp, fp, tn, fn in zip(curve["true_positives"], curve["false_positives"],
+                                                              curve["true_negatives"], curve["false_negatives"])}
+        assert totals == {3 * 80 * 80}
+        assert curve["recall"][0] >= curve["recall"][-1] and max(curve["precision"]) > 0
+        pr_tags = get("/data/plugin/pr_curves/tags")["."]
+        assert "pixels summed over the set" in pr_tags["val/synthetic/pr"]["description"]
     finally:
         server.kill()
         server.wait()
