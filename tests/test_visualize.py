@@ -110,11 +110,14 @@ def board_events(tmp_path):
     board.skipped_samples(6, 2)
     mask = disc_mask()[None]  # 1×1×S×S
     flat = mask_on_grid(mask[0], (8, 8)).flatten()
+    # Two global grafting points, and a third map that does not match its grid (skipped, no crash).
     output = PGNetOutput(pred=torch.zeros(1, 1, 64, 64), side_cnn=torch.zeros(1, 1, 8, 8),
                          side_swin=torch.zeros(1, 1, 8, 8),
-                         attention=[torch.outer(flat, flat).view(1, 1, 64, 64), torch.zeros(1, 1, 9, 9)],
-                         attention_grids=[(8, 8), (4, 4)])  # the second does not match its grid: skipped
-    attention = [torch.full((1, 8, 64, 64), 1 / 64), torch.full((1, 8, 16, 16), 1 / 16)]
+                         attention=[torch.outer(flat, flat).view(1, 1, 64, 64), torch.zeros(1, 1, 16, 16),
+                                    torch.zeros(1, 1, 9, 9)],
+                         attention_grids=[(8, 8), (4, 4), (4, 4)])
+    attention = [torch.full((1, 8, 64, 64), 1 / 64), torch.full((1, 8, 16, 16), 1 / 16),
+                 torch.full((1, 8, 9, 9), 1 / 9)]
     board.training_pictures(5, {"image": torch.rand(1, 3, 64, 64) * 255, "mask": mask}, output, attention)
     board.close()
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
@@ -126,8 +129,9 @@ def test_board_writes_named_scalars_described_pictures_text_and_layout(board_eve
     tags = board_events.Tags()
     assert {"loss/total", "loss/attention/r5-s2", "loss/attention/r4-s1", "lr/swin"} <= set(tags["scalars"])
     assert [e.step for e in board_events.Scalars("data/skipped_samples")] == [6]  # none at step 5
-    pictures = {"prediction/train", "agl/r5-s2/train", "attention/r5-s2/train/object",
-                "attention/r5-s2/train/boundary", "attention/r5-s2/train/background"}
+    queries = ("object", "boundary", "background")
+    pictures = {"prediction/train", "agl/r5-s2/train", "agl/r4-s1/train"}
+    pictures |= {f"attention/{point}/train/{query}" for point in ("r5-s2", "r4-s1") for query in queries}
     assert set(tags["tensors"]) == pictures | {"about/pictures/text_summary", "custom_scalars__config__"}
     assert board_events.SummaryMetadata("agl/r5-s2/train").summary_description == DESCRIPTIONS["agl"]
     assert board_events.SummaryMetadata("attention/r5-s2/train/object").plugin_data.plugin_name == "images"
