@@ -260,7 +260,8 @@ def agl_picture(image: np.ndarray, mask: torch.Tensor, attention_logits: torch.T
     split = round(objects * big / tokens)
     for column, (matrix, name) in enumerate(((predicted, "predicted σ(logits)"), (target, "target (a block matrix)"))):
         left = axis + column * (axis + big + _GAP)
-        tile = _coloured(matrix[order][:, order].numpy(), big, AGL_COLORMAP, 1.0)
+        # Nearest when enlarging keeps the block edges sharp; area averaging when shrinking avoids moiré.
+        tile = _coloured(matrix[order][:, order].numpy(), big, AGL_COLORMAP, 1.0, nearest=tokens <= big)
         if 0 < objects < tokens:  # dashed white lines between the object and background tokens
             tile[split, ::6], tile[::6, split] = 1.0, 1.0
         sheet.paste(tile, left, matrices_top, f"{name}, {tokens}×{tokens}")
