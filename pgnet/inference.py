@@ -31,14 +31,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgnet.acceleration import CUDAGraphRunner, autocast_for, inference_network
-from pgnet.data.io import ImageReadError, jpeg_frame_size, jpeg_reduction_factor, list_images, read_image
+from pgnet.compose import OUTPUT_MODES, Composer, compose, mask_to_uint8, parse_color  # noqa: F401  (API)
+from pgnet.data.io import (
+    ImageReadError,
+    jpeg_frame_size,
+    jpeg_reduction_factor,
+    list_images,
+    read_image,
+    read_image_with_alpha,
+)
 from pgnet.data.transforms import OFFICIAL_MEAN, OFFICIAL_STD
 
 ImageInput = str | os.PathLike | np.ndarray | Any  # Any: a PIL image (Pillow is optional)
 
-OUTPUT_MODES = ("mask", "rgba", "overlay", "color")
-DEFAULT_COLORS = {"overlay": (255, 0, 0), "color": (255, 255, 255)}  # overlay tint; plain background
-OVERLAY_OPACITY = 0.5
 PRECISIONS = ("auto", "fp32", "bf16")
 # Bytes read to find a JPEG's frame header (EXIF and ICC segments come first, each at most 64 KiB).
 _HEADER_BYTES = 1 << 20
@@ -312,58 +317,6 @@ class Predictor:
 # Output pictures
 
 
-def mask_to_uint8(mask: np.ndarray) -> np.ndarray:
-    """A float mask in [0, 1] as uint8 0..255 (rounded)."""
-    return np.clip(np.rint(mask * 255.0), 0, 255).astype(np.uint8)
-
-
-def parse_color(text: str) -> tuple[int, int, int]:
-    """An RGB colour from "R,G,B" (0-255) or "#RRGGBB"; the error names the text."""
-    value = text.strip()
-    try:
-        if value.startswith("#") and len(value) == 7:
-            rgb = tuple(int(value[i : i + 2], 16) for i in (1, 3, 5))
-        else:
-            rgb = tuple(int(part) for part in value.split(","))
-    except ValueError:
-        rgb = ()
-    if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
-        raise ValueError(f"invalid colour {text!r}: expected R,G,B with values 0-255 or #RRGGBB")
-    return rgb  # type: ignore[return-value]
-
-
-def compose(
-    image: np.ndarray | None, mask: np.ndarray, mode: str = "mask", color: Sequence[int] | None = None
-) -> np.ndarray:
-    """The output picture of one mode from an H×W×3 uint8 RGB image and its H×W float mask.
-
-    - ``mask``: H×W uint8, the mask (``image`` is not needed);
-    - ``rgba``: H×W×4 uint8, the picture with the mask as alpha (a cut-out);
-    - ``overlay``: H×W×3 uint8, the picture tinted with ``color`` (red) at half opacity where salient;
-    - ``color``: H×W×3 uint8, the subject on a plain ``color`` (white) background.
-
-    Blending uses the 8-bit mask, so an RGBA cut-out's alpha equals the mask PNG exactly.
-    """
-    if mode not in OUTPUT_MODES:
-        raise ValueError(f"unknown output mode {mode!r}; choose from {', '.join(OUTPUT_MODES)}")
-    mask8 = mask_to_uint8(mask)
-    if mode == "mask":
-        return mask8
-    if image is None or image.shape[:2] != mask.shape:
-        shape = None if image is None else image.shape
-        raise ValueError(f"{mode} output needs the picture at the mask's size {mask.shape}, got {shape}")
-    if mode == "rgba":
-        return np.dstack((image, mask8))
-    rgb = np.asarray(DEFAULT_COLORS[mode] if color is None else color, dtype=np.float32).reshape(1, 1, 3)
-    weight = (mask8.astype(np.float32) / 255.0)[:, :, None]  # H×W×1
-    if mode == "overlay":
-        weight = weight * OVERLAY_OPACITY
-        blended = image * (1.0 - weight) + rgb * weight
-    else:
-        blended = image * weight + rgb * (1.0 - weight)
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-
-
 def write_png(path: str | Path, picture: np.ndarray) -> Path:
     """Write an H×W (gray), H×W×3 (RGB) or H×W×4 (RGBA) uint8 picture as PNG; parents are created."""
     path = Path(path)
@@ -450,23 +403,25 @@ def _prefetch(
             pending.append((item, pool.submit(function, item)))
 
 
-def _write_output(job: FileJob, mask: np.ndarray, mode: str, color: Sequence[int] | None) -> Path:
-    image = None if mode == "mask" else read_image(job.source)
+def _write_output(job: FileJob, mask: np.ndarray, composer: Composer) -> Path:
+    image = None if composer.mode == "mask" else read_image_with_alpha(job.source)  # RGB or RGBA
     if image is not None and image.shape[:2] != mask.shape:
         raise ImageReadError(job.source, f"decoded at {image.shape[:2]}, expected {mask.shape}")
-    return write_png(job.output, compose(image, mask, mode, color))
+    return write_png(job.output, composer(image, mask))
 
 
 def predict_files(
     predictor: Predictor,
     jobs: Sequence[FileJob],
     mode: str = "mask",
-    color: Sequence[int] | None = None,
+    color: Sequence[int] | str | None = None,
     workers: int = 4,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    **compose_options: Any,
 ) -> PredictionReport:
-    """Predict every job's picture and write its output picture (see ``compose`` for ``mode``).
+    """Predict every job's picture and write its output picture (see ``compose`` for ``mode``,
+    ``color`` and the ``compose_options`` background, blur and refine_foreground).
 
     Pictures are read and outputs written by ``workers`` threads while the network runs. A picture
     that cannot be read or written is skipped, and ``log`` (default: print to stderr above the
@@ -474,8 +429,7 @@ def predict_files(
     """
     from tqdm import tqdm
 
-    if mode not in OUTPUT_MODES:
-        raise ValueError(f"unknown output mode {mode!r}; choose from {', '.join(OUTPUT_MODES)}")
+    composer = Composer(mode, color, **compose_options)
     report = PredictionReport()
     bar = tqdm(total=len(jobs), unit="img", disable=not progress, dynamic_ncols=True)
     log = log or (lambda message: tqdm.write(message, file=sys.stderr))
@@ -501,7 +455,7 @@ def predict_files(
     def flush(batch: list[tuple[FileJob, np.ndarray, tuple[int, int]]]) -> None:
         masks = predictor.predict_arrays([image for _, image, _ in batch], [size for _, _, size in batch])
         for (job, _, _), mask in zip(batch, masks):
-            writes.append((job, pool.submit(_write_output, job, mask, mode, color)))
+            writes.append((job, pool.submit(_write_output, job, mask, composer)))
         batch.clear()
         finish_writes(keep=2 * workers)
 

@@ -119,6 +119,35 @@ def read_image(path: str | Path, max_side: int | None = None) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def _orientations(image: np.ndarray) -> list[np.ndarray]:
+    """The eight rotations and mirror images of an H×W(×C) array (EXIF orientations 1-8)."""
+    rotations = [np.rot90(image, turns) for turns in range(4)]
+    return rotations + [np.fliplr(rotated) for rotated in rotations]
+
+
+def read_image_with_alpha(path: str | Path) -> np.ndarray:
+    """Read an image as H×W×3 uint8 RGB, or H×W×4 RGBA when the file has transparency.
+
+    Like :func:`read_image` at full size (EXIF orientation applied), plus the alpha channel of an
+    RGBA, gray+alpha or palette-with-transparency file (16-bit alpha keeps its top 8 bits).
+    """
+    data = _read_bytes(path)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageReadError(path, "cannot decode image (corrupt, truncated or not an image)")
+    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    stored = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # as stored: alpha kept, EXIF orientation not applied
+    if stored is None or stored.ndim != 3 or stored.shape[2] != 4:
+        return rgb
+    if stored.dtype == np.uint16:
+        stored = (stored >> 8).astype(np.uint8)
+    # The alpha takes the orientation that maps the stored colours onto the decoded picture.
+    candidates = [(index, view) for index, view in enumerate(_orientations(stored)) if view.shape[:2] == image.shape[:2]]
+    errors = [np.abs(view[::4, ::4, :3].astype(np.int16) - image[::4, ::4]).mean() for _, view in candidates]
+    oriented = candidates[int(np.argmin(errors))][1]
+    return np.dstack((rgb, np.ascontiguousarray(oriented[:, :, 3])))
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a mask as H×W uint8 0..255, values as stored (not binarised; see :func:`binarize_mask`).
 

@@ -1,0 +1,440 @@
+"""Saliency for videos and webcams: threaded frame reading and writing, batching, smoothing.
+
+``predict_video`` yields each frame with its mask; ``write_video`` writes the output video (mp4,
+same size and frame rate) of one mode of ``pgnet.compose``, or for ``rgba`` (which common codecs
+cannot hold) a folder of numbered PNGs. Frames are decoded (and resized for the network) on a reader
+thread and composed and encoded on a writer thread, so the network does not wait for either; the
+queues between them are bounded. Audio is not carried over.
+
+A capture source is anything with ``cv2.VideoCapture``'s ``isOpened``, ``read``, ``get`` and
+``release``; ``capture_factory`` (default ``cv2.VideoCapture``) opens it from a path or a camera
+index, which lets tests drive the webcam loop with a fake camera.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pgnet.compose import Composer
+from pgnet.data.io import list_files
+from pgnet.inference import PredictionReport, Predictor, resize_for_network, write_png
+
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+VIDEO_SUFFIX = ".mp4"  # outputs: MPEG-4 part 2 ("mp4v"), which OpenCV's pip wheels can write
+VIDEO_FOURCC = "mp4v"
+DEFAULT_FPS = 30.0  # when the source does not tell (many webcams)
+_END = object()
+
+
+class VideoReadError(OSError, ValueError):
+    """A video (or camera) that cannot be opened or yields no frame; ``path`` names it."""
+
+    def __init__(self, path: str | Path | int, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass
+class VideoFrame:
+    """One frame: its index from 0, the H×W×3 uint8 RGB picture and its H×W float32 mask."""
+
+    index: int
+    image: np.ndarray
+    mask: np.ndarray
+
+
+@dataclass
+class VideoResult:
+    """What ``write_video`` wrote: the output, frames written, and a note when the source ended early."""
+
+    output: Path
+    frames: int
+    fps: float
+    size: tuple[int, int]  # (H, W)
+    warning: str | None = None
+
+
+def source_name(source: str | os.PathLike | int) -> str:
+    return f"camera {source}" if isinstance(source, int) else str(source)
+
+
+class FrameReader:
+    """Decodes frames on a thread: iterating gives (RGB frame, network-size copy) pairs in order.
+
+    Args:
+        source: a video path or a camera index.
+        size: the network input side (each frame is also resized to size×size on the thread).
+        capture_factory: opens ``source`` (default ``cv2.VideoCapture``).
+        max_frames: stop after this many frames (None: until the source ends).
+        depth: frames decoded ahead at most.
+
+    Raises ``VideoReadError`` when the source cannot be opened. After iterating, ``frames`` is the
+    number decoded and ``expected`` the count the container announces (None for a camera).
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike | int,
+        size: int,
+        capture_factory: Callable[[Any], Any] | None = None,
+        max_frames: int | None = None,
+        depth: int = 8,
+    ) -> None:
+        self.source = source
+        self.size = int(size)
+        self.max_frames = max_frames
+        opener = capture_factory or cv2.VideoCapture
+        self.capture = opener(source if isinstance(source, int) else str(source))
+        if not self.capture.isOpened():
+            self.capture.release()
+            raise VideoReadError(source_name(source), "cannot open (not a video, unsupported codec or no such camera)")
+        fps = float(self.capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.fps = fps if math.isfinite(fps) and 0 < fps < 1000 else DEFAULT_FPS
+        count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.expected = count if count > 0 and not isinstance(source, int) else None
+        self.frames = 0
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pgnet-frame-reader", daemon=True)
+        self._thread.start()
+
+    @property
+    def total(self) -> int | None:
+        """Frames this reader will give at most, when known (for a progress bar)."""
+        if self.expected is None:
+            return self.max_frames
+        return self.expected if self.max_frames is None else min(self.expected, self.max_frames)
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            while self.max_frames is None or self.frames < self.max_frames:
+                ok, frame = self.capture.read()
+                if not ok or frame is None:
+                    break
+                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                if not self._put((rgb, resize_for_network(rgb, self.size))):
+                    return
+                self.frames += 1
+        except Exception as error:  # handed to the consumer, which raises it
+            self.error = error
+        finally:
+            self.capture.release()
+            self._put(_END)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                break
+            yield item
+        self._thread.join()
+        if self.error is not None:
+            raise VideoReadError(source_name(self.source), f"decoding failed: {self.error}") from self.error
+
+    def ended_early(self) -> str | None:
+        """A note when the source yielded fewer frames than it announced (truncated or corrupt)."""
+        wanted = self.total
+        if self.expected is None or wanted is None or self.frames >= wanted:
+            return None
+        return f"ends early: decoded {self.frames} of the {self.expected} frames its header announces (kept)"
+
+    def close(self) -> None:
+        """Stop decoding (the thread releases the capture)."""
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> FrameReader:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class TemporalSmoother:
+    """Exponential moving average of masks: ``m_t = A·m_{t−1} + (1 − A)·p_t`` (A = ``weight``).
+
+    A = 0 returns every mask as it is. A step change reaches 1 − A^n of its size after n frames: the
+    mask trails a moving subject by about A / (1 − A) frames (1 frame at 0.5, 4 at 0.8).
+    """
+
+    def __init__(self, weight: float) -> None:
+        if not 0.0 <= float(weight) < 1.0:
+            raise ValueError(f"smoothing weight must be in [0, 1), got {weight}")
+        self.weight = float(weight)
+        self.state: np.ndarray | None = None
+
+    def __call__(self, mask: np.ndarray) -> np.ndarray:
+        if self.weight == 0.0:
+            return mask
+        if self.state is None or self.state.shape != mask.shape:
+            self.state = mask.astype(np.float32, copy=True)
+        else:
+            self.state = self.weight * self.state + (1.0 - self.weight) * mask
+        return self.state
+
+
+def mean_consecutive_change(masks: Iterable[np.ndarray]) -> float:
+    """Flicker: the mean absolute change between consecutive masks (float masks in [0, 1])."""
+    changes, previous = [], None
+    for mask in masks:
+        if previous is not None:
+            changes.append(float(np.abs(mask.astype(np.float32) - previous).mean()))
+        previous = mask.astype(np.float32)
+    return float(np.mean(changes)) if changes else 0.0
+
+
+def predict_frames(predictor: Predictor, reader: FrameReader, smooth: float = 0.0) -> Iterator[VideoFrame]:
+    """Masks of a reader's frames, ``predictor.batch_size`` frames per forward pass, smoothed if asked."""
+    smoother = TemporalSmoother(smooth)
+    batch: list[tuple[np.ndarray, np.ndarray]] = []
+    index = 0
+
+    def run(batch: list[tuple[np.ndarray, np.ndarray]]) -> Iterator[VideoFrame]:
+        nonlocal index
+        masks = predictor.predict_arrays([small for _, small in batch], [frame.shape[:2] for frame, _ in batch])
+        for (frame, _), mask in zip(batch, masks):
+            yield VideoFrame(index, frame, smoother(mask))
+            index += 1
+
+    for item in reader:
+        batch.append(item)
+        if len(batch) == predictor.batch_size:
+            yield from run(batch)
+            batch = []
+    if batch:
+        yield from run(batch)
+
+
+def predict_video(
+    predictor: Predictor,
+    source: str | os.PathLike | int,
+    smooth: float = 0.0,
+    max_frames: int | None = None,
+    capture_factory: Callable[[Any], Any] | None = None,
+) -> Iterator[VideoFrame]:
+    """Each frame of a video (path) or camera (index) with its mask, as ``VideoFrame``s in order."""
+    with FrameReader(source, predictor.size, capture_factory, max_frames, depth=2 * predictor.batch_size + 2) as reader:
+        yield from predict_frames(predictor, reader, smooth)
+
+
+class FrameWriter:
+    """Composes and writes frames on a thread: an mp4 (``mp4v``), or numbered PNGs for ``rgba``.
+
+    The video goes to a hidden temporary file beside ``output`` and is renamed when ``close`` succeeds,
+    so an interrupted run leaves no half-written video under the output's name.
+    """
+
+    def __init__(self, output: Path, composer: Composer, fps: float, size: tuple[int, int], depth: int = 8) -> None:
+        self.output, self.composer, self.size = Path(output), composer, size
+        self.frames = 0
+        self.error: BaseException | None = None
+        self.sequence = composer.mode == "rgba"
+        self.writer = None
+        if self.sequence:
+            self.output.mkdir(parents=True, exist_ok=True)
+        else:
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+            self.partial = self.output.with_name(f".{self.output.stem}.partial{VIDEO_SUFFIX}")
+            fourcc = cv2.VideoWriter_fourcc(*VIDEO_FOURCC)
+            self.writer = cv2.VideoWriter(str(self.partial), fourcc, fps, (size[1], size[0]), True)
+            if not self.writer.isOpened():
+                raise OSError(f"cannot write a {VIDEO_FOURCC} video to {self.output}")
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._thread = threading.Thread(target=self._run, name="pgnet-frame-writer", daemon=True)
+        self._thread.start()
+
+    def _write(self, frame: VideoFrame) -> None:
+        picture = self.composer(frame.image, frame.mask)
+        if self.sequence:
+            write_png(self.output / f"{frame.index + 1:06d}.png", picture)
+        else:
+            code = cv2.COLOR_GRAY2BGR if picture.ndim == 2 else cv2.COLOR_RGB2BGR
+            self.writer.write(cv2.cvtColor(picture, code))
+        self.frames += 1
+
+    def _run(self) -> None:
+        while (frame := self._queue.get()) is not _END:
+            if self.error is None:  # after an error keep draining, so the producer never blocks
+                try:
+                    self._write(frame)
+                except Exception as error:  # raised by ``put`` or ``close``
+                    self.error = error
+
+    def put(self, frame: VideoFrame) -> None:
+        if self.error is not None:
+            raise OSError(f"writing {self.output} failed: {self.error}") from self.error
+        self._queue.put(frame)
+
+    def close(self, keep: bool = True) -> None:
+        """Finish writing; ``keep=False`` (or a writing error) removes the partial video."""
+        self._queue.put(_END)
+        self._thread.join()
+        if self.writer is not None:
+            self.writer.release()
+            if keep and self.error is None and self.frames:
+                os.replace(self.partial, self.output)
+            else:
+                self.partial.unlink(missing_ok=True)
+        if self.error is not None:
+            raise OSError(f"writing {self.output} failed: {self.error}") from self.error
+
+
+def write_video(
+    predictor: Predictor,
+    source: str | os.PathLike | int,
+    output: str | os.PathLike,
+    composer: Composer | None = None,
+    smooth: float = 0.0,
+    max_frames: int | None = None,
+    fps: float | None = None,
+    capture_factory: Callable[[Any], Any] | None = None,
+    progress: bool = True,
+) -> VideoResult:
+    """Predict every frame of ``source`` and write the output video (or PNG folder for rgba).
+
+    ``composer`` picks the mode (default: the mask); ``fps`` overrides the source's frame rate. A
+    camera runs until ``max_frames`` or Ctrl-C, and the video written so far is kept. Raises
+    ``VideoReadError`` for a source that cannot be opened or yields no frame.
+    """
+    from tqdm import tqdm
+
+    composer = composer or Composer("mask")
+    depth = 2 * predictor.batch_size + 2
+    with FrameReader(source, predictor.size, capture_factory, max_frames, depth=depth) as reader:
+        frames = predict_frames(predictor, reader, smooth)
+        first = next(frames, None)
+        if first is None:
+            raise VideoReadError(source_name(source), "no frame could be decoded")
+        size = first.image.shape[:2]
+        rate = float(fps) if fps else reader.fps
+        writer = FrameWriter(Path(output), composer, rate, size, depth=depth)
+        bar = tqdm(total=reader.total, unit="frame", desc=Path(str(source)).name, disable=not progress,
+                   dynamic_ncols=True, leave=False)
+        keep = False
+        try:
+            for frame in _chain(first, frames):
+                if frame.image.shape[:2] != size:
+                    shape = frame.image.shape[:2]
+                    raise VideoReadError(source_name(source), f"frame {frame.index} is {shape}, not {size}")
+                writer.put(frame)
+                bar.update(1)
+            keep = True
+        except KeyboardInterrupt:
+            keep = isinstance(source, int)  # Ctrl-C is how a camera run ends; a file's output is dropped
+            if not keep:
+                raise
+        finally:
+            bar.close()
+            writer.close(keep=keep)
+    return VideoResult(Path(output), writer.frames, rate, (int(size[0]), int(size[1])), reader.ended_early())
+
+
+def _chain(first: VideoFrame, rest: Iterator[VideoFrame]) -> Iterator[VideoFrame]:
+    yield first
+    yield from rest
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
+
+
+@dataclass
+class VideoJob:
+    """One input video and its output (an mp4 file, or a folder of PNGs for rgba)."""
+
+    source: Path
+    output: Path
+
+
+def is_video_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS and Path(path).is_file()
+
+
+def list_videos(source: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Video files named by ``source`` (a video, a folder, a glob); pictures and other files ignored."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return list_files(path, VIDEO_EXTENSIONS, recursive=recursive)
+    if path.is_file():
+        return [path] if is_video_file(path) else []
+    import glob
+
+    return sorted(Path(m) for m in glob.glob(str(path), recursive=recursive) if is_video_file(m))
+
+
+def plan_video_outputs(
+    sources: Iterable[str | os.PathLike], output_dir: str | os.PathLike, mode: str, recursive: bool = False
+) -> list[VideoJob]:
+    """The videos named by ``sources`` and their outputs under ``output_dir``.
+
+    ``clip.avi`` gives ``clip.mp4`` (for rgba, the folder ``clip/``), keeping its path under the
+    folder it was found in; two videos whose outputs would collide keep their suffix
+    (``clip.avi.mp4``). Raises FileExistsError when an output would replace an input.
+    """
+    output_dir = Path(output_dir)
+    suffix = "" if mode == "rgba" else VIDEO_SUFFIX
+    found: dict[Path, tuple[Path, Path]] = {}  # resolved source -> (source, path under its folder)
+    for source in sources:
+        source_path = Path(source).expanduser()
+        root = source_path if source_path.is_dir() else source_path.parent
+        for path in list_videos(source, recursive):
+            relative = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
+            found.setdefault(path.resolve(), (path, relative))
+    stems: dict[Path, int] = {}
+    for _, relative in found.values():
+        stems[relative.with_suffix("")] = stems.get(relative.with_suffix(""), 0) + 1
+    jobs = []
+    for path, relative in found.values():
+        stem = relative.with_suffix("") if stems[relative.with_suffix("")] == 1 else relative
+        output = output_dir / (str(stem) + suffix)
+        if output.resolve() in found:
+            raise FileExistsError(f"the output for {path} would overwrite the input {output}; choose another folder")
+        jobs.append(VideoJob(path, output))
+    return sorted(jobs, key=lambda job: str(job.source))
+
+
+def predict_videos(
+    predictor: Predictor,
+    jobs: Iterable[VideoJob],
+    composer: Composer,
+    smooth: float = 0.0,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> PredictionReport:
+    """``write_video`` for each job; a video that cannot be read or written is skipped and logged."""
+    report = PredictionReport()
+    log = log or (lambda message: print(message, file=sys.stderr))
+    for job in jobs:
+        try:
+            result = write_video(predictor, job.source, job.output, composer, smooth=smooth, progress=progress)
+        except (VideoReadError, OSError, cv2.error) as error:
+            reason = error.reason if isinstance(error, VideoReadError) else str(error)
+            report.skipped.append((job.source, reason))
+            log(f"skipped {job.source}: {reason}")
+            continue
+        report.written.append(result.output)
+        if result.warning:
+            log(f"{job.source} {result.warning}")
+    return report
