@@ -297,6 +297,21 @@ class Predictor:
             masks += self.predict_arrays([image for image, _ in loaded], [size for _, size in loaded])
         return masks
 
+    def predict_video(self, source: str | os.PathLike | int, output: str | os.PathLike | None = None,
+                      **options: Any) -> Any:
+        """A video's (path) or camera's (index) frames with their masks, or the output video written.
+
+        Without ``output``: an iterator of ``pgnet.video.VideoFrame`` (index, RGB frame, mask), with
+        ``options`` smooth, max_frames, capture_factory. With ``output``: writes it (``options`` as
+        for ``pgnet.video.write_video``: composer, smooth, max_frames, fps, ...) and returns a
+        ``VideoResult``.
+        """
+        from pgnet import video
+
+        if output is None:
+            return video.predict_video(self, source, **options)
+        return video.write_video(self, source, output, **options)
+
     @torch.inference_mode()
     def predict_arrays(self, images: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """One forward pass over ``images`` (H×W×3 uint8 RGB each); masks resized to ``sizes``."""

@@ -422,13 +422,15 @@ def predict_videos(
     smooth: float = 0.0,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    max_frames: int | None = None,
 ) -> PredictionReport:
     """``write_video`` for each job; a video that cannot be read or written is skipped and logged."""
     report = PredictionReport()
     log = log or (lambda message: print(message, file=sys.stderr))
     for job in jobs:
         try:
-            result = write_video(predictor, job.source, job.output, composer, smooth=smooth, progress=progress)
+            result = write_video(predictor, job.source, job.output, composer, smooth=smooth,
+                                 max_frames=max_frames, progress=progress)
         except (VideoReadError, OSError, cv2.error) as error:
             reason = error.reason if isinstance(error, VideoReadError) else str(error)
             report.skipped.append((job.source, reason))

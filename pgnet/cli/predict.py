@@ -1,4 +1,5 @@
-"""``pgnet-predict`` / ``scripts/predict.py``: saliency masks (or cut-outs) for pictures on disk."""
+"""``pgnet-predict`` / ``scripts/predict.py``: saliency masks, cut-outs and new backgrounds for
+pictures and videos on disk, or for a webcam."""
 
 from __future__ import annotations
 
@@ -10,31 +11,42 @@ from collections.abc import Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     """``scripts/predict.py INPUT [INPUT ...] --checkpoint CKPT --output DIR [options]``.
 
-    Exit status: 0 when at least one picture was written, 1 when none could be, 2 for a usage error
+    Exit status: 0 when at least one output was written, 1 when none could be, 2 for a usage error
     (bad checkpoint, inputs not found, an output that would overwrite an input).
     """
+    from pgnet.compose import DEFAULT_BLUR
     from pgnet.inference import OUTPUT_MODES, PRECISIONS
 
     parser = argparse.ArgumentParser(
         description="Predict saliency masks for pictures (files, folders or globs) with a PGNet checkpoint.",
         epilog="Example: scripts/predict.py photos/ -r --checkpoint runs/dh/best.pth -o masks --mode rgba --flip",
     )
-    parser.add_argument("inputs", nargs="+", help="picture files, folders, or glob patterns (quote them)")
-    parser.add_argument("-o", "--output", required=True, help="folder for the outputs (created; names kept, .png)")
+    parser.add_argument("inputs", nargs="*", help="pictures, videos, folders, or glob patterns (quote them)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="folder for the outputs (created; names kept: pictures .png, videos .mp4)")
     parser.add_argument("-c", "--checkpoint", required=True, help="project checkpoint, or an official one")
     parser.add_argument(
         "--weights", default="model", choices=("model", "ema"), help="which weights of a project checkpoint"
     )
     parser.add_argument(
         "--mode",
-        default="mask",
         choices=OUTPUT_MODES,
-        help="mask: 8-bit mask; rgba: cut-out with the mask as alpha; overlay: tinted picture; "
-        "color: the subject on a plain colour (default: mask)",
+        help="mask: 8-bit mask; rgba: cut-out with the mask as alpha (videos: numbered PNGs); overlay: tinted "
+        "picture; color: the subject on a plain colour; blur: on its background blurred; background: on the "
+        "--background picture (default: mask, or background when --background is given)",
     )
     parser.add_argument(
         "--color", help="R,G,B or #RRGGBB: the background (color mode, default white) or tint (overlay, red)"
     )
+    parser.add_argument("--background", metavar="IMAGE", help="picture behind the subject (resized to cover)")
+    parser.add_argument("--blur", type=float, default=DEFAULT_BLUR,
+                        help=f"blur mode: Gaussian sigma in pixels (default {DEFAULT_BLUR:g})")
+    parser.add_argument("--refine-foreground", action="store_true",
+                        help="estimate the subject's colour at soft edges (no halo of the old background)")
+    parser.add_argument("--smooth", type=float, default=0.0, metavar="A",
+                        help="videos: mask = A x previous + (1 - A) x current (0 = off; lags ~A/(1-A) frames)")
+    parser.add_argument("--webcam", type=int, metavar="N", help="read camera N instead of files (Ctrl-C stops)")
+    parser.add_argument("--max-frames", type=int, help="videos and webcam: stop after this many frames")
     parser.add_argument(
         "--size", type=int, default=1024, help="network input side (default 1024, the official test size)"
     )
@@ -52,17 +64,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4, help="threads reading and writing pictures (default 4)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if not args.inputs and args.webcam is None:
+        parser.error("give pictures, videos or folders, or --webcam N")
+    mode = args.mode or ("background" if args.background else "mask")
+    if args.background and mode != "background":
+        parser.error(f"--background goes with --mode background, not {mode}")
 
-    from pgnet.inference import Predictor, parse_color, plan_outputs, predict_files
+    from pgnet.compose import Composer
+    from pgnet.inference import Predictor, plan_outputs, predict_files
+    from pgnet.video import is_video_file, plan_video_outputs, predict_videos, source_name, write_video
 
     try:
-        color = parse_color(args.color) if args.color else None
-        jobs = plan_outputs(args.inputs, args.output, recursive=args.recursive)
+        composer = Composer(mode, args.color, background=args.background, blur=args.blur,
+                            refine_foreground=args.refine_foreground)
+        picture_inputs = [source for source in args.inputs if not is_video_file(source)]
+        jobs = plan_outputs(picture_inputs, args.output, recursive=args.recursive) if picture_inputs else []
+        video_jobs = plan_video_outputs(args.inputs, args.output, mode, recursive=args.recursive)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if not jobs:
-        print(f"error: no pictures found in {' '.join(args.inputs)}", file=sys.stderr)
+    if not jobs and not video_jobs and args.webcam is None:
+        print(f"error: no pictures or videos found in {' '.join(args.inputs)}", file=sys.stderr)
         return 1
     try:
         predictor = Predictor.from_checkpoint(
@@ -80,9 +102,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, KeyError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{len(jobs)} pictures, {predictor}", file=sys.stderr)
-    report = predict_files(
-        predictor, jobs, mode=args.mode, color=color, workers=args.workers, progress=not args.no_progress
-    )
-    print(f"wrote {len(report.written)} {args.mode} pictures to {args.output}; skipped {len(report.skipped)}")
-    return 0 if report.written else 1
+    print(f"{len(jobs)} pictures, {len(video_jobs)} videos, {predictor}", file=sys.stderr)
+    written = 0
+    if jobs:
+        report = predict_files(predictor, jobs, workers=args.workers, progress=not args.no_progress,
+                               mode=composer.mode, color=composer.color, background=composer.background,
+                               blur=composer.blur, refine_foreground=composer.refine_foreground)
+        print(f"wrote {len(report.written)} {mode} pictures to {args.output}; skipped {len(report.skipped)}")
+        written += len(report.written)
+    if video_jobs:
+        report = predict_videos(predictor, video_jobs, composer, smooth=args.smooth, progress=not args.no_progress,
+                                max_frames=args.max_frames)
+        print(f"wrote {len(report.written)} {mode} videos to {args.output}; skipped {len(report.skipped)}")
+        written += len(report.written)
+    if args.webcam is not None:
+        from pathlib import Path
+
+        from pgnet.video import VIDEO_SUFFIX, VideoReadError
+
+        output = Path(args.output) / f"webcam{args.webcam}{'' if mode == 'rgba' else VIDEO_SUFFIX}"
+        try:
+            result = write_video(predictor, args.webcam, output, composer, smooth=args.smooth,
+                                 max_frames=args.max_frames, progress=not args.no_progress)
+        except (VideoReadError, OSError) as error:
+            print(f"error: {source_name(args.webcam)}: {getattr(error, 'reason', error)}", file=sys.stderr)
+            return 1
+        print(f"wrote {result.frames} frames of {source_name(args.webcam)} to {result.output}")
+        written += 1
+    return 0 if written else 1

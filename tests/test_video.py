@@ -1,0 +1,257 @@
+"""Videos and webcams: ``pgnet.video`` and ``pgnet-predict`` on short synthetic clips, tiny model at 64 px."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import pgnet
+from pgnet.checkpoint import model_checkpoint, save_checkpoint
+from pgnet.cli.predict import main as predict_main
+from pgnet.compose import Composer, compose, mask_to_uint8
+from pgnet.inference import Predictor
+from pgnet.video import (
+    DEFAULT_FPS,
+    FrameReader,
+    TemporalSmoother,
+    mean_consecutive_change,
+    plan_video_outputs,
+    predict_video,
+    write_video,
+)
+
+SMALL = dict(swin="swin_tiny_patch4_window7_224", resnet="resnet18", swin_input_size=64)
+SIZE = 64
+HEIGHT, WIDTH, FPS = 72, 96, 12.0
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_checkpoint(model_checkpoint(pgnet.create_model(**SMALL)), tmp_path_factory.mktemp("ckpt") / "tiny.pth")
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint):
+    return Predictor.from_checkpoint(checkpoint, device="cpu", size=SIZE, batch_size=4, optimize=False)
+
+
+class ColourPredictor:
+    """Stands in for the network where only the video plumbing is tested: the mask is where the
+    frame is orange (red channel high), computed on the network-size copy and resized back."""
+
+    size, batch_size = SIZE, 2
+
+    def __init__(self):
+        self.batches = []
+
+    def predict_arrays(self, images, sizes):
+        self.batches.append(len(images))
+        masks = []
+        for image, (height, width) in zip(images, sizes):
+            assert image.shape == (SIZE, SIZE, 3)
+            small = np.clip((image[..., 0].astype(np.float32) - 120) / 100, 0, 1)
+            masks.append(cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR))
+        return masks
+
+
+def moving_disc_frames(count, height=HEIGHT, width=WIDTH, noise=0.0, seed=0):
+    """RGB frames of an orange disc moving right over a blue gradient, with optional sensor noise."""
+    rng = np.random.default_rng(seed)
+    gradient = np.linspace(60, 200, width, dtype=np.float32)[None, :, None]
+    frames = []
+    for index in range(count):
+        frame = np.broadcast_to(gradient * np.array([0.2, 0.5, 1.0], np.float32), (height, width, 3)).copy()
+        cv2.circle(frame, (width // 4 + 3 * index, height // 2), height // 4, (240, 150, 30), -1)
+        frame += rng.normal(0, noise, frame.shape).astype(np.float32)
+        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
+    return frames
+
+
+def write_clip(path, frames, fps=FPS, fourcc="mp4v"):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (frames[0].shape[1], frames[0].shape[0]))
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def read_clip(path):
+    """(RGB frames, fps) of a video file."""
+    capture = cv2.VideoCapture(str(path))
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    capture.release()
+    return frames, fps
+
+
+class FakeCamera:
+    """A camera for tests: ``cv2.VideoCapture``'s interface, endless frames, no frame rate reported."""
+
+    def __init__(self, index, frames=None):
+        self.index, self.frames, self.position, self.released = index, frames or moving_disc_frames(4), 0, False
+
+    def isOpened(self):
+        return self.index == 0
+
+    def read(self):
+        frame = self.frames[self.position % len(self.frames)]
+        self.position += 1
+        return True, cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+
+    def get(self, prop):
+        return 0.0
+
+    def release(self):
+        self.released = True
+
+
+FAST = ("--no-optimize", "-b", "8")
+
+
+def run_cli(capsys, *args):
+    status = predict_main([str(a) for a in args] + ["--no-progress"])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_predict_video_yields_every_frame_with_the_pictures_mask(predictor, tmp_path):
+    clip = write_clip(tmp_path / "clip.mp4", moving_disc_frames(5))
+    decoded, _ = read_clip(clip)
+    frames = list(predictor.predict_video(clip))
+    assert [frame.index for frame in frames] == list(range(5))
+    expected = predictor.predict_arrays(decoded[:4], [(HEIGHT, WIDTH)] * 4)
+    for frame, image, mask in zip(frames, decoded, expected):
+        np.testing.assert_array_equal(frame.image, image)
+        assert frame.mask.shape == (HEIGHT, WIDTH) and frame.mask.dtype == np.float32
+        np.testing.assert_allclose(frame.mask, mask, atol=1e-5)
+    stand_in = ColourPredictor()
+    assert len(list(predict_video(stand_in, clip, max_frames=3))) == 3 and stand_in.batches == [2, 1]
+
+
+def test_cli_video_keeps_frame_count_size_and_fps_and_a_folder_of_videos(checkpoint, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_clip(inputs / "a.mp4", moving_disc_frames(5))
+    write_clip(inputs / "b.avi", moving_disc_frames(3), fps=25.0, fourcc="MJPG")
+    cv2.imwrite(str(inputs / "still.png"), moving_disc_frames(1)[0])
+    status, out, err = run_cli(capsys, inputs, "-c", checkpoint, "-o", tmp_path / "out", "--size", SIZE, *FAST)
+    assert status == 0, err
+    assert "wrote 1 mask pictures" in out and "wrote 2 mask videos" in out
+    assert (tmp_path / "out" / "still.png").is_file()
+    for name, count, fps in (("a.mp4", 5, FPS), ("b.mp4", 3, 25.0)):
+        frames, written_fps = read_clip(tmp_path / "out" / name)
+        assert len(frames) == count and written_fps == pytest.approx(fps)
+        assert frames[0].shape == (HEIGHT, WIDTH, 3)
+    assert not list((tmp_path / "out").glob(".*"))  # no partial files left
+
+
+@pytest.mark.parametrize("mode", ["overlay", "color", "blur", "background"])
+def test_each_background_mode_on_video(tmp_path, mode):
+    source = moving_disc_frames(3)
+    clip = write_clip(tmp_path / "clip.avi", source, fourcc="MJPG")
+    backdrop = np.full((10, 30, 3), (0, 200, 0), np.uint8)
+    composer = Composer(mode, "#ff00ff", background=backdrop if mode == "background" else None, blur=5,
+                        refine_foreground=mode == "background")
+    stand_in = ColourPredictor()
+    result = write_video(stand_in, clip, tmp_path / "out.mp4", composer, progress=False)
+    assert (result.frames, result.size, result.fps, result.warning) == (3, (HEIGHT, WIDTH), FPS, None)
+    written, _ = read_clip(tmp_path / "out.mp4")
+    expected = [compose(frame.image, frame.mask, mode, "#ff00ff", background=backdrop, blur=5,
+                        refine_foreground=mode == "background") for frame in stand_in_frames(clip)]
+    assert len(written) == 3
+    for picture, reference in zip(written, expected):
+        assert np.abs(picture.astype(float) - reference).mean() < 8  # up to mp4v's compression
+
+
+def stand_in_frames(clip, **options):
+    return list(predict_video(ColourPredictor(), clip, **options))
+
+
+def test_rgba_video_is_a_numbered_png_sequence(tmp_path):
+    clip = write_clip(tmp_path / "clip.mp4", moving_disc_frames(3))
+    result = write_video(ColourPredictor(), clip, tmp_path / "cut", composer=Composer("rgba"), progress=False)
+    names = sorted(path.name for path in result.output.iterdir())
+    assert names == ["000001.png", "000002.png", "000003.png"]
+    for name, frame in zip(names, stand_in_frames(clip)):
+        rgba = cv2.imread(str(result.output / name), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(rgba[..., 3], mask_to_uint8(frame.mask))
+        np.testing.assert_array_equal(rgba[..., 2::-1], frame.image)
+
+
+def test_truncated_video_keeps_decoded_frames_and_unreadable_ones_are_skipped(checkpoint, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    whole = write_clip(tmp_path / "whole.avi", moving_disc_frames(12), fourcc="MJPG")
+    data = whole.read_bytes()
+    (inputs / "cut.avi").write_bytes(data[: len(data) // 2])
+    (inputs / "junk.mp4").write_bytes(b"not a video at all" * 20)
+    mp4 = write_clip(tmp_path / "whole.mp4", moving_disc_frames(4)).read_bytes()
+    (inputs / "nomoov.mp4").write_bytes(mp4[: len(mp4) // 2])  # an mp4 cut before its index
+    status, out, err = run_cli(capsys, inputs, "-c", checkpoint, "-o", tmp_path / "out", "--size", SIZE, *FAST)
+    assert status == 0
+    assert "skipped 2" in out and "junk.mp4" in err and "nomoov.mp4" in err
+    assert "cut.avi ends early: decoded" in err and "of the 12 frames" in err
+    frames, _ = read_clip(tmp_path / "out" / "cut.mp4")
+    assert 1 <= len(frames) < 12
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["cut.mp4"]
+
+
+def test_webcam_loop_with_a_fake_camera(checkpoint, tmp_path, capsys, monkeypatch):
+    cameras = []
+    monkeypatch.setattr(cv2, "VideoCapture", lambda index: cameras.append(FakeCamera(index)) or cameras[-1])
+    status, _, err = run_cli(capsys, "--webcam", 0, "--max-frames", 5, "-c", checkpoint, "-o", tmp_path, "--size",
+                               SIZE, "--mode", "color", *FAST)
+    assert status == 0, err
+    status, _, err = run_cli(capsys, "--webcam", 3, "-c", checkpoint, "-o", tmp_path, "--size", SIZE, *FAST)
+    assert status == 1 and "camera 3" in err
+    monkeypatch.undo()  # read the result with the real cv2.VideoCapture
+    frames, fps = read_clip(tmp_path / "webcam0.mp4")
+    assert len(frames) == 5 and fps == DEFAULT_FPS and cameras[0].released
+
+    class Interrupting(ColourPredictor):  # Ctrl-C during the third batch: a camera run keeps what it wrote
+        def predict_arrays(self, images, sizes):
+            if len(self.batches) == 2:
+                raise KeyboardInterrupt
+            return super().predict_arrays(images, sizes)
+
+    result = write_video(Interrupting(), 0, tmp_path / "stopped.mp4", capture_factory=FakeCamera, progress=False)
+    assert result.frames == 4 and len(read_clip(tmp_path / "stopped.mp4")[0]) == 4
+
+
+def test_smoothing_reduces_flicker_on_a_moving_shape(predictor, tmp_path):
+    clip = write_clip(tmp_path / "noisy.avi", moving_disc_frames(8, noise=12.0), fourcc="MJPG")
+    raw = [frame.mask for frame in predict_video(predictor, clip)]  # the tiny network's masks
+    smoother = TemporalSmoother(0.6)
+    smoothed = [smoother(mask).copy() for mask in raw]
+    assert mean_consecutive_change(smoothed) < 0.75 * mean_consecutive_change(raw)
+    # predict_video applies the same smoother
+    through_video = [frame.mask for frame in stand_in_frames(clip, smooth=0.6)]
+    smoother = TemporalSmoother(0.6)
+    for frame, mask in zip(stand_in_frames(clip), through_video):
+        np.testing.assert_allclose(mask, smoother(frame.mask), atol=1e-6)
+    np.testing.assert_array_equal(TemporalSmoother(0.0)(raw[1]), raw[1])
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        TemporalSmoother(1.0)
+
+
+def test_video_outputs_are_planned_without_collisions(tmp_path):
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    for name in ("a.mp4", "a.avi", "sub/b.mov", "c.txt"):
+        (tmp_path / "in" / name).write_bytes(b"x")
+    jobs = plan_video_outputs([tmp_path / "in"], tmp_path / "out", "color", recursive=True)
+    outputs = sorted(job.output.relative_to(tmp_path / "out").as_posix() for job in jobs)
+    assert outputs == ["a.avi.mp4", "a.mp4.mp4", "sub/b.mp4"]
+    rgba = plan_video_outputs([tmp_path / "in" / "sub" / "b.mov"], tmp_path / "out", "rgba")
+    assert [job.output.name for job in rgba] == ["b"]
+    with pytest.raises(FileExistsError, match="overwrite"):
+        plan_video_outputs([tmp_path / "in" / "a.mp4"], tmp_path / "in", "color")
+    with pytest.raises(OSError, match="junk"):
+        (tmp_path / "junk.mp4").write_bytes(b"x")
+        FrameReader(tmp_path / "junk.mp4", SIZE)
