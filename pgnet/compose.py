@@ -161,9 +161,11 @@ class Composer:
 
     def background_for(self, size: tuple[int, int]) -> np.ndarray:
         """The background picture covering (H, W) ``size`` (H×W×3 uint8), cached for the last size."""
-        if self._covered is None or self._covered[0] != size:
-            self._covered = (size, resize_to_cover(self.background, size))
-        return self._covered[1]
+        covered = self._covered  # read once: writer threads may share this composer
+        if covered is None or covered[0] != size:
+            covered = (size, resize_to_cover(self.background, size))
+            self._covered = covered
+        return covered[1]
 
     def __call__(self, image: PictureInput | None, mask: np.ndarray) -> np.ndarray:
         """The output picture for ``image`` (None in mask mode) and its H×W ``mask``."""

@@ -19,6 +19,7 @@ import queue
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,8 +103,8 @@ class FrameReader:
             raise VideoReadError(source_name(source), "cannot open (not a video, unsupported codec or no such camera)")
         fps = float(self.capture.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = fps if math.isfinite(fps) and 0 < fps < 1000 else DEFAULT_FPS
-        count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        self.expected = count if count > 0 and not isinstance(source, int) else None
+        count = float(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0)  # -1 or nan for some streams
+        self.expected = int(count) if math.isfinite(count) and count >= 1 and not isinstance(source, int) else None
         self.frames = 0
         self.error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
@@ -240,13 +241,15 @@ def predict_video(
 
 
 class FrameWriter:
-    """Composes and writes frames on a thread: an mp4 (``mp4v``), or numbered PNGs for ``rgba``.
+    """Composes frames on ``workers`` threads and writes them in order on another: an mp4
+    (``mp4v``), or numbered PNGs for ``rgba``.
 
     The video goes to a hidden temporary file beside ``output`` and is renamed when ``close`` succeeds,
     so an interrupted run leaves no half-written video under the output's name.
     """
 
-    def __init__(self, output: Path, composer: Composer, fps: float, size: tuple[int, int], depth: int = 8) -> None:
+    def __init__(self, output: Path, composer: Composer, fps: float, size: tuple[int, int], depth: int = 8,
+                 workers: int = 2) -> None:
         self.output, self.composer, self.size = Path(output), composer, size
         self.frames = 0
         self.error: BaseException | None = None
@@ -261,36 +264,38 @@ class FrameWriter:
             self.writer = cv2.VideoWriter(str(self.partial), fourcc, fps, (size[1], size[0]), True)
             if not self.writer.isOpened():
                 raise OSError(f"cannot write a {VIDEO_FOURCC} video to {self.output}")
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._pool = ThreadPoolExecutor(max(1, int(workers)), thread_name_prefix="pgnet-compose")
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))  # (index, future of the picture)
         self._thread = threading.Thread(target=self._run, name="pgnet-frame-writer", daemon=True)
         self._thread.start()
 
-    def _write(self, frame: VideoFrame) -> None:
-        picture = self.composer(frame.image, frame.mask)
+    def _write(self, index: int, picture: np.ndarray) -> None:
         if self.sequence:
-            write_png(self.output / f"{frame.index + 1:06d}.png", picture)
+            write_png(self.output / f"{index + 1:06d}.png", picture)
         else:
             code = cv2.COLOR_GRAY2BGR if picture.ndim == 2 else cv2.COLOR_RGB2BGR
             self.writer.write(cv2.cvtColor(picture, code))
         self.frames += 1
 
     def _run(self) -> None:
-        while (frame := self._queue.get()) is not _END:
+        while (item := self._queue.get()) is not _END:
+            index, future = item
             if self.error is None:  # after an error keep draining, so the producer never blocks
                 try:
-                    self._write(frame)
+                    self._write(index, future.result())
                 except Exception as error:  # raised by ``put`` or ``close``
                     self.error = error
 
     def put(self, frame: VideoFrame) -> None:
         if self.error is not None:
             raise OSError(f"writing {self.output} failed: {self.error}") from self.error
-        self._queue.put(frame)
+        self._queue.put((frame.index, self._pool.submit(self.composer, frame.image, frame.mask)))
 
     def close(self, keep: bool = True) -> None:
         """Finish writing; ``keep=False`` (or a writing error) removes the partial video."""
         self._queue.put(_END)
         self._thread.join()
+        self._pool.shutdown()
         if self.writer is not None:
             self.writer.release()
             if keep and self.error is None and self.frames:
@@ -311,10 +316,12 @@ def write_video(
     fps: float | None = None,
     capture_factory: Callable[[Any], Any] | None = None,
     progress: bool = True,
+    workers: int = 2,
 ) -> VideoResult:
     """Predict every frame of ``source`` and write the output video (or PNG folder for rgba).
 
-    ``composer`` picks the mode (default: the mask); ``fps`` overrides the source's frame rate. A
+    ``composer`` picks the mode (default: the mask); ``fps`` overrides the source's frame rate;
+    ``workers`` threads compose the output frames (in order). A
     camera runs until ``max_frames`` or Ctrl-C, and the video written so far is kept. Raises
     ``VideoReadError`` for a source that cannot be opened or yields no frame.
     """
@@ -329,7 +336,7 @@ def write_video(
             raise VideoReadError(source_name(source), "no frame could be decoded")
         size = first.image.shape[:2]
         rate = float(fps) if fps else reader.fps
-        writer = FrameWriter(Path(output), composer, rate, size, depth=depth)
+        writer = FrameWriter(Path(output), composer, rate, size, depth=depth, workers=workers)
         bar = tqdm(total=reader.total, unit="frame", desc=Path(str(source)).name, disable=not progress,
                    dynamic_ncols=True, leave=False)
         keep = False
@@ -423,6 +430,7 @@ def predict_videos(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     max_frames: int | None = None,
+    workers: int = 2,
 ) -> PredictionReport:
     """``write_video`` for each job; a video that cannot be read or written is skipped and logged."""
     report = PredictionReport()
@@ -430,7 +438,7 @@ def predict_videos(
     for job in jobs:
         try:
             result = write_video(predictor, job.source, job.output, composer, smooth=smooth,
-                                 max_frames=max_frames, progress=progress)
+                                 max_frames=max_frames, progress=progress, workers=workers)
         except (VideoReadError, OSError, cv2.error) as error:
             reason = error.reason if isinstance(error, VideoReadError) else str(error)
             report.skipped.append((job.source, reason))

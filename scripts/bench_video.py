@@ -23,6 +23,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -48,7 +49,7 @@ class RecordingComposer(Composer):
 
 def write_moving_clip(path: Path, frames: int, height: int, width: int, fps: float = 30.0) -> Path:
     """A subject with a soft edge sliding 1 % of the width per frame, Gaussian noise of sigma 6."""
-    composite, alpha, foreground, background = make_soft_composite(7, (height, width))
+    _, alpha, foreground, background = make_soft_composite(7, (height, width))
     rng = np.random.default_rng(0)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     for index in range(frames):
@@ -79,11 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             clip = write_moving_clip(Path(folder) / "clip.mp4", args.frames, args.height, args.width)
             predictor(np.zeros((args.height, args.width, 3), np.uint8))  # warm-up, not timed
             composer = RecordingComposer()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             result = write_video(predictor, clip, Path(folder) / "out.mp4", composer, progress=True)
-            seconds = time.perf_counter() - start
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         print(f"video: {result.frames} frames {args.width}x{args.height} at --size {args.size}, batch "
-              f"{args.batch_size}: {result.frames / seconds:.3f} frames/s ({seconds:.1f} s)")
+              f"{args.batch_size}, {torch.get_num_threads()} threads: {result.frames / seconds:.3f} frames/s "
+              f"({seconds:.1f} s; CPU time of the process {cpu_seconds / result.frames:.2f} s per frame; "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
         raw = composer.masks
         print(f"flicker (mean |mask_t - mask_t-1|): raw {mean_consecutive_change(raw):.5f}")
         for weight in (0.5, 0.8):

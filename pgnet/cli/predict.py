@@ -61,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (each new size compiles)")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="on CUDA, launch kernels eagerly")
     parser.add_argument("-r", "--recursive", action="store_true", help="search folders (and ** globs) recursively")
-    parser.add_argument("--workers", type=int, default=4, help="threads reading and writing pictures (default 4)")
+    parser.add_argument("--workers", type=int, default=4,
+                        help="threads reading and writing pictures, composing video frames (default 4)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if not args.inputs and args.webcam is None:
@@ -69,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = args.mode or ("background" if args.background else "mask")
     if args.background and mode != "background":
         parser.error(f"--background goes with --mode background, not {mode}")
+    if not 0 <= args.smooth < 1:
+        parser.error(f"--smooth must be in [0, 1), got {args.smooth:g}")
+    if args.max_frames is not None and args.max_frames < 1:
+        parser.error(f"--max-frames must be positive, got {args.max_frames}")
 
     from pgnet.compose import Composer
     from pgnet.inference import Predictor, plan_outputs, predict_files
@@ -112,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         written += len(report.written)
     if video_jobs:
         report = predict_videos(predictor, video_jobs, composer, smooth=args.smooth, progress=not args.no_progress,
-                                max_frames=args.max_frames)
+                                max_frames=args.max_frames, workers=args.workers)
         print(f"wrote {len(report.written)} {mode} videos to {args.output}; skipped {len(report.skipped)}")
         written += len(report.written)
     if args.webcam is not None:
@@ -123,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         output = Path(args.output) / f"webcam{args.webcam}{'' if mode == 'rgba' else VIDEO_SUFFIX}"
         try:
             result = write_video(predictor, args.webcam, output, composer, smooth=args.smooth,
-                                 max_frames=args.max_frames, progress=not args.no_progress)
+                                 max_frames=args.max_frames, progress=not args.no_progress,
+                                 workers=args.workers)
         except (VideoReadError, OSError) as error:
             print(f"error: {source_name(args.webcam)}: {getattr(error, 'reason', error)}", file=sys.stderr)
             return 1
