@@ -255,3 +255,32 @@ def test_video_outputs_are_planned_without_collisions(tmp_path):
     with pytest.raises(OSError, match="junk"):
         (tmp_path / "junk.mp4").write_bytes(b"x")
         FrameReader(tmp_path / "junk.mp4", SIZE)
+
+
+def test_cli_pictures_on_a_background_keep_their_transparency(checkpoint, predictor, tmp_path, capsys):
+    pictures = tmp_path / "in"
+    pictures.mkdir()
+    frame = moving_disc_frames(1)[0]
+    alpha = np.full((HEIGHT, WIDTH), 255, np.uint8)
+    alpha[:, : WIDTH // 3] = 0  # the left third is transparent
+    cv2.imwrite(str(pictures / "cut.png"), cv2.cvtColor(np.dstack((frame, alpha)), cv2.COLOR_RGBA2BGRA))
+    backdrop = np.full((30, 40, 3), (0, 0, 250), np.uint8)
+    cv2.imwrite(str(tmp_path / "bg.png"), backdrop)  # BGR on disk: red
+    status, out, err = run_cli(capsys, pictures, "-c", checkpoint, "-o", tmp_path / "out", "--size", SIZE, *FAST,
+                               "--background", tmp_path / "bg.png", "--refine-foreground")
+    assert status == 0, err
+    assert "wrote 1 background pictures" in out
+    written = cv2.cvtColor(cv2.imread(str(tmp_path / "out" / "cut.png")), cv2.COLOR_BGR2RGB)
+    assert (written[:, : WIDTH // 3] == (250, 0, 0)).all()  # transparent input: only the background shows
+    mask = predictor.predict_arrays([frame], [(HEIGHT, WIDTH)])[0]
+    expected = compose(np.dstack((frame, alpha)), mask, "background", background=backdrop[..., ::-1],
+                       refine_foreground=True)
+    assert np.abs(written.astype(int) - expected).max() <= 1
+
+
+def test_cli_rejects_bad_video_options(tmp_path, capsys):
+    for options in (["--smooth", "1"], ["--max-frames", "0"], ["--mode", "color", "--background", "x.png"], []):
+        with pytest.raises(SystemExit) as exit_info:
+            predict_main([*options, "-c", "ck.pth", "-o", str(tmp_path)] + ([] if not options else ["in.mp4"]))
+        assert exit_info.value.code == 2
+    assert "--smooth" in capsys.readouterr().err
