@@ -83,7 +83,7 @@ def split_alpha(image: PictureInput) -> tuple[np.ndarray, np.ndarray | None]:
         raise TypeError(f"expected a numpy array or a PIL image, got {type(image).__name__}")
     if image.dtype != np.uint8:
         raise TypeError(f"expected a uint8 image array, got dtype {image.dtype}")
-    if image.ndim == 2:
+    if image.ndim == 2 and min(image.shape) >= 1:
         return np.repeat(image[:, :, None], 3, axis=2), None
     if image.ndim == 3 and image.shape[2] in (3, 4) and min(image.shape[:2]) >= 1:
         alpha = np.ascontiguousarray(image[:, :, 3]) if image.shape[2] == 4 else None

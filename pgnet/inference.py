@@ -6,8 +6,8 @@ official test size) and normalised exactly as ``pgnet.data.transforms.build_eval
 the logits leave the network at its stride-4 head resolution and are resized once, straight to the
 picture's size, before the sigmoid (as the official test code and the evaluator do).
 
-``predict_files`` runs a predictor over files and writes one PNG per picture (a mask, an RGBA
-cut-out, an overlay, or the subject on a plain colour); ``pgnet-predict`` is its command line.
+``predict_files`` runs a predictor over files and writes one PNG per picture (any output mode of
+``pgnet.compose``); ``pgnet-predict`` is its command line, and ``pgnet.video`` does videos.
 """
 
 from __future__ import annotations
@@ -31,7 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgnet.acceleration import CUDAGraphRunner, autocast_for, inference_network
-from pgnet.compose import OUTPUT_MODES, Composer, compose, mask_to_uint8, parse_color  # noqa: F401  (API)
+from pgnet.compose import (
+    OUTPUT_MODES,  # noqa: F401
+    Composer,
+    compose,  # noqa: F401  (re-exported: the API before pgnet.compose)
+    mask_to_uint8,  # noqa: F401
+    parse_color,  # noqa: F401
+    split_alpha,
+)
 from pgnet.data.io import (
     ImageReadError,
     jpeg_frame_size,
@@ -108,19 +115,7 @@ def as_rgb_array(image: np.ndarray | Any) -> np.ndarray:
     Arrays must be uint8, H×W×3 (RGB); H×W (gray) and H×W×4 (alpha dropped) are accepted too. A PIL
     image is converted to RGB as it is, without applying its EXIF orientation.
     """
-    if type(image).__module__.startswith("PIL."):
-        image = np.asarray(image.convert("RGB"))
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"expected a path, a numpy array or a PIL image, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise TypeError(f"expected a uint8 image array, got dtype {image.dtype}")
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = image[:, :, :3]
-    if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
-        raise ValueError(f"expected an H×W×3 RGB image array, got shape {image.shape}")
-    return np.ascontiguousarray(image)
+    return split_alpha(image)[0]
 
 
 def _original_size(path: Path, decoded: tuple[int, int], max_side: int) -> tuple[int, int] | None:

@@ -321,9 +321,9 @@ def write_video(
     """Predict every frame of ``source`` and write the output video (or PNG folder for rgba).
 
     ``composer`` picks the mode (default: the mask); ``fps`` overrides the source's frame rate;
-    ``workers`` threads compose the output frames (in order). A
-    camera runs until ``max_frames`` or Ctrl-C, and the video written so far is kept. Raises
-    ``VideoReadError`` for a source that cannot be opened or yields no frame.
+    ``workers`` threads compose the output frames (in order). A camera runs until ``max_frames``
+    or Ctrl-C, and the video written so far is kept. Raises ``VideoReadError`` for a source that
+    cannot be opened or yields no frame.
     """
     from tqdm import tqdm
 
