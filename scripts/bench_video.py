@@ -4,8 +4,8 @@
 
 - frames/s of ``write_video`` (mask mode, threaded reading and writing) on a synthetic clip of a
   moving subject with sensor noise, beside the time of the predictor alone on one frame; without
-  --checkpoint the default model (Swin-B + ResNet-18) runs with random weights, which costs the same
-  as trained ones;
+  --checkpoint the default model (Swin-B + ResNet-18) runs with random weights (BatchNorm calibrated,
+  as in ``pgnet-benchmark``), which cost the same as trained ones;
 - flicker: mean absolute change between consecutive masks of that clip, raw and with ``--smooth``
   0.5 and 0.8 (and, as the cost of the lag, the mean change of the smoothed masks from the raw ones);
 - foreground refinement: its cost at 2048×2048 and the error at soft edges of raw colours and of the
@@ -29,6 +29,7 @@ import torch
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pgnet
+from pgnet.benchmark import build_benchmark_model
 from pgnet.compose import Composer
 from pgnet.data.synthetic import make_soft_composite
 from pgnet.foreground import estimate_foreground
@@ -75,8 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if not args.skip_video:
-        torch.manual_seed(0)  # the random weights, hence the masks, are the same in every run
-        model = pgnet.load_model(args.checkpoint, "cpu") if args.checkpoint else pgnet.create_model()
+        # Random weights are seeded, with BatchNorm calibrated as pgnet-benchmark does (otherwise the
+        # logits are in the hundreds and every mask is the same saturated picture).
+        model = pgnet.load_model(args.checkpoint, "cpu") if args.checkpoint else build_benchmark_model({})
         predictor = Predictor(model, size=args.size, device="cpu", batch_size=args.batch_size)
         with tempfile.TemporaryDirectory(prefix="pgnet-video-") as folder:
             clip = write_moving_clip(Path(folder) / "clip.mp4", args.frames, args.height, args.width)
