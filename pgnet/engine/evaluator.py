@@ -34,6 +34,7 @@ from pgnet.data.io import MASK_EXTENSIONS, list_files, read_mask
 from pgnet.inference import predict_probabilities
 from pgnet.metrics import ALL_METRICS, SODMetrics, quantize_prediction
 from pgnet.metrics.report import EvaluationReport, MethodResult
+from pgnet.outputs import write_image
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +140,7 @@ def prediction_folder(method_dir: str | Path, dataset: str, single_dataset: bool
 
 def save_prediction_png(path: Path, pred: torch.Tensor) -> None:
     """Write an H×W prediction (float in [0, 1] or uint8) as an 8-bit PNG; errors name the file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), quantize_prediction(pred).cpu().numpy()):
-        raise OSError(f"cannot write {path}")
+    write_image(path, quantize_prediction(pred).cpu().numpy())
 
 
 @torch.no_grad()
