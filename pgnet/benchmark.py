@@ -38,6 +38,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+import pgnet._compat  # noqa: F401  # isort: skip  (first: makes torchvision, hence timm, importable)
 import timm
 import torch
 from torch import nn

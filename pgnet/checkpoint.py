@@ -39,6 +39,10 @@ class CheckpointError(UserError):
     """A checkpoint or weights file that cannot be used; the one-line message names it and says why."""
 
 
+class CheckpointNotFoundError(FileNotFoundError, CheckpointError):
+    """A checkpoint or weights path where there is no file."""
+
+
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
     """Write ``state`` to ``path`` atomically (``pgnet.outputs.atomic_write``).
 
@@ -63,7 +67,7 @@ def read_weights_file(path: str | Path, map_location: str | torch.device = "cpu"
     """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{what} {path}: no such file")
+        raise CheckpointNotFoundError(f"{what} {path}: no such file")
     if not path.is_file():
         raise CheckpointError(f"{what} {path}: not a file")
     size = path.stat().st_size

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgnet.acceleration import CUDAGraphRunner, autocast_for, inference_network
+from pgnet.choices import OUTPUT_MODES, PRECISIONS
 from pgnet.data.io import (
     ImageReadError,
     jpeg_reduction_factor,
@@ -39,14 +40,12 @@ from pgnet.data.io import (
 )
 from pgnet.data.transforms import OFFICIAL_MEAN, OFFICIAL_STD
 from pgnet.output_plan import FileJob, plan_outputs  # noqa: F401  (part of this module's API)
-from pgnet.outputs import write_image
+from pgnet.outputs import NoSpaceError, write_image
 
 ImageInput = str | os.PathLike | np.ndarray | Any  # Any: a PIL image (Pillow is optional)
 
-OUTPUT_MODES = ("mask", "rgba", "overlay", "color")
 DEFAULT_COLORS = {"overlay": (255, 0, 0), "color": (255, 255, 255)}  # overlay tint; plain background
 OVERLAY_OPACITY = 0.5
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -423,9 +422,12 @@ def predict_files(
 ) -> PredictionReport:
     """Predict every job's picture and write its output picture (see ``compose`` for ``mode``).
 
-    Pictures are read and outputs written by ``workers`` threads while the network runs. A picture
-    that cannot be read or written is skipped, and ``log`` (default: print to stderr above the
-    progress bar) gets a line naming it.
+    Pictures are read and outputs written by ``workers`` threads while the network runs; each picture
+    is resized to the network's input as soon as it is decoded, so at most ``workers`` full-size
+    pictures (each under the pixel limit, see ``pgnet.data.io.max_pixels_limit``) are in memory at
+    once. A picture that cannot be read or written is skipped, and ``log`` (default: print to stderr
+    above the progress bar) gets a line naming it. A full disk stops the run with ``NoSpaceError``
+    (outputs are written atomically: nothing truncated is left).
     """
     from tqdm import tqdm
 
@@ -450,6 +452,8 @@ def predict_files(
             try:
                 report.written.append(future.result())
                 bar.update(1)
+            except NoSpaceError:
+                raise  # every later write would fail too: stop
             except (OSError, ValueError, cv2.error) as error:
                 skip(job, error)
 

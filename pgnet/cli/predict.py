@@ -13,7 +13,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Exit status: 0 when at least one picture was written, 1 when none could be, 2 for a usage error
     (bad checkpoint, inputs not found, an output that would overwrite an input).
     """
-    from pgnet.inference import OUTPUT_MODES, PRECISIONS
+    from pgnet.choices import OUTPUT_MODES, PRECISIONS
 
     parser = argparse.ArgumentParser(
         description="Predict saliency masks for pictures (files, folders or globs) with a PGNet checkpoint.",
@@ -49,16 +49,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (each new size compiles)")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="on CUDA, launch kernels eagerly")
     parser.add_argument("-r", "--recursive", action="store_true", help="search folders (and ** globs) recursively")
-    parser.add_argument("--workers", type=int, default=4, help="threads reading and writing pictures (default 4)")
+    parser.add_argument("--workers", type=int, default=4,
+                        help="threads reading and writing pictures; at most this many are decoded at once (default 4)")
+    parser.add_argument("--max-pixels", type=float, metavar="N",
+                        help="skip pictures over N pixels without decoding them (default 100e6; 0: no limit)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
+    from pgnet.data.io import set_max_pixels
     from pgnet.inference import Predictor, parse_color, plan_outputs, predict_files
 
     try:
+        if args.max_pixels is not None:
+            set_max_pixels(int(args.max_pixels))
         color = parse_color(args.color) if args.color else None
         jobs = plan_outputs(args.inputs, args.output, recursive=args.recursive)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError) as error:  # UserError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2
     if not jobs:
@@ -81,8 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{len(jobs)} pictures, {predictor}", file=sys.stderr)
-    report = predict_files(
-        predictor, jobs, mode=args.mode, color=color, workers=args.workers, progress=not args.no_progress
-    )
+    if args.compile:
+        print("compiling (the first call of each size can take a minute)", file=sys.stderr, flush=True)
+    try:
+        report = predict_files(
+            predictor, jobs, mode=args.mode, color=color, workers=args.workers, progress=not args.no_progress
+        )
+    except ValueError as error:  # a UserError such as NoSpaceError: stop with its message
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(f"wrote {len(report.written)} {args.mode} pictures to {args.output}; skipped {len(report.skipped)}")
     return 0 if report.written else 1

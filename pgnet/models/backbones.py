@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import pgnet._compat  # noqa: F401  # isort: skip  (first: makes torchvision, hence timm, importable)
 import timm
 import torch
 import torch.nn.functional as F
