@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from pgnet.data.io import ImageReadError, read_image, read_mask
-from pgnet.outputs import write_image, write_text
+from pgnet.outputs import check_overwrites, write_image, write_text
 
 CACHE_DIR_NAME = ".pgnet_cache"
 MANIFEST_NAME = "manifest.json"
@@ -169,10 +169,20 @@ def _cache_pair(job: tuple[Path, Path, Path, int]) -> tuple[str, dict | None, st
 
 
 def build_cache(root: str | Path, pairs: Iterable[tuple[Path, Path]], long_side: int, jobs: int = 1) -> CacheReport:
-    """Cache ``pairs`` (files under ``root``) at ``long_side``; unchanged entries are kept."""
+    """Cache ``pairs`` (files under ``root``) at ``long_side``; unchanged entries are kept.
+
+    Raises ``OverwriteError`` listing them, before writing anything, when a cached copy would land on
+    a source file or on another copy.
+    """
     if long_side < 16:
         raise ValueError(f"long side must be at least 16, got {long_side}")
     cache = ImageCache.load(root, long_side)
+    pairs = list(dict.fromkeys((Path(image), Path(mask)) for image, mask in pairs))
+    check_overwrites(
+        [(cache.cached_path(path, kind), path) for pair in pairs for path, kind in zip(pair, ("image", "mask"))],
+        [path for pair in pairs for path in pair],
+        what="cached copie",
+    )
     report = CacheReport()
     todo = []
     for image_path, mask_path in pairs:
