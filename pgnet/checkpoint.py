@@ -8,6 +8,7 @@ strings and containers of them, so it loads with ``torch.load(weights_only=True)
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
@@ -86,12 +87,13 @@ def read_weights_file(path: str | Path, map_location: str | torch.device = "cpu"
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
+        found = re.search(r"Unsupported global: ([^\s]+)", str(error))
+        if found:
             raise CheckpointError(
-                f"{what} {path}: holds objects other than tensors and plain data; refused, because "
-                f"loading it could run code ({_first_line(error).rstrip(':.')})"
+                f"{what} {path}: holds objects other than tensors and plain data ({found[1]}); refused, "
+                "because loading it could run code"
             ) from None
-        raise CheckpointError(f"{what} {path}: corrupt ({_first_line(error)})") from None
+        raise CheckpointError(f"{what} {path}: corrupt (not a readable pickle)") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
         raise CheckpointError(f"{what} {path}: truncated or corrupt ({_first_line(error)})") from None
 
