@@ -150,3 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     save(report)
     print(f"wrote {args.out}")
     return 1 if report["errors"] or (args.check and missed) else 0
+
+
+if __name__ == "__main__":  # python -m pgnet.cli.benchmark
+    sys.exit(main())

@@ -157,3 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_table(report.results))
     print(f"results: {report.folder / 'results.md'}, results.csv, results.json, plots/")
     return 0
+
+
+if __name__ == "__main__":  # python -m pgnet.cli.eval
+    sys.exit(main())

@@ -98,3 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"wrote {len(report.written)} {args.mode} pictures to {args.output}; skipped {len(report.skipped)}")
     return 0 if report.written else 1
+
+
+if __name__ == "__main__":  # python -m pgnet.cli.predict
+    sys.exit(main())

@@ -52,3 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 3
     return 0
+
+
+if __name__ == "__main__":  # python -m pgnet.cli.train
+    sys.exit(main())
