@@ -25,6 +25,7 @@ import numpy as np
 from pgnet.errors import UserError
 
 _SHOWN = 10  # colliding paths listed in a message
+_FULL_BYTES = 1 << 20  # a file system with less free space than this counts as full
 _NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 
@@ -97,11 +98,21 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     except BaseException as error:
         if temporary is not None:
             temporary.unlink(missing_ok=True)
-        if _is_no_space(error):
+        if _is_no_space(error) or (isinstance(error, (OSError, RuntimeError)) and _folder_is_full(path.parent)):
             raise NoSpaceError(path) from error
         raise
     _sync_folder(path.parent)
     return path
+
+
+def _folder_is_full(folder: Path) -> bool:
+    """Whether the file system of ``folder`` has (almost) no space left: torch reports a full disk as
+    "unexpected pos ..." without the OS error."""
+    try:
+        status = os.statvfs(folder)
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return False
+    return status.f_bavail * status.f_frsize < _FULL_BYTES
 
 
 def _is_no_space(error: BaseException) -> bool:

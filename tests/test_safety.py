@@ -196,6 +196,21 @@ def test_full_disk_is_named_and_leaves_nothing_truncated(tiny, tmp_path, monkeyp
     assert not (tmp_path / "masks").exists() or not list((tmp_path / "masks").iterdir())
 
 
+def test_torch_unexpected_pos_on_a_full_disk_is_named(tmp_path, monkeypatch):
+    save_checkpoint({"step": 1}, tmp_path / "last.pth")
+
+    def failing_save(obj, stream):
+        stream.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    monkeypatch.setattr(outputs.os, "statvfs", lambda folder: os.statvfs_result((4096,) * 2 + (0,) * 8))
+    with pytest.raises(NoSpaceError, match=r"no space left on device while writing .*last\.pth"):
+        save_checkpoint({"step": 2}, tmp_path / "last.pth")
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "last.pth")["step"] == 1 and len(list(tmp_path.iterdir())) == 1
+
+
 def test_files_get_the_umask_permissions_and_the_folder_is_synced(tmp_path, monkeypatch):
     synced = []
     real_fsync = os.fsync
