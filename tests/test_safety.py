@@ -40,6 +40,11 @@ def tiny(tmp_path_factory) -> tuple[Path, dict]:
     return save_checkpoint(state, tmp_path_factory.mktemp("tiny") / "tiny.pth"), state
 
 
+@pytest.fixture(scope="module")
+def predictor(tiny) -> Predictor:
+    return Predictor.from_checkpoint(tiny[0], device="cpu", size=SIZE, optimize=False)
+
+
 @pytest.fixture
 def limit():
     yield set_max_pixels
@@ -130,11 +135,10 @@ def test_pictures_over_the_pixel_limit_are_skipped_undecoded(tmp_path, monkeypat
     assert read_mask(small).shape == (40, 30)
 
 
-def test_predict_files_skips_a_huge_picture_and_writes_the_rest(tiny, tmp_path):
+def test_predict_files_skips_a_huge_picture_and_writes_the_rest(predictor, tmp_path):
     (tmp_path / "in").mkdir()
     huge_png(tmp_path / "in" / "big.png")
     write_image(tmp_path / "in" / "ok.jpg", make_sample(2, (50, 70))[0])
-    predictor = Predictor.from_checkpoint(tiny[0], device="cpu", size=SIZE, optimize=False)
     lines = []
     report = predict_files(predictor, plan_outputs([tmp_path / "in"], tmp_path / "out"), progress=False,
                            log=lines.append, workers=1)
@@ -326,8 +330,7 @@ def test_eval_prints_a_single_dataset_table_once(tmp_path, capsys):
     assert capsys.readouterr().out.count("MAE") == 1
 
 
-def test_an_unreadable_path_in_a_list_gives_none_and_a_warning(tiny, tmp_path):
-    predictor = Predictor.from_checkpoint(tiny[0], device="cpu", size=SIZE, optimize=False)
+def test_an_unreadable_path_in_a_list_gives_none_and_a_warning(predictor, tmp_path):
     good = write_image(tmp_path / "good.png", make_sample(0, (30, 40))[0])
     (tmp_path / "bad.jpg").write_bytes(b"garbage")
     with warnings.catch_warnings(record=True) as caught:
