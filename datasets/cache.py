@@ -39,13 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             specs = detect_datasets(args.root)
             if not specs:
                 raise FileNotFoundError(f"no known dataset layout under {args.root}; pass --name")
-    except (KeyError, FileNotFoundError) as error:
-        print(f"error: {error.args[0]}", file=sys.stderr)
+        pairs = [pair for spec in specs for pair in pair_files(spec.image_dir, spec.mask_dir).pairs]
+        print(f"caching {len(pairs)} pairs of {', '.join(spec.name for spec in specs)} at long side {args.long_side}")
+        report = build_cache(args.root, pairs, args.long_side, jobs=args.jobs)
+    except (KeyError, FileNotFoundError, ValueError) as error:  # UserError (an overwrite, a full disk) included
+        print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
         return 2
-
-    pairs = [pair for spec in specs for pair in pair_files(spec.image_dir, spec.mask_dir).pairs]
-    print(f"caching {len(pairs)} pairs of {', '.join(spec.name for spec in specs)} at long side {args.long_side}")
-    report = build_cache(args.root, pairs, args.long_side, jobs=args.jobs)
     print(
         f"{cache_dir_for(args.root, args.long_side)}: {report.written} written, {report.fresh} already cached, "
         f"{report.small} small enough to read as they are, {len(report.failed)} failed"

@@ -20,6 +20,7 @@ import cv2
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from pgnet.data.synthetic import make_sample, sample_seed
+from pgnet.outputs import write_image
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -38,14 +39,8 @@ def write_sample(job: tuple[Path, int, int, tuple[int, int], int]) -> None:
     out, seed, index, size, quality = job
     image, mask = make_sample(sample_seed(seed, index), size)
     name = f"synthetic_{index:06d}"
-    for path, array, parameters in (
-        (out / "image" / f"{name}.jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]),
-        (out / "mask" / f"{name}.png", mask, []),
-    ):
-        ok, encoded = cv2.imencode(path.suffix, array, parameters)
-        if not ok:
-            raise OSError(f"cannot encode {path}")
-        encoded.tofile(path)
+    write_image(out / "image" / f"{name}.jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    write_image(out / "mask" / f"{name}.png", mask)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

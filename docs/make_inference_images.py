@@ -19,7 +19,7 @@ import numpy as np
 
 from pgnet.compose import compose
 from pgnet.data.synthetic import make_sample, make_soft_composite
-from pgnet.inference import write_png
+from pgnet.outputs import write_image
 
 SIZE = (216, 288)  # (H, W): small pictures for the docs
 ZOOM = 4  # the edge close-ups are enlarged this much
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         "edge_refined": edge_close_up(refined, alpha),
     }
     for name, picture in pictures.items():
-        path = write_png(out / f"{name}.png", picture)
+        path = write_image(out / f"{name}.png", picture)
         print(f"{path} {path.stat().st_size // 1024} KB")
     return 0
 

@@ -1,17 +1,33 @@
-"""pgnet: the Pyramid Grafting Network for one-stage high-resolution salient object detection."""
+"""pgnet: the Pyramid Grafting Network for one-stage high-resolution salient object detection.
 
-from pgnet import _compat  # noqa: F401  (first: makes torchvision, hence timm, importable)
-from pgnet.checkpoint import load_model
-from pgnet.models import ModelConfig, PGNet, PGNetOutput, create_model
+The names below are imported on first use (PEP 562), so ``import pgnet`` and the commands' ``--help``
+do not load torch and timm.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 __all__ = ["ModelConfig", "PGNet", "PGNetOutput", "Predictor", "create_model", "load_model"]
 
+_LAZY_NAMES = {
+    "ModelConfig": "pgnet.models.pgnet",
+    "PGNet": "pgnet.models.pgnet",
+    "PGNetOutput": "pgnet.models.pgnet",
+    "create_model": "pgnet.models.pgnet",
+    "load_model": "pgnet.checkpoint",
+    "Predictor": "pgnet.inference",
+}
 
-def __getattr__(name: str) -> type:
-    # ``Predictor`` is imported on first use: it brings in the image I/O and transform modules.
-    if name == "Predictor":
-        from pgnet.inference import Predictor
 
-        return Predictor
-    raise AttributeError(f"module 'pgnet' has no attribute {name!r}")
+def __getattr__(name: str) -> Any:
+    module = _LAZY_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pgnet' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

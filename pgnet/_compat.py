@@ -7,7 +7,7 @@ compiled operators do not load, and importing it (and therefore ``timm``) fails 
 missing operator schemas (without kernels), drops the half-imported torchvision modules and imports
 again. Anything else is left alone: where torchvision imports normally this module does nothing.
 
-This is the one import-time side effect in the package; ``pgnet/__init__.py`` runs it first.
+This is the one import-time side effect in the package; the modules that import timm run it first.
 """
 
 from __future__ import annotations

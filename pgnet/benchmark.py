@@ -38,6 +38,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+import pgnet._compat  # noqa: F401  # isort: skip  (first: makes torchvision, hence timm, importable)
 import timm
 import torch
 from torch import nn
@@ -55,6 +57,7 @@ from pgnet.engine.step import TrainStep
 from pgnet.losses import PGNetLoss
 from pgnet.metrics import ALL_METRICS, SODMetrics
 from pgnet.models.pgnet import ModelConfig, PGNet, PGNetOutput, create_model
+from pgnet.outputs import write_image, write_text
 
 MIB = 2**20
 # A small network for smoke runs and tests.
@@ -213,8 +216,7 @@ def write_profile(fn: Callable[[], Any], device: torch.device, path: Path, row_l
     device_time = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
     table = events.table(sort_by=device_time if cuda else "self_cpu_time_total", row_limit=row_limit,
                          max_name_column_width=60)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(table + "\n")
+    write_text(path, table + "\n")
     details: dict[str, Any] = {"profile": str(path)}
     if cuda:
         kernels = [e for e in events if e.device_type == DeviceType.CUDA]
@@ -705,13 +707,8 @@ def write_synthetic_pairs(root: Path, n: int, height: int, width: int, quality: 
     for index in range(n):
         image, mask = make_sample(sample_seed(0, index), (height, width))
         name = f"bench_{index:03d}"
-        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        ok_image, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        ok_mask, png = cv2.imencode(".png", mask)
-        if not (ok_image and ok_mask):
-            raise RuntimeError("OpenCV could not encode a synthetic pair")
-        jpeg.tofile(root / "image" / f"{name}.jpg")
-        png.tofile(root / "mask" / f"{name}.png")
+        write_image(root / "image" / f"{name}.jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        write_image(root / "mask" / f"{name}.png", mask)
 
 
 def loader_samples_per_second(

@@ -27,9 +27,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pgnet.choices import OUTPUT_MODES
 from pgnet.foreground import estimate_foreground
 
-OUTPUT_MODES = ("mask", "rgba", "overlay", "color", "blur", "background")
 DEFAULT_COLORS = {"overlay": (255, 0, 0), "color": (255, 255, 255)}  # overlay tint; plain background
 OVERLAY_OPACITY = 0.5
 DEFAULT_BLUR = 20.0  # Gaussian sigma of the ``blur`` background, in output pixels

@@ -229,8 +229,10 @@ def build_config(values: dict[str, Any]) -> Config:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    with open(path, "w") as handle:
-        yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+    """Write ``config`` as YAML, atomically."""
+    from pgnet.outputs import write_text
+
+    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from torch import nn
 
 from pgnet.inference import normalize
 from pgnet.models.pgnet import PGNet
+from pgnet.outputs import write_bytes
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "mask"
@@ -91,7 +92,6 @@ def export_onnx(
         height, width = (int(v) for v in static_size)
         example = torch.rand(2, 3, height, width) * 255
         dynamic_shapes = {"image": {0: "batch"}}
-    path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.filterwarnings("ignore", category=FutureWarning)
         program = torch.onnx.export(
@@ -112,7 +112,7 @@ def export_onnx(
             "pgnet.model_config": repr(model.config.to_dict()),
         }
     )
-    program.save(path, external_data=False)
+    write_bytes(path, program.model_proto.SerializeToString())  # atomically; weights inside (under 2 GB)
     return path
 
 

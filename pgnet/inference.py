@@ -13,12 +13,12 @@ picture's size, before the sigmoid (as the official test code and the evaluator 
 from __future__ import annotations
 
 import contextlib
-import glob
 import itertools
 import os
 import sys
+import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgnet.acceleration import CUDAGraphRunner, autocast_for, inference_network
+from pgnet.choices import PRECISIONS
 from pgnet.compose import (
     OUTPUT_MODES,  # noqa: F401
     Composer,
@@ -41,19 +42,17 @@ from pgnet.compose import (
 )
 from pgnet.data.io import (
     ImageReadError,
-    jpeg_frame_size,
     jpeg_reduction_factor,
-    list_images,
+    probe_image_size,
     read_image,
     read_image_with_alpha,
 )
 from pgnet.data.transforms import OFFICIAL_MEAN, OFFICIAL_STD
+from pgnet.output_plan import FileJob, plan_outputs  # noqa: F401  (part of this module's API)
+from pgnet.outputs import NoSpaceError, write_image
 
 ImageInput = str | os.PathLike | np.ndarray | Any  # Any: a PIL image (Pillow is optional)
 
-PRECISIONS = ("auto", "fp32", "bf16")
-# Bytes read to find a JPEG's frame header (EXIF and ICC segments come first, each at most 64 KiB).
-_HEADER_BYTES = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------------
@@ -121,28 +120,16 @@ def as_rgb_array(image: np.ndarray | Any) -> np.ndarray:
 def _original_size(path: Path, decoded: tuple[int, int], max_side: int) -> tuple[int, int] | None:
     """The full (H, W), after EXIF rotation, of a picture ``read_image(path, max_side)`` decoded to ``decoded``.
 
-    Only JPEGs are decoded reduced: the frame header gives the size before rotation, and whether the
-    decoded picture is transposed tells the rotation. None when that cannot be told (a frame whose two
-    sides reduce to the same length) or the header is not found: then decode at full size.
+    Only JPEGs are decoded reduced; their header (``probe_image_size``) gives the full size. None when
+    the header does not account for ``decoded``: then decode at full size.
     """
     if min(decoded) < max_side:
         return decoded  # a reduced decode keeps both sides at least max_side long
-    with open(path, "rb") as stream:
-        frame = jpeg_frame_size(stream.read(_HEADER_BYTES))
-    if frame is None:
-        return decoded  # not a JPEG: decoded at full size
-    factor = jpeg_reduction_factor(frame, max_side)
-    if factor == 1:
+    full = probe_image_size(path)
+    if full is None or decoded == full:  # no header found: read_image decoded it at full size
         return decoded
-    reduced = (-(-frame[0] // factor), -(-frame[1] // factor))
-    if frame[0] == frame[1] and decoded == reduced:
-        return frame
-    if reduced[0] != reduced[1]:
-        if decoded == reduced:
-            return frame
-        if decoded == reduced[::-1]:
-            return frame[1], frame[0]
-    return None
+    factor = jpeg_reduction_factor(full, max_side)
+    return full if decoded == (-(-full[0] // factor), -(-full[1] // factor)) else None
 
 
 def read_for_network(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -271,10 +258,14 @@ class Predictor:
             f"compile={self.compile}, cuda_graphs={isinstance(self.network, CUDAGraphRunner)})"
         )
 
-    def __call__(self, image: ImageInput | Sequence[ImageInput]) -> np.ndarray | list[np.ndarray]:
-        """The mask of one picture (H×W float32 in [0, 1]), or the list of masks of a list of pictures."""
+    def __call__(self, image: ImageInput | Sequence[ImageInput]) -> np.ndarray | list[np.ndarray | None]:
+        """The mask of one picture (H×W float32 in [0, 1]), or the list of masks of a list of pictures.
+
+        One picture that cannot be read raises ``ImageReadError``; in a list, an unreadable path gets
+        None in its place and a warning naming it (the other pictures are predicted).
+        """
         if isinstance(image, (list, tuple)):
-            return self.predict_batch(image)
+            return self.predict_batch(image, skip_unreadable=True)
         return self.predict_batch([image])[0]
 
     def load(self, image: ImageInput) -> tuple[np.ndarray, tuple[int, int]]:
@@ -284,12 +275,32 @@ class Predictor:
         array = as_rgb_array(image)
         return array, (int(array.shape[0]), int(array.shape[1]))
 
-    def predict_batch(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
-        """Masks of several pictures, ``batch_size`` per forward pass; equal to calling one by one."""
-        masks = []
-        for start in range(0, len(images), self.batch_size):
-            loaded = [self.load(image) for image in images[start : start + self.batch_size]]
-            masks += self.predict_arrays([image for image, _ in loaded], [size for _, size in loaded])
+    def predict_batch(self, images: Sequence[ImageInput], skip_unreadable: bool = False) -> list[np.ndarray | None]:
+        """Masks of several pictures, ``batch_size`` per forward pass; equal to calling one by one.
+
+        ``skip_unreadable``: a path that cannot be read gets None (and a warning naming it) instead of
+        raising ``ImageReadError``.
+        """
+        masks: list[np.ndarray | None] = [None] * len(images)
+        pending: list[tuple[int, np.ndarray, tuple[int, int]]] = []  # at most batch_size decoded pictures
+
+        def run() -> None:
+            predicted = self.predict_arrays([image for _, image, _ in pending], [size for _, _, size in pending])
+            for (index, _, _), mask in zip(pending, predicted):
+                masks[index] = mask
+            pending.clear()
+
+        for index, image in enumerate(images):
+            try:
+                pending.append((index, *self.load(image)))
+            except ImageReadError as error:
+                if not skip_unreadable:
+                    raise
+                warnings.warn(f"skipped {error}", stacklevel=3)
+            if len(pending) == self.batch_size:
+                run()
+        if pending:
+            run()
         return masks
 
     def predict_video(self, source: str | os.PathLike | int, output: str | os.PathLike | None = None,
@@ -327,29 +338,10 @@ class Predictor:
 # Output pictures
 
 
-def write_png(path: str | Path, picture: np.ndarray) -> Path:
-    """Write an H×W (gray), H×W×3 (RGB) or H×W×4 (RGBA) uint8 picture as PNG; parents are created."""
-    path = Path(path)
-    if picture.ndim == 3:
-        picture = cv2.cvtColor(picture, cv2.COLOR_RGB2BGR if picture.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
-    ok, encoded = cv2.imencode(".png", picture)
-    if not ok:
-        raise OSError(f"cannot encode {path} as PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    encoded.tofile(path)  # np.tofile also handles non-ASCII paths
-    return path
 
 
 # --------------------------------------------------------------------------------------------------
 # Prediction over files
-
-
-@dataclass
-class FileJob:
-    """One input picture and the file its output goes to."""
-
-    source: Path
-    output: Path
 
 
 @dataclass
@@ -358,47 +350,6 @@ class PredictionReport:
 
     written: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
-
-
-def _glob_root(pattern: str) -> Path:
-    """The folder a glob pattern starts in: its leading components without wildcards."""
-    parts = Path(pattern).expanduser().parts
-    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts[:-1]))
-    return Path(*fixed) if fixed else Path(".")
-
-
-def plan_outputs(sources: Iterable[str | Path], output_dir: str | Path, recursive: bool = False) -> list[FileJob]:
-    """The pictures named by ``sources`` (files, folders, globs) and their output files.
-
-    An output keeps its picture's name and its path under the folder (or the glob's folder) it was
-    found in, with the suffix ``.png``; pictures whose names would collide (``a.jpg``, ``a.png``)
-    keep their suffix (``a.jpg.png``). Raises FileNotFoundError for a source that names nothing, and
-    FileExistsError when an output would be written over an input (an earlier run's outputs inside
-    a folder searched recursively count as inputs: write to a folder outside it).
-    """
-    output_dir = Path(output_dir)
-    found: dict[Path, tuple[Path, Path]] = {}  # resolved source -> (source, relative path)
-    for source in sources:
-        source_path = Path(source).expanduser()
-        root = source_path if source_path.is_dir() else source_path.parent
-        if not source_path.exists():
-            root = _glob_root(str(source))
-        for path in list_images(source, recursive=recursive):
-            found.setdefault(path.resolve(), (path, path.relative_to(root)))
-    by_output: dict[Path, list[tuple[Path, Path]]] = {}
-    for path, relative in found.values():
-        by_output.setdefault(relative.with_suffix(".png"), []).append((path, relative))
-    jobs = []
-    for relative_output, entries in by_output.items():
-        for path, relative in entries:
-            name = relative_output if len(entries) == 1 else relative.with_name(relative.name + ".png")
-            jobs.append(FileJob(path, output_dir / name))
-    for job in jobs:
-        if job.output.resolve() in found:
-            raise FileExistsError(
-                f"the output for {job.source} would overwrite the input {job.output}; choose another output folder"
-            )
-    return sorted(jobs, key=lambda job: str(job.source))
 
 
 def _prefetch(
@@ -417,7 +368,7 @@ def _write_output(job: FileJob, mask: np.ndarray, composer: Composer) -> Path:
     image = None if composer.mode == "mask" else read_image_with_alpha(job.source)  # RGB or RGBA
     if image is not None and image.shape[:2] != mask.shape:
         raise ImageReadError(job.source, f"decoded at {image.shape[:2]}, expected {mask.shape}")
-    return write_png(job.output, composer(image, mask))
+    return write_image(job.output, composer(image, mask))
 
 
 def predict_files(
@@ -433,9 +384,12 @@ def predict_files(
     """Predict every job's picture and write its output picture (see ``compose`` for ``mode``,
     ``color`` and the ``compose_options`` background, blur and refine_foreground).
 
-    Pictures are read and outputs written by ``workers`` threads while the network runs. A picture
-    that cannot be read or written is skipped, and ``log`` (default: print to stderr above the
-    progress bar) gets a line naming it.
+    Pictures are read and outputs written by ``workers`` threads while the network runs; each picture
+    is resized to the network's input as soon as it is decoded, so at most ``workers`` full-size
+    pictures (each under the pixel limit, see ``pgnet.data.io.max_pixels_limit``) are in memory at
+    once. A picture that cannot be read or written is skipped, and ``log`` (default: print to stderr
+    above the progress bar) gets a line naming it. A full disk stops the run with ``NoSpaceError``
+    (outputs are written atomically: nothing truncated is left).
     """
     from tqdm import tqdm
 
@@ -459,6 +413,8 @@ def predict_files(
             try:
                 report.written.append(future.result())
                 bar.update(1)
+            except NoSpaceError:
+                raise  # every later write would fail too: stop
             except (OSError, ValueError, cv2.error) as error:
                 skip(job, error)
 
@@ -474,7 +430,10 @@ def predict_files(
         depth = predictor.batch_size + workers
 
         def read(job: FileJob) -> tuple[np.ndarray, tuple[int, int]]:
-            return read_for_network(job.source, predictor.size)
+            # Resized at once: a waiting picture holds size×size×3 bytes, not its decoded size, so at
+            # most ``workers`` full decodes (each under the pixel limit) are in memory at a time.
+            image, size = read_for_network(job.source, predictor.size)
+            return resize_for_network(image, predictor.size), size
 
         for job, future in _prefetch(pool, read, jobs, depth):
             try:

@@ -29,7 +29,8 @@ import numpy as np
 
 from pgnet.compose import Composer
 from pgnet.data.io import list_files
-from pgnet.inference import PredictionReport, Predictor, resize_for_network, write_png
+from pgnet.inference import PredictionReport, Predictor, resize_for_network
+from pgnet.outputs import write_image
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 VIDEO_SUFFIX = ".mp4"  # outputs: MPEG-4 part 2 ("mp4v"), which OpenCV's pip wheels can write
@@ -271,7 +272,7 @@ class FrameWriter:
 
     def _write(self, index: int, picture: np.ndarray) -> None:
         if self.sequence:
-            write_png(self.output / f"{index + 1:06d}.png", picture)
+            write_image(self.output / f"{index + 1:06d}.png", picture)
         else:
             code = cv2.COLOR_GRAY2BGR if picture.ndim == 2 else cv2.COLOR_RGB2BGR
             self.writer.write(cv2.cvtColor(picture, code))

@@ -29,6 +29,7 @@ import torch
 
 from pgnet.metrics import ALL_METRICS, SOD_METRICS, SODMetrics
 from pgnet.metrics.reference import PySODReference
+from pgnet.outputs import write_text
 
 
 def synthetic_pair(index: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_text(args.json, json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
 

@@ -73,7 +73,7 @@ def test_verify_reports_every_problem_and_fails(synthetic_root, capsys):
         "extra.png",
         "ERROR: size mismatch: 1",
         "synthetic_000002",
-        "note: soft mask: 1",
+        "warning: soft mask: 1",
         "-> ERRORS",
         "1 with errors: generic",
     ):
@@ -85,10 +85,23 @@ def test_verify_checks_the_count_of_a_named_release(tmp_path, capsys):
     assert make_synthetic.main([str(root), "--n", "2", "--size", "32", "--jobs", "1"]) == 0
     (root / "image").rename(root / "images")
     (root / "mask").rename(root / "ground_truth_mask")
-    assert verify.main([str(root), "--name", "ECSSD", "--jobs", "1"]) == 1
-    assert "2 pairs, the release has 1000" in capsys.readouterr().out
-    assert verify.main([str(root), "--jobs", "1"]) == 1  # detected by its folder names
+    assert verify.main([str(root), "--name", "ECSSD", "--jobs", "1"]) == 0  # a clean partial copy passes
+    out = capsys.readouterr().out
+    assert "warning: partial copy: 1" in out and "2 of the release's 1000 pairs" in out and "-> OK" in out
+    assert verify.main([str(root), "--name", "ECSSD", "--jobs", "1", "--strict-counts"]) == 1
+    assert "ERROR: pair count: 1" in capsys.readouterr().out
+    assert verify.main([str(root), "--jobs", "1", "--strict-counts"]) == 1  # detected by its folder names
     assert "ECSSD" in capsys.readouterr().out
+
+
+def test_verify_compares_full_size_headers_and_prints_real_sizes(synthetic_root, capsys):
+    # A JPEG exactly 4x its mask decodes reduced to the mask's size: only its header tells.
+    image, _ = make_sample(sample_seed(0, 9), (240, 320))
+    cv2.imwrite(str(synthetic_root / "image" / "synthetic_000001.jpg"), image)
+    assert verify.main([str(synthetic_root), "--jobs", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "ERROR: size mismatch: 1" in out and "synthetic_000001.jpg is 320x240 but its mask" in out
+    assert "80x60" in out and "reduced" not in out
 
 
 def test_verify_cannot_check_a_missing_root_or_unknown_name(tmp_path, capsys):

@@ -183,7 +183,7 @@ def test_part_names():
     ("extra", "message"),
     [
         (["train.init_from=/nonexistent/pgnet_dh.pth"], "train.init_from: /nonexistent/pgnet_dh.pth does not exist"),
-        (["train.init_from=NOT_A_CHECKPOINT"], "train.init_from: cannot read checkpoint"),
+        (["train.init_from=NOT_A_CHECKPOINT"], "text.pth: not a PyTorch file (neither a zip archive nor a pickle)"),
         (["train.init_from=NOT_A_STATE_DICT"], "is neither a pgnet checkpoint nor an official PGNet state dict"),
         (["train.init_from=NO_EMA", "train.init_weights=ema"],
          "has no 'ema' weights (train.init_weights); it has model"),

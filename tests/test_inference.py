@@ -93,7 +93,7 @@ def test_path_numpy_and_pil_give_the_same_mask_at_the_picture_size(predictor, tm
     [
         ((331, 601), 1, (166, 301)),  # decoded at 1/2 (both sides stay ≥ 128)
         ((331, 601), 6, (301, 166)),  # rotated 90°: the mask is 601×331
-        ((333, 334), 8, None),  # sides reduce to the same length: decoded at full size
+        ((333, 334), 8, (167, 167)),  # sides reduce to the same length: the EXIF header tells the rotation
         ((95, 141), 6, None),  # small: decoded at full size, rotated
     ],
 )

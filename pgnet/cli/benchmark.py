@@ -123,8 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(message, file=sys.stderr, flush=True)
 
     def save(report: dict[str, Any]) -> None:  # after every benchmark: a run cut short keeps its figures
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        from pgnet.outputs import write_text
+
+        write_text(args.out, json.dumps(report, indent=2) + "\n")
 
     try:
         report = run_benchmarks(options, log=log, progress=save)
@@ -149,3 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     save(report)
     print(f"wrote {args.out}")
     return 1 if report["errors"] or (args.check and missed) else 0
+
+
+if __name__ == "__main__":  # python -m pgnet.cli.benchmark
+    sys.exit(main())

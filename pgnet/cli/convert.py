@@ -29,3 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in unused:
         print(f"  {key}")
     return 0
+
+
+if __name__ == "__main__":  # python -m pgnet.cli.convert
+    sys.exit(main())

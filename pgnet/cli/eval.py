@@ -15,6 +15,8 @@ EPILOG = """examples:
         --save-preds preds -o results/dh
   prediction folders (preds/<method>/<dataset>/<name>.png) side by side, no model:
     scripts/eval.py --pred-root preds --datasets DUTS-TE HRSOD-TE --data-root data -o results/compare
+  the validation sets of a training config (its data.val entries):
+    scripts/eval.py -c runs/dh/checkpoints/best.pth --config configs/pgnet_dh.yaml -o results/dh
   explicit folders:
     scripts/eval.py --preds PGNet=preds/PGNet Other=other/masks --gt DAVIS-S=data/DAVIS-S/mask -o results/davis
 """
@@ -52,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = parser.add_argument_group("ground truth")
     data.add_argument("--datasets", nargs="+", metavar="NAME", help="registered datasets (e.g. DUTS-TE HRSOD-TE)")
-    data.add_argument("--data-root", help="root the named datasets are found under")
+    data.add_argument("--data-root", help="root the named datasets are found under: a dataset's own root (data/DUTS) "
+                      "or the folder holding them by release (data, with DUTS/, HRSOD/, UHRSD/, DAVIS-S/ ...)")
+    data.add_argument("--config", help="a training config: evaluate on its data.val datasets (name + root)")
     data.add_argument("--gt", nargs="+", metavar="NAME=MASK_FOLDER", help="ground-truth folders by dataset name")
     data.add_argument("--images", nargs="+", metavar="NAME=IMAGE_FOLDER",
                       help="image folders for --gt datasets (needed with a checkpoint)")
@@ -80,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score the masks that have a prediction when some have none (default: stop)")
     output.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1")
     output.add_argument("--workers", type=int, default=2, help="threads reading prediction files (default 2)")
+    output.add_argument("--max-pixels", type=float, metavar="N",
+                        help="skip pictures over N pixels without decoding them (default 100e6; 0: no limit)")
     output.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -90,8 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.checkpoint or args.preds or args.pred_root):
         parser.error("give --checkpoint, --preds or --pred-root")
-    if not (args.datasets or args.gt):
-        parser.error("give --datasets (with --data-root) or --gt")
+    if not (args.datasets or args.gt or args.config):
+        parser.error("give --datasets (with --data-root), --gt or --config")
     if args.datasets and not args.data_root:
         parser.error("--datasets needs --data-root")
     if args.save_preds and not args.checkpoint:
@@ -100,13 +106,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
 
-    from pgnet.engine.evaluator import EvalDataset, ModelMethod, evaluate, resolve_datasets
+    from pgnet.data.io import set_max_pixels
+    from pgnet.engine.evaluator import EvalDataset, ModelMethod, config_datasets, evaluate, resolve_datasets
     from pgnet.metrics import ALL_METRICS, resolve_metric_groups
     from pgnet.metrics.report import format_table
 
     try:
+        if args.max_pixels is not None:
+            set_max_pixels(int(args.max_pixels))
         metrics = resolve_metric_groups(args.metrics) if args.metrics else ALL_METRICS
-        datasets = resolve_datasets(args.datasets, args.data_root) if args.datasets else []
+        datasets = config_datasets(args.config) if args.config else []
+        datasets += resolve_datasets(args.datasets, args.data_root) if args.datasets else []
         images = _named_paths(args.images, "--images")
         for name, mask_dir in _named_paths(args.gt, "--gt").items():
             datasets.append(EvalDataset(name, mask_dir, images.pop(name, None)))
@@ -142,7 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RuntimeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print()
-    print(format_table(report.results))
+    if len(report.datasets()) > 1:  # each dataset's table was printed as it finished; now all of them
+        print()
+        print(format_table(report.results))
     print(f"results: {report.folder / 'results.md'}, results.csv, results.json, plots/")
     return 0
+
+
+if __name__ == "__main__":  # python -m pgnet.cli.eval
+    sys.exit(main())

@@ -56,3 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: difference above {tolerance}", file=sys.stderr)
             return 1
     return 0
+
+
+if __name__ == "__main__":  # python -m pgnet.cli.export
+    sys.exit(main())

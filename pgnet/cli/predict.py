@@ -14,8 +14,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Exit status: 0 when at least one output was written, 1 when none could be, 2 for a usage error
     (bad checkpoint, inputs not found, an output that would overwrite an input).
     """
+    from pgnet.choices import OUTPUT_MODES, PRECISIONS
     from pgnet.compose import DEFAULT_BLUR
-    from pgnet.inference import OUTPUT_MODES, PRECISIONS
 
     parser = argparse.ArgumentParser(
         description="Predict saliency masks for pictures (files, folders or globs) with a PGNet checkpoint.",
@@ -62,7 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-cuda-graphs", action="store_true", help="on CUDA, launch kernels eagerly")
     parser.add_argument("-r", "--recursive", action="store_true", help="search folders (and ** globs) recursively")
     parser.add_argument("--workers", type=int, default=4,
-                        help="threads reading and writing pictures, composing video frames (default 4)")
+                        help="threads reading and writing pictures; at most this many are decoded at once (default 4)")
+    parser.add_argument("--max-pixels", type=float, metavar="N",
+                        help="skip pictures over N pixels without decoding them (default 100e6; 0: no limit)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if not args.inputs and args.webcam is None:
@@ -76,16 +78,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--max-frames must be positive, got {args.max_frames}")
 
     from pgnet.compose import Composer
+    from pgnet.data.io import set_max_pixels
     from pgnet.inference import Predictor, plan_outputs, predict_files
     from pgnet.video import is_video_file, plan_video_outputs, predict_videos, source_name, write_video
 
     try:
+        if args.max_pixels is not None:
+            set_max_pixels(int(args.max_pixels))
         composer = Composer(mode, args.color, background=args.background, blur=args.blur,
                             refine_foreground=args.refine_foreground)
         picture_inputs = [source for source in args.inputs if not is_video_file(source)]
         jobs = plan_outputs(picture_inputs, args.output, recursive=args.recursive) if picture_inputs else []
         video_jobs = plan_video_outputs(args.inputs, args.output, mode, recursive=args.recursive)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError) as error:  # UserError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2
     if not jobs and not video_jobs and args.webcam is None:
@@ -108,11 +113,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{len(jobs)} pictures, {len(video_jobs)} videos, {predictor}", file=sys.stderr)
+    if args.compile:
+        print("compiling (the first call of each size can take a minute)", file=sys.stderr, flush=True)
     written = 0
     if jobs:
-        report = predict_files(predictor, jobs, workers=args.workers, progress=not args.no_progress,
-                               mode=composer.mode, color=composer.color, background=composer.background,
-                               blur=composer.blur, refine_foreground=composer.refine_foreground)
+        try:
+            report = predict_files(predictor, jobs, workers=args.workers, progress=not args.no_progress,
+                                   mode=composer.mode, color=composer.color, background=composer.background,
+                                   blur=composer.blur, refine_foreground=composer.refine_foreground)
+        except ValueError as error:  # a UserError such as NoSpaceError: stop with its message
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         print(f"wrote {len(report.written)} {mode} pictures to {args.output}; skipped {len(report.skipped)}")
         written += len(report.written)
     if video_jobs:
@@ -136,3 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {result.frames} frames of {source_name(args.webcam)} to {result.output}")
         written += 1
     return 0 if written else 1
+
+
+if __name__ == "__main__":  # python -m pgnet.cli.predict
+    sys.exit(main())

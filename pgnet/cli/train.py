@@ -30,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from pgnet.config import ConfigError, load_config
     from pgnet.engine.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
+    from pgnet.errors import UserError
 
     try:
         if args.resume:
@@ -51,4 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
+    except UserError as error:  # e.g. a full disk while saving (the last checkpoint stays intact)
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
+
+
+if __name__ == "__main__":  # python -m pgnet.cli.train
+    sys.exit(main())

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from pgnet.data.io import ImageReadError, read_image, read_mask
+from pgnet.outputs import check_overwrites, write_image, write_text
 
 CACHE_DIR_NAME = ".pgnet_cache"
 MANIFEST_NAME = "manifest.json"
@@ -63,10 +64,7 @@ class ImageCache:
 
     def save(self) -> None:
         """Write the manifest atomically."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = self.directory / (MANIFEST_NAME + ".tmp")
-        temporary.write_text(json.dumps({"long_side": self.long_side, "entries": self.entries}))
-        os.replace(temporary, self.directory / MANIFEST_NAME)
+        write_text(self.directory / MANIFEST_NAME, json.dumps({"long_side": self.long_side, "entries": self.entries}))
 
     def _key(self, source: Path) -> str | None:
         relative = os.path.relpath(os.path.abspath(source), self.root)
@@ -130,16 +128,6 @@ def resized_size(size: tuple[int, int], long_side: int) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def _write(path: Path, array: np.ndarray, parameters: list[int]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, encoded = cv2.imencode(path.suffix, array, parameters)
-    if not ok:
-        raise OSError(f"cannot encode {path}")
-    temporary = path.with_name(path.name + ".tmp")
-    encoded.tofile(temporary)
-    os.replace(temporary, path)
-
-
 @dataclass
 class CacheReport:
     """What :func:`build_cache` did, pair by pair."""
@@ -171,12 +159,8 @@ def _cache_pair(job: tuple[Path, Path, Path, int]) -> tuple[str, dict | None, st
     height, width = resized_size(size, long_side)
     small_image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
     small_mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_AREA)
-    _write(
-        cache.cached_path(image_path, "image"),
-        cv2.cvtColor(small_image, cv2.COLOR_RGB2BGR),
-        [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY],
-    )
-    _write(cache.cached_path(mask_path, "mask"), small_mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    write_image(cache.cached_path(image_path, "image"), small_image, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
+    write_image(cache.cached_path(mask_path, "mask"), small_mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     entries = {}
     for kind, source in (("image", image_path), ("mask", mask_path)):
         mtime_ns, size_bytes = _source_stamp(source)
@@ -185,10 +169,20 @@ def _cache_pair(job: tuple[Path, Path, Path, int]) -> tuple[str, dict | None, st
 
 
 def build_cache(root: str | Path, pairs: Iterable[tuple[Path, Path]], long_side: int, jobs: int = 1) -> CacheReport:
-    """Cache ``pairs`` (files under ``root``) at ``long_side``; unchanged entries are kept."""
+    """Cache ``pairs`` (files under ``root``) at ``long_side``; unchanged entries are kept.
+
+    Raises ``OverwriteError`` listing them, before writing anything, when a cached copy would land on
+    a source file or on another copy.
+    """
     if long_side < 16:
         raise ValueError(f"long side must be at least 16, got {long_side}")
     cache = ImageCache.load(root, long_side)
+    pairs = list(dict.fromkeys((Path(image), Path(mask)) for image, mask in pairs))
+    check_overwrites(
+        [(cache.cached_path(path, kind), path) for pair in pairs for path, kind in zip(pair, ("image", "mask"))],
+        [path for pair in pairs for path in pair],
+        what="cached copie",
+    )
     report = CacheReport()
     todo = []
     for image_path, mask_path in pairs:

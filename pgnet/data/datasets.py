@@ -19,14 +19,13 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from pgnet.data.cache import ImageCache, find_cache
 from pgnet.data.io import ImageReadError, PairMismatchError, binarize_mask, read_image, read_mask, read_pair
-from pgnet.data.registry import DatasetSpec, known_dataset_names, pair_files, resolve_dataset
+from pgnet.data.registry import SYNTHETIC_NAME, DatasetSpec, known_dataset_names, pair_files, resolve_dataset
 from pgnet.data.split import split_pairs
 from pgnet.data.synthetic import SyntheticDataset
 from pgnet.data.transforms import PairTransform, build_eval_transform, to_sample
 
 logger = logging.getLogger(__name__)
 
-SYNTHETIC_NAME = "synthetic"
 
 
 class EmptyDatasetError(ValueError):
@@ -241,6 +240,6 @@ def build_train_dataset(
     if not parts:
         raise EmptyDatasetError(
             f"no training data: the train list is empty or all repeats are 0 (known datasets: "
-            f"{', '.join([*known_dataset_names(), SYNTHETIC_NAME])})"
+            f"{', '.join(known_dataset_names())})"
         )
     return ConcatDataset(parts)

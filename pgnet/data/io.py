@@ -7,16 +7,26 @@ Every reader returns plain numpy arrays in one convention: images H×W×3 uint8 
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterable
+import os
+import struct
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
+
+from pgnet.errors import UserError
 
 # Lower-case suffixes; a suffix matches case-insensitively. Order is the preference when one stem
 # has several files (``a.jpg`` beside ``a.png``).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_EXTENSIONS: tuple[str, ...] = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
+
+# Decoding limit (pixels actually decoded): a 100 MP default fits 8K photos (33 MP) with room, and
+# bounds one decode to ~0.3 GB of RGB; PGNET_MAX_PIXELS overrides it (0: no limit).
+DEFAULT_MAX_PIXELS = 100_000_000
+MAX_PIXELS_ENV = "PGNET_MAX_PIXELS"
 
 # Ground truth above this value is foreground: the rule pysodmetrics (hence the evaluator) uses.
 MASK_THRESHOLD = 128
@@ -28,7 +38,7 @@ _JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _JPEG_STANDALONE_MARKERS = frozenset(range(0xD0, 0xD9)) | {0x01}
 
 
-class ImageReadError(OSError, ValueError):
+class ImageReadError(OSError, UserError):
     """A file that cannot be read as an image or mask; ``path`` names it, ``reason`` says why."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
@@ -40,7 +50,11 @@ class ImageReadError(OSError, ValueError):
         return type(self), (self.path, self.reason)
 
 
-class PairMismatchError(ValueError):
+class ImageTooLargeError(ImageReadError):
+    """A picture over the decoding pixel limit (see :func:`max_pixels_limit`); skipped undecoded."""
+
+
+class PairMismatchError(UserError):
     """An image and its mask differ in size."""
 
 
@@ -57,19 +71,55 @@ def _read_bytes(path: str | Path) -> np.ndarray:
     return data
 
 
-def jpeg_frame_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
-    """(height, width) stored in a JPEG's start-of-frame header, or None if ``data`` is not a JPEG.
+# ---------------------------------------------------------------------------------------------
+# Picture sizes from file headers (no decoding): PNG, JPEG, WebP, BMP and TIFF are parsed here
+# (OpenCV cannot read a header without decoding, and Pillow is not a runtime dependency).
 
-    This is the size before any EXIF rotation; it only reads the marker segments before the frame.
-    """
+ByteReader = Callable[[int, int], bytes]  # (offset, count) -> the bytes there (fewer at the end)
+
+
+def _bytes_reader(data: bytes | np.ndarray) -> ByteReader:
     view = memoryview(data).cast("B") if isinstance(data, np.ndarray) else memoryview(data)
-    if bytes(view[:2]) != _JPEG_SIGNATURE:
-        return None
-    position, end = 2, len(view)
-    while position + 4 <= end:
-        if view[position] != 0xFF:
-            return None
-        marker = view[position + 1]
+    return lambda offset, count: bytes(view[offset : offset + count])
+
+
+def _file_reader(stream: BinaryIO) -> ByteReader:
+    def read(offset: int, count: int) -> bytes:
+        stream.seek(offset)
+        return stream.read(count)
+
+    return read
+
+
+def _tiff_tags(read: ByteReader, base: int, wanted: frozenset[int]) -> dict[int, int]:
+    """Values of the ``wanted`` SHORT/LONG tags of the first IFD of a TIFF structure at ``base``."""
+    header = read(base, 8)
+    if header[:4] not in (b"II*\x00", b"MM\x00*"):
+        return {}
+    order = "<" if header[:2] == b"II" else ">"
+    (offset,) = struct.unpack(order + "I", header[4:8])
+    count_bytes = read(base + offset, 2)
+    if len(count_bytes) < 2:
+        return {}
+    (count,) = struct.unpack(order + "H", count_bytes)
+    entries = read(base + offset + 2, 12 * min(count, 4096))
+    values = {}
+    for start in range(0, len(entries) - 11, 12):
+        tag, kind = struct.unpack(order + "HH", entries[start : start + 4])
+        if tag in wanted and kind in (3, 4):  # SHORT, LONG
+            fmt = order + ("H" if kind == 3 else "I")
+            values[tag] = struct.unpack(fmt, entries[start + 8 : start + 8 + struct.calcsize(fmt)])[0]
+    return values
+
+
+def _jpeg_header(read: ByteReader) -> tuple[tuple[int, int] | None, int]:
+    """(frame (H, W) before EXIF rotation or None, EXIF orientation 1-8) of a JPEG."""
+    position, orientation = 2, 1
+    while True:
+        head = read(position, 4)
+        if len(head) < 4 or head[0] != 0xFF:
+            return None, orientation
+        marker = head[1]
         if marker == 0xFF:  # fill byte
             position += 1
             continue
@@ -77,15 +127,110 @@ def jpeg_frame_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
             position += 2
             continue
         if marker == 0xDA:  # start of scan before any frame header: malformed
-            return None
+            return None, orientation
+        length = (head[2] << 8) | head[3]
         if marker in _JPEG_SOF_MARKERS:
-            if position + 9 > end:
-                return None
-            height = (view[position + 5] << 8) | view[position + 6]
-            width = (view[position + 7] << 8) | view[position + 8]
-            return height, width
-        position += 2 + ((view[position + 2] << 8) | view[position + 3])
-    return None
+            frame = read(position + 5, 4)
+            if len(frame) < 4:
+                return None, orientation
+            return ((frame[0] << 8) | frame[1], (frame[2] << 8) | frame[3]), orientation
+        if marker == 0xE1 and read(position + 4, 6) == b"Exif\x00\x00":
+            orientation = _tiff_tags(read, position + 10, frozenset({274})).get(274, orientation)
+        position += 2 + length
+
+
+def _probe(read: ByteReader) -> tuple[tuple[int, int] | None, int]:
+    """((H, W) stored in the header or None, EXIF orientation) of a PNG, JPEG, WebP, BMP or TIFF."""
+    head = read(0, 32)
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        return (height, width), 1
+    if head.startswith(_JPEG_SIGNATURE):
+        return _jpeg_header(read)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        chunk = head[12:16]
+        if chunk == b"VP8X":
+            width = int.from_bytes(head[24:27], "little") + 1
+            height = int.from_bytes(read(27, 3), "little") + 1
+            return (height, width), 1
+        if chunk == b"VP8L":
+            bits = int.from_bytes(head[21:25], "little")
+            return (((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1), 1
+        if chunk == b"VP8 ":
+            width, height = struct.unpack("<HH", read(26, 4))
+            return (height & 0x3FFF, width & 0x3FFF), 1
+        return None, 1
+    if head[:2] == b"BM" and len(head) >= 26:
+        (header_size,) = struct.unpack("<I", head[14:18])
+        if header_size == 12:
+            width, height = struct.unpack("<HH", head[18:22])
+        else:
+            width, height = struct.unpack("<ii", head[18:26])
+        return (abs(height), abs(width)), 1
+    tags = _tiff_tags(read, 0, frozenset({256, 257, 274}))
+    if 256 in tags and 257 in tags:
+        return (tags[257], tags[256]), 1  # OpenCV does not rotate TIFFs by their orientation tag
+    return None, 1
+
+
+def probe_image_size(source: str | Path | bytes | np.ndarray, oriented: bool = True) -> tuple[int, int] | None:
+    """(height, width) of a picture read from its header only, or None for a format not parsed here.
+
+    ``source`` is a path or the file's bytes. ``oriented``: the size after the EXIF rotation a JPEG
+    is decoded with (as :func:`read_image` returns it), else the stored frame size.
+    """
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview, np.ndarray)):
+            size, orientation = _probe(_bytes_reader(source))
+        else:
+            with open(source, "rb") as stream:
+                size, orientation = _probe(_file_reader(stream))
+    except (struct.error, ValueError, IndexError):
+        return None
+    if size is None or min(size) < 1:
+        return None
+    return (size[1], size[0]) if oriented and orientation in (5, 6, 7, 8) else size
+
+
+def jpeg_frame_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
+    """(height, width) stored in a JPEG's start-of-frame header (before any EXIF rotation), or None
+    if ``data`` is not a JPEG."""
+    if bytes(memoryview(data).cast("B")[:2] if isinstance(data, np.ndarray) else data[:2]) != _JPEG_SIGNATURE:
+        return None
+    return probe_image_size(data, oriented=False)
+
+
+def max_pixels_limit() -> int | None:
+    """The pixel limit of decoding: ``PGNET_MAX_PIXELS`` (0 or ``none``: no limit) or 100 MP."""
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip().lower()
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    if value in ("0", "none", "off"):
+        return None
+    try:
+        limit = int(float(value))
+    except ValueError:
+        raise ValueError(f"{MAX_PIXELS_ENV}={value!r}: expected a number of pixels, or 0 for no limit") from None
+    return limit if limit > 0 else None
+
+
+def set_max_pixels(limit: int | None) -> None:
+    """Set the decoding pixel limit of this process and the workers it starts (None or 0: no limit)."""
+    os.environ[MAX_PIXELS_ENV] = str(int(limit or 0))
+
+
+def _check_pixels(path: str | Path, size: tuple[int, int] | None, factor: int = 1) -> None:
+    """Raise ImageTooLargeError when decoding ``size`` at 1/``factor`` scale is over the pixel limit."""
+    limit = max_pixels_limit()
+    if limit is None or size is None:
+        return
+    decoded = -(-size[0] // factor) * -(-size[1] // factor)
+    if decoded > limit:
+        raise ImageTooLargeError(
+            path,
+            f"{size[1]}x{size[0]} pixels ({size[0] * size[1] / 1e6:.0f} MP) is over the pixel limit of "
+            f"{limit / 1e6:g} MP; skipped without decoding (raise it with --max-pixels or {MAX_PIXELS_ENV})",
+        )
 
 
 def jpeg_reduction_factor(frame_size: tuple[int, int], max_side: int) -> int:
@@ -107,12 +252,12 @@ def read_image(path: str | Path, max_side: int | None = None) -> np.ndarray:
     than it would need. Other formats, and ``max_side=None``, decode at full size.
     """
     data = _read_bytes(path)
-    flags = cv2.IMREAD_COLOR
-    if max_side is not None:
-        frame_size = jpeg_frame_size(data)
-        if frame_size is not None:
-            factor = jpeg_reduction_factor(frame_size, max_side)
-            flags = _REDUCED_COLOR_FLAGS.get(factor, cv2.IMREAD_COLOR)
+    flags, factor = cv2.IMREAD_COLOR, 1
+    size = probe_image_size(data, oriented=False)
+    if max_side is not None and size is not None and data[:2].tobytes() == _JPEG_SIGNATURE:
+        factor = jpeg_reduction_factor(size, max_side)
+        flags = _REDUCED_COLOR_FLAGS.get(factor, cv2.IMREAD_COLOR)
+    _check_pixels(path, size, factor)
     image = cv2.imdecode(data, flags)
     if image is None:
         raise ImageReadError(path, "cannot decode image (corrupt, truncated or not an image)")
@@ -132,6 +277,7 @@ def read_image_with_alpha(path: str | Path) -> np.ndarray:
     RGBA, gray+alpha or palette-with-transparency file (16-bit alpha keeps its top 8 bits).
     """
     data = _read_bytes(path)
+    _check_pixels(path, probe_image_size(data, oriented=False))
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
         raise ImageReadError(path, "cannot decode image (corrupt, truncated or not an image)")
@@ -155,6 +301,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     channels are uniform takes its alpha channel; 16-bit masks keep their top 8 bits.
     """
     data = _read_bytes(path)
+    _check_pixels(path, probe_image_size(data, oriented=False))
     mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if mask is None:
         raise ImageReadError(path, "cannot decode mask (corrupt, truncated or not an image)")
@@ -180,13 +327,10 @@ def binarize_mask(mask: np.ndarray) -> np.ndarray:
     return mask > MASK_THRESHOLD
 
 
-def _decoded_sizes(original: tuple[int, int], max_side: int | None) -> set[tuple[int, int]]:
-    """Sizes :func:`read_image` may return for an image of ``original`` size with ``max_side``."""
-    sizes = {original}
-    if max_side is not None:
-        factor = jpeg_reduction_factor(original, max_side)
-        sizes.add((-(-original[0] // factor), -(-original[1] // factor)))
-    return sizes
+def _reduced(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """The size a JPEG of ``size`` is decoded at by :func:`read_image` with ``max_side``."""
+    factor = jpeg_reduction_factor(size, max_side)
+    return -(-size[0] // factor), -(-size[1] // factor)
 
 
 def read_pair(
@@ -194,17 +338,20 @@ def read_pair(
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """(image RGB, mask 0..255 as stored, original (H, W)) of one pair, checked to match in size.
 
-    The image may be decoded reduced (see :func:`read_image`); the mask is read at full size.
-    Raises ImageReadError or PairMismatchError naming the files.
+    The image may be decoded reduced (see :func:`read_image`); the sizes are compared at full size,
+    the image's taken from its header (a JPEG exactly 2, 4 or 8 times its mask is a mismatch too).
+    Raises ImageReadError or PairMismatchError naming the files and their real sizes.
     """
     mask = read_mask(mask_path)
     original = (int(mask.shape[0]), int(mask.shape[1]))
     image = read_image(image_path, max_side=max_side)
-    if image.shape[:2] not in _decoded_sizes(original, max_side):
-        decoded = "" if image.shape[:2] == original else " (decoded reduced)"
+    decoded = (int(image.shape[0]), int(image.shape[1]))
+    full = decoded if max_side is None else probe_image_size(image_path)
+    if full is None or decoded not in (full, _reduced(full, max_side or max(full))):
+        full = tuple(int(side) for side in read_image(image_path).shape[:2])  # header unknown: decode it
+    if full != original:
         raise PairMismatchError(
-            f"{image_path} is {image.shape[1]}x{image.shape[0]}{decoded} but its mask {mask_path} is "
-            f"{original[1]}x{original[0]}"
+            f"{image_path} is {full[1]}x{full[0]} but its mask {mask_path} is {original[1]}x{original[0]}"
         )
     return image, mask, original
 

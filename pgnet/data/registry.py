@@ -128,13 +128,14 @@ def _name_key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
+SYNTHETIC_NAME = "synthetic"  # generated on the fly (pgnet.data.synthetic), no folders
 LAYOUTS: dict[str, DatasetLayout] = {layout.name: layout for layout in _LAYOUTS}
 _LAYOUTS_BY_KEY = {_name_key(name): layout for layout in _LAYOUTS for name in (layout.name, *layout.aliases)}
 
 
 def known_dataset_names() -> list[str]:
-    """Names of the registered layouts, in registry order."""
-    return list(LAYOUTS)
+    """Every name a dataset config accepts: the registered layouts in registry order, then ``synthetic``."""
+    return [*LAYOUTS, SYNTHETIC_NAME]
 
 
 def get_layout(name: str) -> DatasetLayout:
@@ -148,6 +149,9 @@ def get_layout(name: str) -> DatasetLayout:
 def resolve_dataset(name: str, root: str | Path) -> DatasetSpec:
     """Find dataset ``name``'s image and mask folders under ``root``.
 
+    ``root`` is the dataset's own root (``data/DUTS`` for DUTS-TE, as configs give it) or a folder
+    holding the releases by name as ``datasets/README.md`` lays them out (``data``, holding ``DUTS/``,
+    ``HRSOD/``, ``UHRSD/``, ``DAVIS-S/``, ...): the layout's release folder under it is tried second.
     Raises KeyError for an unknown name and FileNotFoundError, naming the root and the folders
     looked for, when the root does not exist or holds no matching layout.
     """
@@ -155,12 +159,16 @@ def resolve_dataset(name: str, root: str | Path) -> DatasetSpec:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {root} (for {layout.name}) does not exist or is not a folder")
-    candidates = layout.candidates(root)
-    for image_dir, mask_dir in candidates:
+    roots = [root]
+    for release in (layout.source, layout.name):
+        if release and release != root.name and (root / release).is_dir() and root / release not in roots:
+            roots.append(root / release)
+    candidates = [(base, pair) for base in roots for pair in layout.candidates(base)]
+    for base, (image_dir, mask_dir) in candidates:
         if image_dir.is_dir() and mask_dir.is_dir():
-            return DatasetSpec(layout.name, root, image_dir, mask_dir, layout.expected_count)
+            return DatasetSpec(layout.name, base, image_dir, mask_dir, layout.expected_count)
     looked_for = "; ".join(
-        f"{image_dir.relative_to(root)} + {mask_dir.relative_to(root)}" for image_dir, mask_dir in candidates[:6]
+        f"{image_dir.relative_to(root)} + {mask_dir.relative_to(root)}" for _, (image_dir, mask_dir) in candidates[:6]
     )
     raise FileNotFoundError(
         f"no {layout.name} image/mask folders under {root}; looked for {looked_for}; ... "

@@ -34,6 +34,7 @@ from pgnet.data.io import MASK_EXTENSIONS, list_files, read_mask
 from pgnet.inference import predict_probabilities
 from pgnet.metrics import ALL_METRICS, SODMetrics, quantize_prediction
 from pgnet.metrics.report import EvaluationReport, MethodResult
+from pgnet.outputs import check_overwrites, write_image
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +140,7 @@ def prediction_folder(method_dir: str | Path, dataset: str, single_dataset: bool
 
 def save_prediction_png(path: Path, pred: torch.Tensor) -> None:
     """Write an H×W prediction (float in [0, 1] or uint8) as an 8-bit PNG; errors name the file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), quantize_prediction(pred).cpu().numpy()):
-        raise OSError(f"cannot write {path}")
+    write_image(path, quantize_prediction(pred).cpu().numpy())
 
 
 @torch.no_grad()
@@ -273,6 +272,46 @@ def resolve_datasets(names: Sequence[str], root: str | Path) -> list[EvalDataset
     return datasets
 
 
+def config_datasets(config_path: str | Path) -> list[EvalDataset]:
+    """The ``data.val`` datasets of a training config (each ``name`` + ``root``), resolved on disk."""
+    from pgnet.config import load_config
+    from pgnet.data.registry import SYNTHETIC_NAME
+
+    entries = load_config(config_path).data.val
+    if not entries:
+        raise ValueError(f"{config_path}: data.val lists no dataset")
+    datasets = []
+    for entry in entries:
+        if entry.name.lower() == SYNTHETIC_NAME or entry.root is None:
+            raise ValueError(f"{config_path}: data.val entry {entry.name!r} has no folders on disk to evaluate")
+        datasets += resolve_datasets([entry.name], entry.root)
+    return datasets
+
+
+def check_saved_predictions(datasets: Sequence[EvalDataset], method: ModelMethod,
+                            prediction_dirs: Mapping[str, Path]) -> None:
+    """Refuse ``method.save_dir`` outputs that would overwrite an image, a mask or a prediction file
+    read by this evaluation, or each other (``pgnet.outputs.check_overwrites``), before any work."""
+    from pgnet.data.registry import pair_files
+
+    if method.save_dir is None:
+        return
+    inputs: list[Path] = []
+    outputs: list[tuple[Path, Path]] = []
+    for dataset in datasets:
+        inputs += list_files(dataset.mask_dir, MASK_EXTENSIONS) if dataset.mask_dir.is_dir() else []
+        if dataset.image_dir is None or not dataset.image_dir.is_dir():
+            continue
+        pairs = pair_files(dataset.image_dir, dataset.mask_dir).pairs
+        inputs += [image for image, _ in pairs]
+        folder = method.save_dir / method.method_name / dataset.name
+        outputs += [(folder / f"{image.stem}.png", image) for image, _ in pairs]
+    for folder in prediction_dirs.values():
+        if folder.is_dir():
+            inputs += list_files(folder, PREDICTION_EXTENSIONS, recursive=True)
+    check_overwrites(outputs, inputs, what="saved prediction")
+
+
 def _load_dataset(dataset: EvalDataset, method: ModelMethod):
     """The dataset of images at ``method.size`` (masks at their size), warning about unpaired masks."""
     from pgnet.data.datasets import build_dataset
@@ -386,6 +425,8 @@ def evaluate(
     meta["prediction_dirs"] = {name: str(folder) for name, folder in prediction_dirs.items()}
     report = EvaluationReport(output_dir, meta)
 
+    if model_method is not None:
+        check_saved_predictions(datasets, model_method, prediction_dirs)
     model = None
     if model_method is not None:
         from pgnet.acceleration import autocast_for, inference_network

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pgnet.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
+from pgnet.checkpoint import load_checkpoint, model_checkpoint, require_fields, save_checkpoint
 from pgnet.config import Config, save_config
 from pgnet.engine import distributed
 from pgnet.engine.ema import ModelEma
@@ -43,6 +43,7 @@ from pgnet.engine.optim import build_optimizer, build_scheduler
 from pgnet.engine.step import TrainStep
 from pgnet.losses import PGNetLoss
 from pgnet.models.pgnet import PGNet, create_model
+from pgnet.outputs import write_text
 
 
 class NonFiniteLossError(RuntimeError):
@@ -268,6 +269,8 @@ class Trainer:
     def _resume(self) -> None:
         path = self.checkpoint_dir / "last.pth"
         state = load_checkpoint(path, map_location=self.device)
+        require_fields(state, path, ("model", "optimizer", "scheduler", "scaler", "position", "best",
+                                     "nonfinite_steps", "history", "rng"))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -506,8 +509,7 @@ class Trainer:
         if self.device.type == "cuda":
             summary["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
         if self.dist.is_main:
-            with open(self.run_dir / "summary.json", "w") as handle:
-                json.dump(summary, handle, indent=2)
+            write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
             self.logger.info("done in %.0f s: %s", seconds, json.dumps(summary))
             if self.writer is not None:
                 self.writer.close()

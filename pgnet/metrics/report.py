@@ -11,9 +11,7 @@ import csv
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pgnet.metrics.suite import ALL_METRICS, LOWER_IS_BETTER, METRIC_GROUPS
+from pgnet.outputs import atomic_write, write_text
 
 
 @dataclass
@@ -34,19 +33,6 @@ class MethodResult:
     num_images: int
     curves: dict[str, np.ndarray] | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def metric_columns(results: Iterable[MethodResult]) -> list[str]:
@@ -159,7 +145,7 @@ def plot_curves(results: Sequence[MethodResult], dataset: str, folder: Path) -> 
         axes.legend(loc="lower left" if kind == "pr" else "lower center", fontsize="small")
         figure.tight_layout()
         path = folder / f"{stem}_{kind}.png"
-        figure.savefig(path)
+        atomic_write(path, lambda stream, figure=figure: figure.savefig(stream, format="png"))
         written.append(path)
     return written
 
@@ -185,7 +171,7 @@ class EvaluationReport:
         written = []
         for name, text in (("results.md", format_table(self.results)), ("results.csv", format_csv(self.results)),
                            ("results.json", format_json(self.results, self.meta))):
-            write_atomic(self.folder / name, text)
+            write_text(self.folder / name, text)
             written.append(self.folder / name)
         if plot_dataset is not None:
             written += plot_curves(self.results, plot_dataset, self.folder / "plots")

@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import pgnet._compat  # noqa: F401  # isort: skip  (first: makes torchvision, hence timm, importable)
 import timm
 import torch
 import torch.nn.functional as F
@@ -148,17 +149,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     A dict wrapping the weights under ``model``, ``state_dict`` or ``model_state`` is unwrapped.
     """
+    from pgnet.checkpoint import CheckpointError, read_weights_file  # here: checkpoint imports this module
+
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except Exception as error:  # safetensors raises its own error types
+            reason = str(error).strip() or "corrupt"
+            raise CheckpointError(f"pretrained weights {path}: cannot read ({reason})") from None
+    state = read_weights_file(path, what="pretrained weights")
     for wrapper in ("model", "state_dict", "model_state"):
         if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
             state = state[wrapper]
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+        raise CheckpointError(f"pretrained weights {path}: expected a state dict, found {type(state).__name__}")
     return dict(state)
 
 
@@ -190,7 +197,9 @@ def load_pretrained(branch: SwinBranch | ResNetBranch, path: str | Path, config_
     problems += [f"missing {k}" for k in sorted(set(target) - set(loaded) - set(source))]
     if problems:
         more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
-        raise ValueError(f"{config_key}: {path} does not fit {branch.variant}: {'; '.join(problems[:10])}{more}")
+        from pgnet.checkpoint import CheckpointError
+
+        raise CheckpointError(f"{config_key}: {path} does not fit {branch.variant}: {'; '.join(problems[:10])}{more}")
     branch.load_state_dict(loaded, strict=True)
     return unused
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import torch
 
+from pgnet.errors import UserError
 from pgnet.models.backbones import RECOMPUTED_BUFFER_SUFFIXES, swin_official_to_timm_key
 from pgnet.models.pgnet import PGNet
 
@@ -53,7 +54,7 @@ OFFICIAL_PREFIXES: tuple[tuple[str, str, dict[str, str] | None], ...] = (
 UNUSED_PREFIXES = ("swin.norm.",)  # built by the official code, never run
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
     """A checkpoint does not fit the model; the message names the keys."""
 
 

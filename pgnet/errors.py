@@ -1,0 +1,11 @@
+"""The base class of errors a user can fix (a bad file, folder, option or value).
+
+Every command line catches :class:`UserError` and prints its one-line message instead of a
+traceback; library code raises a subclass naming the file, key or value at fault.
+"""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """A problem with the user's input (file, folder, option, value); the message says which and why."""

@@ -1,0 +1,84 @@
+"""Where ``pgnet-predict`` writes each picture's output, checked before any work.
+
+An output keeps its picture's name (suffix ``.png``) and its path under the folder, or the glob's
+folder, it was found in. Pictures of one folder whose names differ only by suffix (``a.jpg``,
+``a.png``) keep it (``a.jpg.png``). When pictures from different inputs would still land on the same
+output (``d1/a.jpg`` and ``d2/a.jpg``), every output keeps its path relative to the inputs' common
+folder instead (``out/d1/a.png``, ``out/d2/a.png``). No output may land on an input
+(``pgnet.outputs.check_overwrites``).
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pgnet.data.io import list_images
+from pgnet.outputs import check_overwrites
+
+
+@dataclass
+class FileJob:
+    """One input picture and the file its output goes to."""
+
+    source: Path
+    output: Path
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder a glob pattern starts in: its leading components without wildcards."""
+    parts = Path(pattern).expanduser().parts
+    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts[:-1]))
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _outputs(found: dict[Path, tuple[Path, Path]], output_dir: Path) -> list[FileJob]:
+    """Jobs for (source, relative path) entries; same-stem names of one folder keep their suffix."""
+    by_output: dict[Path, list[tuple[Path, Path]]] = {}
+    for path, relative in found.values():
+        by_output.setdefault(relative.with_suffix(".png"), []).append((path, relative))
+    jobs = []
+    for relative_output, entries in by_output.items():
+        for path, relative in entries:
+            name = relative_output if len(entries) == 1 else relative.with_name(relative.name + ".png")
+            jobs.append(FileJob(path, output_dir / name))
+    return jobs
+
+
+def _has_shared_outputs(jobs: list[FileJob]) -> bool:
+    outputs = [os.path.normcase(os.path.abspath(job.output)) for job in jobs]
+    return len(set(outputs)) != len(outputs)
+
+
+def plan_outputs(sources: Iterable[str | Path], output_dir: str | Path, recursive: bool = False) -> list[FileJob]:
+    """The pictures named by ``sources`` (files, folders, globs) and their output files (see the module).
+
+    Raises FileNotFoundError for a source that names nothing, and ``OverwriteError`` (a
+    FileExistsError) listing the paths when an output would be written over an input, or over another
+    output (an earlier run's outputs inside a folder searched recursively count as inputs: write to
+    a folder outside it).
+    """
+    output_dir = Path(output_dir)
+    found: dict[Path, tuple[Path, Path]] = {}  # resolved source -> (source, relative path)
+    roots: dict[Path, Path] = {}  # resolved source -> the folder it was found in
+    for source in sources:
+        source_path = Path(source).expanduser()
+        root = source_path if source_path.is_dir() else source_path.parent
+        if not source_path.exists():
+            root = _glob_root(str(source))
+        for path in list_images(source, recursive=recursive):
+            key = path.resolve()
+            if key not in found:
+                found[key] = (path, path.relative_to(root))
+                roots[key] = root
+    jobs = _outputs(found, output_dir)
+    if _has_shared_outputs(jobs):
+        common = Path(os.path.commonpath([os.path.abspath(root) for root in roots.values()]))
+        jobs = _outputs({key: (path, Path(os.path.abspath(path)).relative_to(common))
+                         for key, (path, _) in found.items()}, output_dir)
+    check_overwrites(((job.output, job.source) for job in jobs), found, what="output")
+    return sorted(jobs, key=lambda job: str(job.source))

@@ -1,0 +1,202 @@
+"""Writing files safely: the one atomic writer, the one image writer, and the overwrite check.
+
+- :func:`atomic_write` writes through a temporary file beside the target, flushed to disk and renamed
+  over it (then the folder is synced), so a kill or a full disk leaves the old file or the new one,
+  never a truncated one. The file gets the usual permissions (0666 less the umask). A full disk is
+  :class:`NoSpaceError`: "no space left on device while writing PATH", with nothing left behind.
+- :func:`write_image` encodes an RGB, RGBA or gray uint8 picture by the path's suffix and writes it
+  with :func:`atomic_write`; predictions, cut-outs and cache copies all go through it.
+- :func:`check_overwrites` is run by every command before any work: no output may land on an input
+  (a picture, a ground-truth mask) or on another output of the same run.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import IO
+
+import cv2
+import numpy as np
+
+from pgnet.errors import UserError
+
+_SHOWN = 10  # colliding paths listed in a message
+_FULL_BYTES = 1 << 20  # a file system with less free space than this counts as full
+_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+class NoSpaceError(OSError, UserError):
+    """The disk (or quota) filled up while a file was written; the message names the file."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(errno.ENOSPC, f"no space left on device while writing {path}")
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+    def __reduce__(self):  # picklable across worker processes
+        return type(self), (self.path,)
+
+
+class OverwriteError(FileExistsError, UserError):
+    """Outputs that would be written over inputs or over each other; the message lists them."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def _open_temporary(path: Path) -> tuple[int, Path]:
+    """A new file beside ``path`` opened for writing, created 0666 less the umask (mkstemp would give 0600)."""
+    while True:
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+            return os.open(temporary, flags, 0o666), temporary
+        except FileExistsError:
+            continue
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (the rename) to disk; a no-op where folders cannot be opened (Windows)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(stream)`` on a temporary binary file, then rename it to ``path``; returns ``path``.
+
+    Parents are created. On any error the temporary file is removed and ``path`` is untouched; a full
+    disk raises :class:`NoSpaceError` naming ``path``.
+    """
+    path = Path(path)
+    temporary: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = _open_temporary(path)
+        with os.fdopen(descriptor, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+        temporary = None
+    except BaseException as error:
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
+        if _is_no_space(error) or (isinstance(error, (OSError, RuntimeError)) and _folder_is_full(path.parent)):
+            raise NoSpaceError(path) from error
+        raise
+    _sync_folder(path.parent)
+    return path
+
+
+def _folder_is_full(folder: Path) -> bool:
+    """Whether the file system of ``folder`` has (almost) no space left: torch reports a full disk as
+    "unexpected pos ..." without the OS error."""
+    try:
+        status = os.statvfs(folder)
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return False
+    return status.f_bavail * status.f_frsize < _FULL_BYTES
+
+
+def _is_no_space(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it: torch wraps OS errors in RuntimeError) is a full disk."""
+    seen = 0
+    while error is not None and seen < 5:
+        if isinstance(error, NoSpaceError):
+            return False  # already named
+        if isinstance(error, OSError) and error.errno in _NO_SPACE_ERRNOS:
+            return True
+        if isinstance(error, RuntimeError) and "No space left on device" in str(error):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+def write_bytes(path: str | Path, data: bytes | bytearray | memoryview | np.ndarray) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    buffer = memoryview(data.tobytes() if isinstance(data, np.ndarray) else data)
+    return atomic_write(path, lambda stream: stream.write(buffer))
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def encode_image(picture: np.ndarray, suffix: str = ".png", parameters: Sequence[int] = ()) -> np.ndarray:
+    """An H×W (gray), H×W×3 (RGB) or H×W×4 (RGBA) uint8 picture encoded as ``suffix`` ('.png', '.jpg', ...)."""
+    if picture.ndim == 3:
+        conversion = cv2.COLOR_RGB2BGR if picture.shape[2] == 3 else cv2.COLOR_RGBA2BGRA
+        picture = cv2.cvtColor(picture, conversion)
+    ok, encoded = cv2.imencode(suffix, picture, list(parameters))
+    if not ok:
+        raise OSError(f"cannot encode a {picture.shape} {picture.dtype} picture as {suffix}")
+    return encoded
+
+
+def write_image(path: str | Path, picture: np.ndarray, parameters: Sequence[int] = ()) -> Path:
+    """Write an H×W, H×W×3 (RGB) or H×W×4 (RGBA) uint8 picture, encoded by the path's suffix, atomically.
+
+    ``parameters`` are OpenCV's ``imencode`` flags (e.g. ``[cv2.IMWRITE_JPEG_QUALITY, 95]``); non-ASCII
+    paths work. The one image writer of the library.
+    """
+    path = Path(path)
+    try:
+        encoded = encode_image(picture, path.suffix.lower() or ".png", parameters)
+    except (OSError, cv2.error) as error:
+        raise OSError(f"cannot encode {path}: {error}") from None
+    return write_bytes(path, encoded)
+
+
+def _key(path: Path) -> Path:
+    """A path's identity for collision checks (absolute, symlinks resolved, case as given)."""
+    return Path(os.path.realpath(path))
+
+
+def _listed(items: Sequence[str]) -> str:
+    more = f"; ... and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
+    return "; ".join(items[:_SHOWN]) + more
+
+
+def check_overwrites(outputs: Iterable[tuple[Path, Path]], inputs: Iterable[Path], what: str = "output") -> None:
+    """Refuse a run whose outputs would overwrite an input or each other, before any work is done.
+
+    ``outputs`` are (output path, what it is made from) pairs; ``inputs`` are every file the run reads
+    (pictures, ground-truth masks, predictions). Raises :class:`OverwriteError` listing the
+    colliding paths.
+    """
+    protected = {_key(Path(path)) for path in inputs}
+    over_inputs: list[str] = []
+    by_output: dict[Path, list[Path]] = {}
+    for output, source in outputs:
+        key = _key(Path(output))
+        by_output.setdefault(key, []).append(Path(source))
+        if key in protected:
+            over_inputs.append(f"{output} (from {source})")
+    if over_inputs:
+        raise OverwriteError(
+            f"{len(over_inputs)} {what}s would overwrite input files: {_listed(over_inputs)}; "
+            "choose another output folder"
+        )
+    shared = [
+        f"{output} (from {', '.join(map(str, sources))})" for output, sources in by_output.items() if len(sources) > 1
+    ]
+    if shared:
+        raise OverwriteError(f"{len(shared)} {what}s would be written more than once in this run: {_listed(shared)}")
