@@ -131,7 +131,7 @@ def test_loss_terms_are_named_by_point_with_their_weights():
     _, terms = PGNetLoss(LossConfig())(output, mask)
     assert list(terms) == ["pred", "side_cnn", "side_swin", "attention/r5-s2", "attention/r4-s1",
                            "attention/r3-s1", "attention/r2-s1"]
-    weighted, same = PGNetLoss(LossConfig(attention_points={"r3-s1": 0.5, "r2-s1": 0.0}))(output, mask)
+    weighted, _ = PGNetLoss(LossConfig(attention_points={"r3-s1": 0.5, "r2-s1": 0.0}))(output, mask)
     expected = (terms["pred"] + 0.125 * (terms["side_cnn"] + terms["side_swin"]) + terms["attention/r5-s2"]
                 + terms["attention/r4-s1"] + 0.5 * terms["attention/r3-s1"])
     torch.testing.assert_close(weighted.detach(), expected)
@@ -196,7 +196,8 @@ def test_short_training_run_with_all_four_points(tmp_path):
     overrides = [
         "model.swin=swin_tiny_patch4_window7_224", "model.swin_input_size=64", "model.window_size=4",
         "model.graft_points=[r5-s2, r4-s1:window, r3-s1, r2-s1]", "loss.attention_points={r2-s1: 0.5}",
-        "data.train=[{name: synthetic, n: 4, size: 80, seed: 0}]", "data.val=[{name: synthetic, n: 2, size: 80, seed: 9}]",
+        "data.train=[{name: synthetic, n: 4, size: 80, seed: 0}]",
+        "data.val=[{name: synthetic, n: 2, size: 80, seed: 9}]",
         "data.size=64", "data.multiscale=[64]", "data.eval_size=72", "data.batch_size=2", "data.num_workers=0",
         "train.epochs=1", "train.log_every=1", "train.image_every=2", "train.val_every=1",
     ]
