@@ -15,6 +15,7 @@ from pgnet.models.cmgm import CMGM
 from pgnet.models.grafting import GraftPointError, GraftSpec, parse_graft_points
 from pgnet.models.official import convert_official_state_dict
 from pgnet.models.pgnet import ModelConfig
+from pgnet.models.weights import load_weights_with_report
 from pgnet.models.window_cmgm import WindowCMGM, WindowLayout, merge_windows, partition_windows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,6 +185,13 @@ def test_official_checkpoint_loads_into_a_four_level_model():
     assert new_modules == {"decoder.cnn4_block.cmgm", "decoder.cnn3_graft", "decoder.cnn2_graft",
                            "attention_heads.1", "attention_heads.2", "attention_heads.3"}
     assert set(converted) == set(PGNet(ModelConfig(drop_path_rate=0.0)).state_dict())
+    # The same through train.init_from's loading with accounting: the new modules listed by name.
+    renamed, _ = convert_official_state_dict(official_pgnet_state_dict(), partial=True)
+    report = load_weights_with_report(model, renamed, "official")
+    assert [name for name, _ in report.new_groups] == [
+        "decoder.cnn4_block.cmgm", "decoder.cnn3_graft", "decoder.cnn2_graft", "attention_heads.*"]
+    assert {key.split(".")[1] for key in report.new if key.startswith("attention_heads.")} == {"1", "2", "3"}
+    assert len(report.loaded) == len(converted)
 
 
 def test_short_training_run_with_all_four_points(tmp_path):
