@@ -219,7 +219,3 @@ def test_short_training_run_with_all_four_points(tmp_path):
     events.Reload()
     points = ("r5-s2", "r4-s1", "r3-s1", "r2-s1")
     assert {f"loss/attention/{p}" for p in points} <= set(events.Tags()["scalars"])
-    images = set(events.Tags()["images"])
-    assert {f"attention/{p}/{panel}" for p in points for panel in ("queries_by_head", "predicted_vs_target")} <= images
-    queries = events.Images("attention/r2-s1/queries_by_head")[0]
-    assert queries.width > queries.height  # 8 heads side by side
