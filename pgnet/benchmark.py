@@ -56,6 +56,7 @@ from pgnet.engine.optim import build_optimizer
 from pgnet.engine.step import TrainStep
 from pgnet.losses import PGNetLoss
 from pgnet.metrics import ALL_METRICS, SODMetrics
+from pgnet.models.layers import init_decoder_weights
 from pgnet.models.pgnet import ModelConfig, PGNet, PGNetOutput, create_model
 from pgnet.outputs import write_image, write_text
 
@@ -884,6 +885,9 @@ def build_benchmark_model(overrides: dict[str, Any], seed: int = 0) -> PGNet:
     BatchNorm statistics calibrated on a random image."""
     torch.manual_seed(seed)
     model = create_model(ModelConfig.from_dict({**ModelConfig().to_dict(), **overrides}))
+    for graft in (model.decoder.cnn3_graft, model.decoder.cnn2_graft):  # they start at zero: make them count
+        if graft is not None:
+            init_decoder_weights(graft.expand)
     calibrate_batchnorm(model, torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(seed + 1)))
     return model
 

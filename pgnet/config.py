@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from pgnet.models.grafting import GRAFT_POINTS
 from pgnet.models.pgnet import ModelConfig
 
 
@@ -97,7 +98,15 @@ class LossConfig:
     pred: float = 1.0
     side_cnn: float = 0.125
     side_swin: float = 0.125
-    attention: float = 1.0  # the attention-guided loss, summed over grafting points
+    attention: float = 1.0  # the attention-guided loss of each grafting point without its own weight
+    attention_points: dict[str, float] = field(default_factory=dict)  # e.g. {r3-s1: 0.5}
+
+    def __post_init__(self) -> None:
+        for point, weight in self.attention_points.items():
+            if point not in GRAFT_POINTS:
+                raise ConfigError(f"loss.attention_points: {point!r} is not a grafting point {list(GRAFT_POINTS)}")
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                raise ConfigError(f"loss.attention_points.{point}: expected a number, got {weight!r}")
 
 
 @dataclass

@@ -10,9 +10,10 @@ instead. Batch, height and width are dynamic. The graph has no attention-map bra
 Export uses the dynamo exporter (``torch.onnx.export(dynamo=True)``, which needs ``onnxscript``).
 Every shape that depends on the input size is computed in the graph: the Swin branch always sees
 ``swin_input_size`` and the official grafting point always runs on the Swin s2 grid, so the CMGM
-pooling stride of the official ``r5-s2`` point is a constant. The optional ``r4-s1`` point pools a
-grid that scales with the input, and its stride (a Python integer) would be frozen at the traced
-size: such models are exported with a fixed height and width (``static_size``).
+pooling stride of the official ``r5-s2`` point is a constant. A ``global`` grafting point at r4, r3 or
+r2 pools a grid that scales with the input, and its stride (a Python integer) would be frozen at the
+traced size: such models are exported with a fixed height and width (``static_size``). ``window``
+points pad their grid to whole windows inside the graph and export with dynamic sizes.
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ class SaliencyModel(nn.Module):
 
 
 def has_size_dependent_pooling(model: PGNet) -> bool:
-    """Whether a CMGM of ``model`` runs on a grid that scales with the input (the ``r4-s1`` point)."""
-    return model.decoder.cnn4_block.cmgm is not None
+    """Whether a global CMGM of ``model`` runs on a grid that scales with the input (any global point
+    other than ``r5-s2``)."""
+    kinds = model.decoder.graft_kinds
+    return any(kind == "global" for point, kind in kinds.items() if point != "r5-s2")
 
 
 def export_onnx(
@@ -70,7 +73,7 @@ def export_onnx(
         path: the ``.onnx`` file to write (one file, weights included).
         logits: output the logits instead of the probabilities.
         static_size: (H, W) to fix the input size; None keeps height and width dynamic. Required for
-            models with the ``r4-s1`` grafting point.
+            models with a global grafting point other than ``r5-s2``.
         opset: the ONNX opset (the exporter's default when None).
         optimize: let the exporter optimise the graph (constant folding, fusions).
     """
@@ -80,8 +83,8 @@ def export_onnx(
         raise ImportError("ONNX export needs onnx and onnxscript: pip install -c constraints.txt '.[onnx]'") from error
     if static_size is None and has_size_dependent_pooling(model):
         raise ValueError(
-            "this model has the r4-s1 grafting point, whose CMGM pooling stride depends on the input size: "
-            "export it with a fixed size (static_size=(H, W), --static-size H W)"
+            "this model has a global grafting point other than r5-s2, whose CMGM pooling stride depends on the "
+            "input size: export it with a fixed size (static_size=(H, W), --static-size H W), or use ':window' points"
         )
     path = Path(path)
     wrapper = SaliencyModel(model.float().cpu().eval(), logits=logits).eval()

@@ -64,6 +64,17 @@ def test_fast_inference_paths_match_the_straightforward_path(small_model):
         assert 1 < figure["reference_logit_range"] < 100  # BatchNorm calibrated: logits at a trained network's scale
 
 
+def test_fast_inference_paths_match_with_grafting_at_every_level():
+    model = benchmark.build_benchmark_model(
+        {**benchmark.SMALL_MODEL, "graft_points": ["r5-s2", "r4-s1:window", "r3-s1", "r2-s1"], "window_size": 4}
+    )
+    assert model.decoder.cnn2_graft.expand.weight.abs().sum() > 0  # the grafts count in the outputs
+    variants = benchmark.default_inference_variants(CPU)
+    figures = benchmark.measure_inference(model, CPU, variants, size=88, batch=1, iterations=1, warmup=1)
+    for figure in figures[1:]:
+        assert figure["max_abs_diff_logits"] <= 1e-4 and figure["max_abs_diff_side_logits"] <= 1e-4
+
+
 def test_model_preparation_folds_batchnorm_and_fuses_swin_attention_on_a_copy(small_model):
     folded = benchmark.prepare_for_variant(small_model.eval(), fold_bn=True)
     left = [name for name, m in folded.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]

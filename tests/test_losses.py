@@ -62,9 +62,10 @@ def test_total_uses_the_official_weights_and_every_grafting_point():
         side_swin=torch.randn(2, 1, 4, 4),
         attention=[torch.randn(2, 1, 16, 16), torch.randn(2, 1, 9, 9)],
         attention_grids=[(4, 4), (3, 3)],
+        attention_points=["r5-s2", "r4-s1"],
     )
     total, terms = PGNetLoss(LossConfig())(output, mask)
-    assert set(terms) == {"pred", "side_cnn", "side_swin", "attention", "attention_1"}
+    assert set(terms) == {"pred", "side_cnn", "side_swin", "attention/r5-s2", "attention/r4-s1"}
     sides = 0.125 * (terms["side_cnn"] + terms["side_swin"])
-    expected = terms["pred"] + sides + terms["attention"] + terms["attention_1"]
+    expected = terms["pred"] + sides + terms["attention/r5-s2"] + terms["attention/r4-s1"]
     torch.testing.assert_close(total, expected)

@@ -72,6 +72,20 @@ def test_graph_interface_is_dynamic_and_has_no_attention_branch(exported):
 def test_models_with_size_dependent_pooling_need_a_static_size(tmp_path):
     from pgnet.export import export_onnx
 
-    model = pgnet.create_model(**SMALL, graft_points=["r5-s2", "r4-s1"])
-    with pytest.raises(ValueError, match="static_size"):
-        export_onnx(model, tmp_path / "r4s1.onnx")
+    for points in (["r5-s2", "r4-s1"], ["r5-s2", "r2-s1:global"]):
+        model = pgnet.create_model(**SMALL, graft_points=points)
+        with pytest.raises(ValueError, match="static_size"):
+            export_onnx(model, tmp_path / "pooled.onnx")
+
+
+def test_windowed_grafting_at_every_level_exports_with_dynamic_sizes(tmp_path):
+    """Windows pad inside the graph: one export serves sizes that are not multiples of the window."""
+    from pgnet.export import compare_onnx, export_onnx
+
+    torch.manual_seed(0)
+    model = pgnet.create_model(**{**SMALL, "swin_input_size": 64},
+                               graft_points=["r5-s2", "r4-s1:window", "r3-s1:window", "r2-s1:window"], window_size=4)
+    for graft in (model.decoder.cnn3_graft, model.decoder.cnn2_graft):  # they start at zero: make them count
+        torch.nn.init.normal_(graft.expand.weight, std=0.05)
+    path = export_onnx(model, tmp_path / "four_levels.onnx")
+    assert max(compare_onnx(model, path, shapes=((1, 3, 100, 76), (2, 3, 64, 120)))) <= 1e-4

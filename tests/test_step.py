@@ -27,7 +27,7 @@ def test_step_updates_the_weights_and_clears_the_gradients():
     before = [p.detach().clone() for p in step.model.parameters()]
     result = step.forward_backward(*batch())
     assert result.nonfinite.item() == 0 and torch.isfinite(result.loss) and not result.loss.requires_grad
-    assert set(result.terms) == {"pred", "side_cnn", "side_swin", "attention"} and result.output.attention
+    assert set(result.terms) == {"pred", "side_cnn", "side_swin", "attention/r5-s2"} and result.output.attention
     grads = [p.grad for p in step.model.parameters()]
     assert all(g is not None for g in grads)
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))

@@ -21,7 +21,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--logits", action="store_true", help="output logits instead of probabilities")
     parser.add_argument(
-        "--static-size", type=int, nargs=2, metavar=("H", "W"), help="fix the input size (needed for r4-s1 models)"
+        "--static-size", type=int, nargs=2, metavar=("H", "W"),
+        help="fix the input size (needed for global r4-s1, r3-s1 or r2-s1 points)",
     )
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--no-optimize", action="store_true", help="skip the exporter's graph optimisation")

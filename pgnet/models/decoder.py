@@ -2,7 +2,8 @@
 
 Feature names follow the paper: ``s1..s4`` are the Swin taps (strides 4, 8, 16, 16 of the 224 input),
 ``r2..r5`` the ResNet stages (strides 4, 8, 16, 32 of the full-resolution input). The path runs
-s4 → s3 → graft(r5, s2) → r4 (+ s1) → r3 → r2, every block ``width`` channels wide.
+s4 → s3 → graft(r5, s2) → r4 (+ s1) → r3 → r2, every block ``width`` channels wide. Optional grafting
+points at r4, r3 and r2 (``pgnet.models.grafting``) graft s1 onto those levels too.
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ import torch
 from torch import nn
 
 from pgnet.models.cmgm import CMGM
+from pgnet.models.grafting import GRAFT_POINTS, LateralGraft, make_cmgm, parse_graft_points, window_layout_of
 from pgnet.models.layers import conv_bn_relu, double_conv_bn_relu, resize_to
+from pgnet.models.window_cmgm import WindowLayout
 
-# Grafting points, named by the CNN and Swin features they join. "r5-s2" is the official one; "r4-s1"
-# replaces the official sum of s1 and r4 at the 1/16 level by a second CMGM.
-GRAFT_POINTS = ("r5-s2", "r4-s1")
+__all__ = ["GRAFT_POINTS", "Decoder", "DecoderFeatures"]
 
 
 class DecoderFeatures(NamedTuple):
     top: torch.Tensor  # B×width×H/4×W/4, the finest decoder feature
-    attention_maps: list[torch.Tensor]  # per grafting point B×heads×N×N (empty unless requested)
+    attention_maps: list[torch.Tensor]  # per grafting point B×heads×N×N, windowed (B·n)×heads×w²×w²
     attention_grids: list[tuple[int, int]]  # per grafting point, the (h, w) grid with h·w = N
+    attention_windows: list[WindowLayout | None]  # per grafting point, its windows (None: global)
     cnn_on_grid: torch.Tensor  # B×width×h×w: reduced r5 on the official graft grid (28×28)
     swin_on_grid: torch.Tensor  # B×width×h×w: reduced s2
 
@@ -114,8 +116,11 @@ class Decoder(nn.Module):
         cnn_channels: channels of r2, r3, r4, r5.
         width: channels of every decoder block (64 officially).
         num_heads: CMGM heads (8 officially).
-        graft_points: which of ``GRAFT_POINTS`` use a CMGM; must include "r5-s2".
+        graft_points: grafting points, ``GRAFT_POINTS`` names with an optional ":global"/":window"
+            kind (see ``pgnet.models.grafting``); must include "r5-s2".
         token_budget: CMGM token budget (see ``CMGM``).
+        window_size: window side of the windowed CMGMs.
+        window_shift: shift the windows of every second windowed point (in decoder order) by half a window.
     """
 
     def __init__(
@@ -126,26 +131,31 @@ class Decoder(nn.Module):
         num_heads: int = 8,
         graft_points: Sequence[str] = ("r5-s2",),
         token_budget: int = 2048,
+        window_size: int = 8,
+        window_shift: bool = True,
     ):
         super().__init__()
-        unknown = sorted(set(graft_points) - set(GRAFT_POINTS))
-        if unknown or "r5-s2" not in graft_points:
-            raise ValueError(
-                f"graft_points must contain 'r5-s2' and only names from {GRAFT_POINTS}, got {list(graft_points)}"
-            )
+        specs = parse_graft_points(graft_points)
         s1, s2, s3, s4 = swin_channels
         r2, r3, r4, r5 = cnn_channels
-        self.graft_points = tuple(p for p in GRAFT_POINTS if p in graft_points)
-
-        def make_cmgm() -> CMGM:
-            return CMGM(width, num_heads=num_heads, token_budget=token_budget)
+        self.graft_points = tuple(spec.point for spec in specs)
+        self.graft_kinds = {spec.point: spec.kind for spec in specs}
+        cmgms: dict[str, CMGM] = {}
+        windowed = 0
+        for spec in specs:
+            shifted = spec.kind == "window" and window_shift and windowed % 2 == 1
+            windowed += spec.kind == "window"
+            cmgms[spec.point] = make_cmgm(spec.kind, width, num_heads, token_budget, window_size, shifted)
 
         self.swin4_block = DilatedBlock(s4, width)
         self.swin3_block = FusionBlock(s3, width)
-        self.graft = GraftPoint(r5, s2, width, make_cmgm())
+        self.graft = GraftPoint(r5, s2, width, cmgms["r5-s2"])
         self.graft_block = FusionBlock(width, width)
-        self.cnn4_block = CrossLevelBlock(r4, s1, width, make_cmgm() if "r4-s1" in graft_points else None)
+        self.cnn4_block = CrossLevelBlock(r4, s1, width, cmgms.get("r4-s1"))
+        # New modules (not in the official model) only when asked, so the official keys stay as they are.
+        self.cnn3_graft = LateralGraft(r3, s1, width, cmgms["r3-s1"]) if "r3-s1" in cmgms else None
         self.cnn3_block = FusionBlock(r3, width)
+        self.cnn2_graft = LateralGraft(r2, s1, width, cmgms["r2-s1"]) if "r2-s1" in cmgms else None
         self.cnn2_block = FusionBlock(r2, width)
 
     def graft_modules(self) -> dict[str, nn.Module]:
@@ -153,7 +163,22 @@ class Decoder(nn.Module):
         modules: dict[str, nn.Module] = {"r5-s2": self.graft}
         if self.cnn4_block.cmgm is not None:
             modules["r4-s1"] = self.cnn4_block.cmgm
+        for point, graft in (("r3-s1", self.cnn3_graft), ("r2-s1", self.cnn2_graft)):
+            if graft is not None:
+                modules[point] = graft
         return modules
+
+    def cmgms(self) -> list[CMGM]:
+        """The CMGM of every grafting point, in ``graft_points`` order."""
+        modules = [self.graft.cmgm, self.cnn4_block.cmgm]
+        modules += [g.cmgm for g in (self.cnn3_graft, self.cnn2_graft) if g is not None]
+        return [m for m in modules if m is not None]
+
+    def reset_new_grafts(self) -> None:
+        """Zero the output projections of the r3/r2 grafts (their start: the decoder without them)."""
+        for graft in (self.cnn3_graft, self.cnn2_graft):
+            if graft is not None:
+                graft.reset_expand()
 
     def forward(
         self,
@@ -178,8 +203,17 @@ class Decoder(nn.Module):
         if self.cnn4_block.cmgm is not None:
             attention_maps.append(attention_map)
             attention_grids.append(self.cnn4_block.cmgm.graft_grid(*r4.shape[-2:]))
+        if self.cnn3_graft is not None:
+            r3, attention_map = self.cnn3_graft(r3, s1, need_attention)
+            attention_maps.append(attention_map)
+            attention_grids.append(self.cnn3_graft.cmgm.graft_grid(*r3.shape[-2:]))
         top = self.cnn3_block(r3, top)
+        if self.cnn2_graft is not None:
+            r2, attention_map = self.cnn2_graft(r2, s1, need_attention)
+            attention_maps.append(attention_map)
+            attention_grids.append(self.cnn2_graft.cmgm.graft_grid(*r2.shape[-2:]))
         top = self.cnn2_block(r2, top)
         if not need_attention:
             attention_maps = []
-        return DecoderFeatures(top, attention_maps, attention_grids, cnn_on_grid, swin_on_grid)
+        windows = [window_layout_of(m) for m in self.cmgms()]
+        return DecoderFeatures(top, attention_maps, attention_grids, windows, cnn_on_grid, swin_on_grid)

@@ -15,13 +15,16 @@ from torch import nn
 from pgnet.models.backbones import ResNetBranch, SwinBranch, load_pretrained
 from pgnet.models.decoder import Decoder
 from pgnet.models.layers import init_decoder_weights
+from pgnet.models.window_cmgm import WindowLayout
 
 
 @dataclass
 class ModelConfig:
     """Everything that defines a PGNet; the defaults are the official model.
 
-    ``graft_points`` lists the CMGM grafting points (see ``pgnet.models.decoder.GRAFT_POINTS``).
+    ``graft_points`` lists the CMGM grafting points, each optionally with its kind, e.g.
+    ``["r5-s2", "r3-s1:window"]`` (see ``pgnet.models.grafting``); ``window_size`` and ``window_shift``
+    shape the windowed ones.
     ``swin_pretrained`` / ``resnet_pretrained`` are local weight files loaded at construction; they
     are not needed to load a full checkpoint.
     """
@@ -33,6 +36,8 @@ class ModelConfig:
     num_heads: int = 8
     graft_points: tuple[str, ...] = ("r5-s2",)
     token_budget: int = 2048
+    window_size: int = 8
+    window_shift: bool = True
     drop_path_rate: float = 0.5
     swin_grad_checkpointing: bool = False
     swin_pretrained: str | None = None
@@ -61,9 +66,12 @@ class PGNetOutput:
 
     pred: B×1×H×W at the input size (or the requested output size).
     side_cnn, side_swin: B×1×h×w side predictions on the graft grid (28×28 officially).
-    attention: one B×1×N×N map per grafting point (N = h·w of that point's graft grid); empty unless
-        requested (training does by default).
+    attention: one map per grafting point, empty unless requested (training does by default): B×1×N×N
+        for a global point (N = h·w of its graft grid), B×n×w²×w² for a windowed one (n windows of
+        w×w per image, see ``pgnet.models.window_cmgm``).
     attention_grids: the (h, w) grid of each attention map.
+    attention_windows: the window layout of each point (None: global); empty means all global.
+    attention_points: the name of each point (``pgnet.models.grafting.GRAFT_POINTS``).
     """
 
     pred: torch.Tensor
@@ -71,6 +79,8 @@ class PGNetOutput:
     side_swin: torch.Tensor
     attention: list[torch.Tensor] = field(default_factory=list)
     attention_grids: list[tuple[int, int]] = field(default_factory=list)
+    attention_windows: list[WindowLayout | None] = field(default_factory=list)
+    attention_points: list[str] = field(default_factory=list)  # the grafting point of each map
 
 
 class PGNet(nn.Module):
@@ -99,6 +109,8 @@ class PGNet(nn.Module):
             num_heads=config.num_heads,
             graft_points=config.graft_points,
             token_budget=config.token_budget,
+            window_size=config.window_size,
+            window_shift=config.window_shift,
         )
         self.head_pred = nn.Conv2d(config.width, 1, kernel_size=3, padding=1)
         self.head_side_cnn = nn.Conv2d(config.width, 1, kernel_size=3, padding=1)
@@ -109,6 +121,7 @@ class PGNet(nn.Module):
         )
         for module in (self.decoder, self.head_pred, self.head_side_cnn, self.head_side_swin, self.attention_heads):
             init_decoder_weights(module)
+        self.decoder.reset_new_grafts()
 
     def train(self, mode: bool = True) -> PGNet:
         """``nn.Module.train``, except that the modules named in ``frozen_modules`` (set by
@@ -139,12 +152,18 @@ class PGNet(nn.Module):
         decoded = self.decoder(swin_features, cnn_features, need_attention)
         size = tuple(output_size) if output_size is not None else tuple(image.shape[-2:])
         pred = F.interpolate(self.head_pred(decoded.top), size=size, mode="bilinear", align_corners=False)
+        attention = []
+        for head, maps, window in zip(self.attention_heads, decoded.attention_maps, decoded.attention_windows):
+            logits = head(maps)  # B×1×N×N, or (B·n)×1×w²×w² windowed
+            attention.append(logits if window is None else logits.reshape(image.shape[0], -1, *logits.shape[-2:]))
         return PGNetOutput(
             pred=pred,
             side_cnn=self.head_side_cnn(decoded.cnn_on_grid),
             side_swin=self.head_side_swin(decoded.swin_on_grid),
-            attention=[head(m) for head, m in zip(self.attention_heads, decoded.attention_maps)],
+            attention=attention,
             attention_grids=decoded.attention_grids,
+            attention_windows=decoded.attention_windows,
+            attention_points=list(self.decoder.graft_points),
         )
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:

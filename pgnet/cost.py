@@ -1,0 +1,118 @@
+"""The cost of a model configuration on the CPU: parameters, FLOPs, inference time, training memory.
+
+- FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` over one inference forward pass (no
+  attention-map branch), attention through the math backend so that its matrix products are
+  counted; one multiply-add is 2 FLOPs.
+- inference time: the fast path (``prepare_for_inference``: BatchNorm folded, fused attention,
+  channels_last), batch 1, ``torch.inference_mode``; the median of a few passes after a warm-up.
+- training memory: the growth of the process's resident memory (``/proc/self/statm``, sampled every
+  millisecond by a thread) during one training step (forward with the attention maps, PGNet loss,
+  backward, SGD step) over what it held just before; the step measured is the second, so gradients'
+  and optimiser buffers' first allocations are not counted twice. Run one configuration per process:
+  memory freed by an earlier model may be reused without showing as growth.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from typing import Any
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from pgnet.acceleration import prepare_for_inference
+from pgnet.config import LossConfig, OptimConfig
+from pgnet.engine.optim import build_optimizer
+from pgnet.engine.step import TrainStep
+from pgnet.losses import PGNetLoss
+from pgnet.models.pgnet import PGNet, count_parameters
+
+MIB = 2**20
+
+
+def inference_gflops(model: PGNet, size: int) -> float:
+    """GFLOPs of one inference forward pass of ``model`` on a 1×3×size×size image."""
+    model = model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
+        model(torch.randn(1, 3, size, size), need_attention=False)
+    return counter.get_total_flops() / 1e9
+
+
+def inference_seconds(model: PGNet, size: int, repetitions: int = 3) -> list[float]:
+    """Seconds of each of ``repetitions`` fast-path forward passes at 1×3×size×size (after one warm-up)."""
+    network = prepare_for_inference(model)
+    image = torch.randn(1, 3, size, size).contiguous(memory_format=torch.channels_last)
+    seconds = []
+    with torch.inference_mode():
+        for index in range(repetitions + 1):
+            start = time.perf_counter()
+            network(image)
+            if index:
+                seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+class ResidentPeak:
+    """Peak resident memory of the process inside a ``with`` block, above what it held at the start."""
+
+    def __init__(self, interval_s: float = 0.001):
+        self.interval_s = interval_s
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.growth_mib = 0.0
+
+    def _resident(self) -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * self.page
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, self._resident())
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> ResidentPeak:
+        self._start = self._peak = self._resident()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, self._resident())
+        self.growth_mib = (self._peak - self._start) / MIB
+
+
+def training_step_memory_mib(model: PGNet, size: int, batch: int, seed: int = 0) -> float:
+    """Resident-memory growth (MiB) of the second of two training steps at batch×3×size×size."""
+    model = model.train()
+    step = TrainStep(model, PGNetLoss(LossConfig()), build_optimizer(model, OptimConfig(lr=1e-4)))
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.randn(batch, 3, size, size, generator=generator)
+    mask = (torch.rand(batch, 1, size, size, generator=generator) > 0.5).float()
+    step.forward_backward(image, mask)
+    step.apply()
+    with ResidentPeak() as peak:
+        step.forward_backward(image, mask)
+        step.apply()
+    return peak.growth_mib
+
+
+def measure_cost(model: PGNet, inference_size: int = 1024, train_size: int = 512, train_batch: int = 2,
+                 repetitions: int = 3) -> dict[str, Any]:
+    """Parameters, inference GFLOPs and CPU seconds at ``inference_size``, and training memory."""
+    seconds = inference_seconds(model, inference_size, repetitions)
+    return {
+        "graft_points": list(model.config.graft_points),
+        "parameters_m": count_parameters(model) / 1e6,
+        "gflops": inference_gflops(model, inference_size),
+        "cpu_inference_s_median": statistics.median(seconds),
+        "cpu_inference_s": seconds,
+        "train_memory_growth_mib": training_step_memory_mib(model, train_size, train_batch),
+        "threads": torch.get_num_threads(),
+    }
