@@ -4,7 +4,7 @@ that share storage.
 - :class:`RunFolderLock`: an advisory ``flock`` on ``RUN/.lock``, held for the life of the process.
   The kernel drops it when the process ends, however it ends (a SIGKILL leaves no stale lock); a
   second trainer on the same folder stops at once, naming the folder and the holder's PID.
-- :func:`remove_temporaries`: the ``.NAME.pth.*.tmp`` files of saves a kill interrupted.
+- :func:`remove_temporaries`: the ``.NAME.*.tmp`` files of atomic saves a kill interrupted.
 - :func:`link_checkpoint`: ``best.pth`` and ``epoch_NNNN.pth`` as hard links to ``last.pth`` when
   they hold the same state (a copy where the file system has no hard links), replaced atomically.
 - :func:`rotate_epoch_checkpoints`: ``epoch_NNNN.pth`` for a finished epoch, and only the
@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 LOCK_NAME = ".lock"
-TEMPORARY_PATTERN = ".*.pth.*.tmp"  # what pgnet.checkpoint.save_checkpoint writes before its rename
+TEMPORARY_PATTERN = ".*.*.tmp"  # what the atomic writers write before their rename (".last.pth.x8f3.tmp")
 
 
 class RunFolderBusyError(ValueError):
@@ -55,11 +55,13 @@ class RunFolderLock:
             self._descriptor = None
 
 
-def remove_temporaries(checkpoint_dir: str | Path) -> list[Path]:
-    """Delete the temporary files of interrupted checkpoint saves; returns what was deleted.
+def remove_temporaries(run_dir: str | Path) -> list[Path]:
+    """Delete the temporary files of interrupted saves in ``run_dir`` and its ``checkpoints``;
+    returns what was deleted.
 
     Call only while holding the run's :class:`RunFolderLock` (no save can be in progress then)."""
-    removed = sorted(Path(checkpoint_dir).glob(TEMPORARY_PATTERN))
+    run_dir = Path(run_dir)
+    removed = sorted([*run_dir.glob(TEMPORARY_PATTERN), *(run_dir / "checkpoints").glob(TEMPORARY_PATTERN)])
     for path in removed:
         path.unlink(missing_ok=True)
     return removed

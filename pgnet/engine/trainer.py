@@ -340,7 +340,7 @@ class Trainer:
             train.grad_accum, self.dist.world_size, self.device, self.amp_dtype or "off", self.data.num_samples,
         )
         if self.data.has_validation:
-            self.logger.info("validation sets: %s; best.pth: the %s of %s", ", ".join(self.data.validation_labels),
+            self.logger.info("validation sets: %s; best.pth: the %s %s", ", ".join(self.data.validation_labels),
                              "highest" if train.best_mode == "max" else "lowest", self._best_rule())
         started = time.perf_counter()
         with self._graceful_interrupt(), self._data_warnings_logged():
