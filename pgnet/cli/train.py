@@ -62,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:  # e.g. a full disk while saving (the last checkpoint stays intact)
         print(f"error: {error}", file=sys.stderr)
         return 1
+    finally:
+        trainer.close()
     return 0
 
 

@@ -85,7 +85,10 @@ def plan_resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> ResumePla
     """Check ``overrides`` against the policy and return the config to resume ``run_dir`` with.
 
     Raises ResumeOverrideError naming the first key that may not change; reads, never writes."""
+    from pgnet.engine.run_dir import check_not_busy
+
     run_dir = Path(run_dir)
+    check_not_busy(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml")

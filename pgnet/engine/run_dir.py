@@ -32,27 +32,44 @@ class RunFolderLock:
     exit frees it. The file keeps the PID of the process that last held it."""
 
     def __init__(self, run_dir: str | Path):
+        self._descriptor: int | None = None
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / LOCK_NAME
         descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(descriptor)
-            raise RunFolderBusyError(
-                f"{self.run_dir} is in use by another training (process {holder}); "
-                f"wait for it to end or stop it first"
-            ) from None
+        _lock_or_raise(descriptor, self.run_dir)
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
-        self._descriptor: int | None = descriptor
+        self._descriptor = descriptor
 
     def release(self) -> None:
         if self._descriptor is not None:
             os.close(self._descriptor)  # closing the descriptor drops the flock
             self._descriptor = None
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def _lock_or_raise(descriptor: int, run_dir: Path) -> None:
+    """Take the lock on ``descriptor``, or close it and raise RunFolderBusyError naming the holder."""
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(descriptor)
+        raise RunFolderBusyError(
+            f"{run_dir} is in use by another training (process {holder}); wait for it to end or stop it first"
+        ) from None
+
+
+def check_not_busy(run_dir: str | Path) -> None:
+    """Raise RunFolderBusyError when a live process holds ``run_dir``'s lock; writes nothing."""
+    path = Path(run_dir) / LOCK_NAME
+    if path.is_file():
+        descriptor = os.open(path, os.O_RDONLY)
+        _lock_or_raise(descriptor, Path(run_dir))
+        os.close(descriptor)
 
 
 def remove_temporaries(run_dir: str | Path) -> list[Path]:

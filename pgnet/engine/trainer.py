@@ -258,9 +258,11 @@ class Trainer:
         )
 
     def save(self, name: str = "last") -> Path | None:
-        """Write ``checkpoints/{name}.pth`` atomically (rank 0 only)."""
+        """Write ``checkpoints/{name}.pth`` atomically (rank 0 only), with the TensorBoard events so far."""
         if not self.dist.is_main:
             return None
+        if getattr(self, "writer", None) is not None:
+            self.writer.flush()  # a resumed run can rewrite only the events after its checkpoint
         return save_checkpoint(self._state(), self.checkpoint_dir / f"{name}.pth")
 
     def _resume(self) -> None:
@@ -545,6 +547,16 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
         return summary
+
+    def close(self) -> None:
+        """Close the TensorBoard and log files and release the run folder (what ending the process does)."""
+        if getattr(self, "writer", None) is not None:
+            self.writer.close()
+        for handler in list(self.logger.handlers):
+            handler.close()
+            self.logger.removeHandler(handler)
+        if self.lock is not None:
+            self.lock.release()
 
     def _shards_disjoint(self) -> bool:
         """Whether the ranks trained on disjoint samples in the last epoch (checks the sharding)."""
