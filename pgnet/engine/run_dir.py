@@ -17,10 +17,22 @@ import fcntl
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 LOCK_NAME = ".lock"
 TEMPORARY_PATTERN = ".*.*.tmp"  # what the atomic writers write before their rename (".last.pth.x8f3.tmp")
+
+
+def new_run_dir(config: Any) -> Path:
+    """``output_dir/name-YYYYmmdd-HHMMSS`` (with a suffix if that exists already)."""
+    base = Path(config.output_dir) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, suffix = base, 1
+    while candidate.exists():
+        suffix += 1
+        candidate = base.with_name(f"{base.name}-{suffix}")
+    return candidate
 
 
 class RunFolderBusyError(ValueError):

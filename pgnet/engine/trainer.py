@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
-import math
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +34,7 @@ from tqdm import tqdm
 
 from pgnet.checkpoint import load_checkpoint, model_checkpoint, require_fields, save_checkpoint
 from pgnet.config import Config, ConfigError, save_config
-from pgnet.engine import distributed
+from pgnet.engine import distributed, run_log
 from pgnet.engine import run_dir as run_folder
 from pgnet.engine.ema import ModelEma
 from pgnet.engine.finetune import FineTuning
@@ -83,16 +80,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def new_run_dir(config: Config) -> Path:
-    """``output_dir/name-YYYYmmdd-HHMMSS`` (with a suffix if that exists already)."""
-    base = Path(config.output_dir) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    candidate, suffix = base, 1
-    while candidate.exists():
-        suffix += 1
-        candidate = base.with_name(f"{base.name}-{suffix}")
-    return candidate
-
-
 class Trainer:
     """Train PGNet as ``config`` says, writing to ``run_dir``.
 
@@ -112,7 +99,8 @@ class Trainer:
         if run_dir is None:
             if resume:
                 raise ValueError("resuming needs the run folder")
-            run_dir = distributed.broadcast_object(new_run_dir(config) if self.dist.is_main else None, self.dist)
+            new_dir = run_folder.new_run_dir(config) if self.dist.is_main else None
+            run_dir = distributed.broadcast_object(new_dir, self.dist)
         self.run_dir = Path(run_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
         per_step = train.grad_accum * self.dist.world_size
@@ -128,7 +116,7 @@ class Trainer:
             raise FileExistsError(
                 f"{self.run_dir} already holds a run: resume it with --resume, or pick another folder"
             )
-        self.logger = self._make_logger()
+        self.logger = run_log.open_run_log(self.run_dir, f"pgnet.train.{id(self)}", self.dist.is_main)
         if resume and self.dist.is_main:
             for leftover in run_folder.remove_temporaries(self.run_dir):
                 self.logger.info("removed %s, left by an interrupted save", leftover)
@@ -142,7 +130,7 @@ class Trainer:
         # Data first: a dataset with no valid sample fails before any model is built.
         from pgnet.engine import data_setup
 
-        with self._data_warnings_logged():
+        with run_log.data_warnings_logged(self.logger):
             self.data = data_setup.TrainingData(config.data, seed=train.seed, micro_batch=self.micro_batch,
                                                 dist=self.dist, logger=self.logger)
         self.steps_per_epoch = self.data.batches_per_epoch // train.grad_accum
@@ -194,21 +182,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up helpers
 
-    def _make_logger(self) -> logging.Logger:
-        logger = logging.getLogger(f"pgnet.train.{id(self)}")
-        logger.setLevel(logging.INFO if self.dist.is_main else logging.WARNING)
-        logger.propagate = False
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            file_handler = logging.FileHandler(self.run_dir / "log.txt")
-            file_handler.setFormatter(formatter)
-            logger.addHandler(file_handler)
-        console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(formatter)
-        logger.addHandler(console)
-        return logger
-
     def _make_writer(self, resume: bool):
         """The run's TensorBoard events (rank 0 only; see ``pgnet.engine.tensorboard``)."""
         if not self.dist.is_main:
@@ -217,20 +190,6 @@ class Trainer:
 
         return TrainingBoard(self.run_dir / "tb", resume=resume, graft_points=self.model.decoder.graft_points,
                              mean=self.data.mean, std=self.data.std, fresh=self.position.global_step == 0)
-
-    @contextlib.contextmanager
-    def _data_warnings_logged(self) -> Iterator[None]:
-        """Warnings of pgnet.data (skipped files, unpaired images) also go to this run's log.txt
-        (DataLoader workers forked meanwhile inherit the handlers)."""
-        data_logger = logging.getLogger("pgnet.data")
-        added = [h for h in self.logger.handlers if h not in data_logger.handlers]
-        for handler in added:
-            data_logger.addHandler(handler)
-        try:
-            yield
-        finally:
-            for handler in added:
-                data_logger.removeHandler(handler)
 
     def _amp_dtype(self) -> torch.dtype | None:
         amp = self.config.train.amp
@@ -345,7 +304,7 @@ class Trainer:
             self.logger.info("validation sets: %s; best.pth: the %s %s", ", ".join(self.data.validation_labels),
                              "highest" if train.best_mode == "max" else "lowest", self._best_rule())
         started = time.perf_counter()
-        with self._graceful_interrupt(), self._data_warnings_logged():
+        with self._graceful_interrupt(), run_log.data_warnings_logged(self.logger):
             while self.position.epoch < train.epochs:
                 epoch = self.position.epoch
                 self._train_epoch(epoch)
@@ -536,8 +495,9 @@ class Trainer:
             "last_validation": self.history[-1] if self.history else None,
             "nonfinite_steps": self.nonfinite_steps,
             "world_size": self.dist.world_size,
-            "weights_identical_across_ranks": self._weights_identical(),
-            "shards_disjoint_across_ranks": self._shards_disjoint(),
+            "weights_identical_across_ranks": distributed.weights_identical(self.model, self.dist),
+            "shards_disjoint_across_ranks": distributed.shards_disjoint(
+                self.data.shard(max(self.position.epoch - 1, 0)), self.dist),
         }
         if self.device.type == "cuda":
             summary["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
@@ -557,25 +517,3 @@ class Trainer:
             self.logger.removeHandler(handler)
         if self.lock is not None:
             self.lock.release()
-
-    def _shards_disjoint(self) -> bool:
-        """Whether the ranks trained on disjoint samples in the last epoch (checks the sharding)."""
-        if not self.dist.enabled:
-            return True
-        shard = self.data.shard(max(self.position.epoch - 1, 0))
-        gathered: list[list[int] | None] = [None] * self.dist.world_size
-        torch.distributed.all_gather_object(gathered, shard)
-        seen: set[int] = set()
-        for indices in gathered:
-            if seen & set(indices):
-                return False
-            seen |= set(indices)
-        return True
-
-    def _weights_identical(self) -> bool:
-        if not self.dist.enabled:
-            return True
-        checksum = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).sum().cpu()
-        gathered = [torch.zeros_like(checksum) for _ in range(self.dist.world_size)]
-        torch.distributed.all_gather(gathered, checksum)
-        return all(math.isclose(g.item(), checksum.item(), rel_tol=0, abs_tol=0) for g in gathered)
