@@ -67,7 +67,7 @@ def bad_batch_args(root: Path, run_dir: Path) -> list[str]:
 def bad_batch_straight(bad_batch_data, tmp_path_factory):
     root, _ = bad_batch_data
     run_dir = tmp_path_factory.mktemp("runs") / "straight"
-    result = run_train(bad_batch_args(root, run_dir))
+    result = run_train(bad_batch_args(root, run_dir), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -79,14 +79,14 @@ def test_unreadable_batch_then_sigkill_then_resume_gives_identical_weights(bad_b
     process = subprocess.Popen([*TRAIN, *bad_batch_args(root, run_dir), "train.checkpoint_every_steps=1"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
     try:
-        wait_for(run_dir / "log.txt", "step 4:", timeout=240)
+        wait_for(run_dir / "log.txt", "step 4:", timeout=600)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
     position = load_checkpoint(run_dir / "checkpoints" / "last.pth")["position"]
     assert position["epoch"] == 0 and 3 <= position["step_in_epoch"] < 6, position  # after the empty batch
 
-    result = run_train(["--resume", str(run_dir)])
+    result = run_train(["--resume", str(run_dir)], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed, straight = final_weights(run_dir), final_weights(bad_batch_straight)
     for key in straight:
@@ -124,7 +124,7 @@ def test_one_writer_sigterm_saves_and_resume_policy(tmp_path, capsys):
     first_stderr = open(tmp_path / "first.stderr", "w+")  # a file: a pipe nobody reads could fill and block
     first = subprocess.Popen([*TRAIN, *args], stdout=subprocess.DEVNULL, stderr=first_stderr, env=env())
     try:
-        wait_for(run_dir / "log.txt", "step 1:", timeout=240)
+        wait_for(run_dir / "log.txt", "step 1:", timeout=600)
         for second_args in (args, ["--resume", str(run_dir)]):
             started = time.perf_counter()
             assert train_main(second_args) == 2
