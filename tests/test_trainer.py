@@ -175,7 +175,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(uninterrupted, tm
             "train.checkpoint_every_steps=1"]
     process = subprocess.Popen(TRAIN + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
     try:
-        wait_for(run_dir / "log.txt", "step 9:", timeout=240)
+        wait_for(run_dir / "log.txt", "step 9:", timeout=600)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -201,7 +201,7 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     run_dir = tmp_path / "interrupted"
     args = ["--config", str(REPO / "configs" / "demo.yaml"), "--run-dir", str(run_dir), *TINY, "train.epochs=20"]
     process = subprocess.Popen(TRAIN + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
-    wait_for(run_dir / "log.txt", "step 2:", timeout=240)
+    wait_for(run_dir / "log.txt", "step 2:", timeout=600)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]
