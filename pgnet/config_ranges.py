@@ -57,6 +57,8 @@ RANGES: dict[str, Range] = {
     "DatasetEntry.n": AT_LEAST_1,
     "DatasetEntry.size": PIXELS,
     "DatasetEntry.seed": AT_LEAST_0,
+    "DatasetEntry.val_fraction": Range(0, 1, low_open=True, high_open=True),
+    "DatasetEntry.split_seed": AT_LEAST_0,
     "AugmentConfig.hflip": FRACTION,
     "AugmentConfig.border_crop": Range(0, 0.5, high_open=True),
     "AugmentConfig.color_jitter": AT_LEAST_0,
