@@ -304,15 +304,25 @@ class Trainer:
             self.logger.info("validation sets: %s; best.pth: the %s %s", ", ".join(self.data.validation_labels),
                              "highest" if train.best_mode == "max" else "lowest", self._best_rule())
         started = time.perf_counter()
+        try:
+            self._train_all_epochs()
+            summary = self._summary(time.perf_counter() - started)
+        finally:
+            self.close()  # the run folder is free for the next writer (e.g. a resume), however fit ends
+        return summary
+
+    def _train_all_epochs(self) -> None:
+        train = self.config.train
         with self._graceful_interrupt(), run_log.data_warnings_logged(self.logger):
             while self.position.epoch < train.epochs:
                 epoch = self.position.epoch
                 self._train_epoch(epoch)
                 if self._stop_requested:
+                    signum = signal.SIGINT if self._stop_requested is True else self._stop_requested
                     self.save("last")
-                    self.logger.warning("stopped by %s; resume with --resume %s",
-                                        signal.Signals(self._stop_requested).name, self.run_dir)
-                    raise TrainingInterrupted(self._stop_requested)
+                    self.logger.warning("stopped by %s; resume with --resume %s", signal.Signals(signum).name,
+                                        self.run_dir)
+                    raise TrainingInterrupted(signum)
                 is_best = False
                 if self.data.has_validation and ((epoch + 1) % train.val_every == 0 or epoch + 1 == train.epochs):
                     is_best = self._update_best(self.validate(epoch), epoch)
@@ -321,8 +331,6 @@ class Trainer:
                 if self.dist.is_main:
                     self._link_epoch_end_checkpoints(is_best)
                 distributed.barrier(self.dist)
-        summary = self._summary(time.perf_counter() - started)
-        return summary
 
     def _train_epoch(self, epoch: int) -> None:
         train = self.config.train
