@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -21,12 +22,9 @@ from typing import Any, Literal
 
 import yaml
 
+from pgnet.config_ranges import ConfigError, check_config, check_value
 from pgnet.models.grafting import GRAFT_POINTS
 from pgnet.models.pgnet import ModelConfig
-
-
-class ConfigError(ValueError):
-    """A config that does not fit the schema; the message names the key."""
 
 
 @dataclass
@@ -36,6 +34,7 @@ class DatasetEntry:
     name: str
     root: str | None = None
     repeat: int = 1
+    label: str | None = None  # validation sets: the name in logs and summary (default: name, + root if repeated)
     # synthetic only
     n: int = 200
     size: int = 512
@@ -147,6 +146,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     output_dir: str = "runs"
     name: str = "pgnet"
+    # Written by the trainer: the changes accepted at each resume, [{step, key, old, new}, ...].
+    resume_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)
@@ -157,7 +158,20 @@ class Config:
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false, so ``amp: off`` or ``name: no`` stay strings."""
+    """YAML 1.2 booleans and floats: only true/false are booleans, so ``amp: off`` or ``name: no``
+    stay strings, and ``1e-3`` is a number (YAML 1.1 wants ``1.0e-3``). A key given twice in one
+    mapping is an error."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _YamlLoader.yaml_implicit_resolvers = {
@@ -166,6 +180,10 @@ _YamlLoader.yaml_implicit_resolvers = {
 }
 _YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_YamlLoader.add_implicit_resolver(  # after int: YAML 1.2 floats that YAML 1.1 misses, e.g. 1e-3
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
 )
 
 
@@ -222,7 +240,11 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
             elif not isinstance(child, dict):
                 raise ConfigError(f"override {override!r}: {part!r} is not a section")
             node = child
-        node[parts[-1]] = _load_yaml(text) if text else None
+        try:
+            node[parts[-1]] = _load_yaml(text) if text else None
+        except yaml.YAMLError as error:
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ConfigError(f"override {override!r}: {text!r} is not a valid YAML value ({problem})") from None
     return values
 
 
@@ -233,8 +255,10 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 
 def build_config(values: dict[str, Any]) -> Config:
-    """Validate a plain nested dict against the schema."""
-    return _from_plain(Config, values, "")
+    """Validate a plain nested dict against the schema (types, ranges, and names that must be unique)."""
+    config = _from_plain(Config, values, "")
+    check_config(config)
+    return config
 
 
 def save_config(config: Config, path: str | Path) -> None:
@@ -296,6 +320,8 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -316,6 +342,7 @@ def _from_plain(cls: type, values: dict[str, Any], prefix: str) -> Any:
     for f in dataclasses.fields(cls):
         if f.name in values:
             kwargs[f.name] = _convert(hints[f.name], values[f.name], prefix + f.name)
+            check_value(cls, f.name, kwargs[f.name], prefix + f.name)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required value {prefix}{f.name}")
     return cls(**kwargs)

@@ -123,3 +123,70 @@ def test_augmentations_and_normalisation_are_chosen_in_yaml(tmp_path):
     assert "ColorJitter" in pipeline and "Rotate" in pipeline
     with pytest.raises(ConfigError, match=r"data\.augment\.rotat"):
         load_config(path, overrides=["data.augment.rotation=3"])
+
+
+def numeric_fields():
+    """(Dataclass, field) for every int/float (or list of them) field of the schema."""
+    import dataclasses
+    import typing
+
+    from pgnet.config import Config
+
+    found, pending = [], [Config]
+    while pending:
+        cls = pending.pop()
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            hint = hints[field.name]
+            parts = [hint, *typing.get_args(hint)]
+            parts += [inner for part in parts for inner in typing.get_args(part)]
+            pending += [p for p in parts if dataclasses.is_dataclass(p)]
+            if any(p in (int, float) for p in parts):
+                found.append(f"{cls.__name__}.{field.name}")
+    return found
+
+
+def test_every_numeric_value_has_a_range():
+    from pgnet.config_ranges import RANGES
+
+    fields = numeric_fields()
+    assert "TrainConfig.epochs" in fields and "ModelConfig.width" in fields and "DataConfig.multiscale" in fields
+    assert sorted(set(fields) - set(RANGES)) == []
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.val_every=0", r"train\.val_every: 0 is out of range \(allowed: an integer >= 1\)"),
+        ("train.grad_accum=0", r"train\.grad_accum: 0 is out of range \(allowed: an integer >= 1\)"),
+        ("model.width=0", r"model\.width: 0 is out of range"),
+        ("data.multiscale=[64, 0]", r"data\.multiscale\[1\]: 0 is out of range \(allowed: an integer >= 32\)"),
+        ("data.multiscale=[]", r"data\.multiscale: expected at least 1 values, got 0"),
+        ("data.size=0", r"data\.size: 0 is out of range"),
+        ("data.batch_size=-2", r"data\.batch_size: -2 is out of range"),
+        ("optim.lr=.nan", r"optim\.lr: expected a finite number, got nan"),
+        ("optim.lr=0", r"optim\.lr: 0\.0 is out of range \(allowed: a number > 0\)"),
+        ("train.epochs=0", r"train\.epochs: 0 is out of range"),
+        ("schedule.warmup_epochs=-3", r"schedule\.warmup_epochs: -3\.0 is out of range \(allowed: a number >= 0\)"),
+        ("train.ema_decay=1", r"train\.ema_decay: 1\.0 is out of range \(allowed: a number > 0 and < 1\)"),
+        ("data.train=[{name: synthetic, repeat: -1}]", r"data\.train\[0\]\.repeat: -1 is out of range"),
+        ("train.best_metric=nope", r"train\.best_metric: 'nope' is not a validation metric \(MAE, Sm, "),
+        ("train.device=foo", r"train\.device: 'foo' is not a device"),
+        ("train.epochs=[1", r"override 'train\.epochs=\[1': '\[1' is not a valid YAML value"),
+        ("data.val=[{name: a, root: x, label: v}, {name: b, root: y, label: v}]",
+         r"data\.val: label 'v' is given to more than one validation set"),
+    ],
+)
+def test_values_out_of_range_fail_naming_key_and_range(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_yaml_numbers_and_duplicate_keys(tmp_path):
+    path = write(tmp_path / "run.yaml", "optim:\n  lr: 1e-3\n  weight_decay: 5E-4\ntrain:\n  epochs: 10\n")
+    config = load_config(path, ["schedule.min_lr_ratio=1e-2"])
+    assert (config.optim.lr, config.optim.weight_decay, config.schedule.min_lr_ratio) == (1e-3, 5e-4, 1e-2)
+    assert config.train.epochs == 10 and isinstance(config.train.epochs, int)
+    write(tmp_path / "twice.yaml", "train:\n  epochs: 3\n  seed: 1\n  epochs: 4\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml: invalid YAML: duplicate key 'epochs'"):
+        load_config(tmp_path / "twice.yaml")

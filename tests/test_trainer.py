@@ -68,8 +68,12 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_run_folder_contents(uninterrupted):
-    names = {p.name for p in (uninterrupted / "checkpoints").iterdir()}
+    checkpoints = uninterrupted / "checkpoints"
+    names = {p.name for p in checkpoints.iterdir()}
     assert names == {"last.pth", "best.pth", "epoch_0002.pth"}  # keep_recent=1
+    # One file on disk: best (epoch 2 validated best here) and epoch_0002 are hard links to last.
+    assert (checkpoints / "best.pth").samefile(checkpoints / "last.pth")
+    assert (checkpoints / "epoch_0002.pth").samefile(checkpoints / "last.pth")
     assert load_config(uninterrupted / "config.yaml").data.batch_size == 2
     log = (uninterrupted / "log.txt").read_text()
     assert "step 12:" in log and "epoch 2 synthetic: " in log
@@ -171,7 +175,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(uninterrupted, tm
             "train.checkpoint_every_steps=1"]
     process = subprocess.Popen(TRAIN + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
     try:
-        wait_for(run_dir / "log.txt", "step 9:", timeout=240)
+        wait_for(run_dir / "log.txt", "step 9:", timeout=600)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -184,13 +188,20 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(uninterrupted, tm
     assert resumed.keys() == straight.keys()
     for key in straight:
         assert torch.equal(resumed[key], straight[key]), key
+    # TensorBoard history kept: every step's loss once, both epochs' validation (nothing purged).
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss/total")] == list(range(1, 13))
+    assert [e.step for e in events.Scalars("val/synthetic/Sm")] == [6, 12]
 
 
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     run_dir = tmp_path / "interrupted"
     args = ["--config", str(REPO / "configs" / "demo.yaml"), "--run-dir", str(run_dir), *TINY, "train.epochs=20"]
     process = subprocess.Popen(TRAIN + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
-    wait_for(run_dir / "log.txt", "step 2:", timeout=240)
+    wait_for(run_dir / "log.txt", "step 2:", timeout=600)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]

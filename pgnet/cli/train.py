@@ -19,7 +19,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run-dir", help="write the run here instead of output_dir/name-DATE-TIME")
     parser.add_argument("--init-from", metavar="CHECKPOINT",
                         help="start from these weights (a pgnet or an official checkpoint): train.init_from")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides such as train.epochs=8")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides such as train.epochs=8 (with --resume: only "
+                        "the keys in pgnet.engine.resume.RESUMABLE_KEYS)")
     args = parser.parse_intermixed_args(argv)
     if bool(args.config) == bool(args.resume):
         parser.error("give either --config CONFIG or --resume RUN_DIR")
@@ -29,13 +30,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pathlib import Path
 
     from pgnet.config import ConfigError, load_config
+    from pgnet.engine.resume import plan_resume
     from pgnet.engine.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
     from pgnet.errors import UserError
 
     try:
         if args.resume:
             run_dir = Path(args.resume)
-            config = load_config(run_dir / "config.yaml", args.overrides)
+            plan = plan_resume(run_dir, args.overrides)
+            if plan.finished:
+                print(f"{run_dir} is finished ({plan.position['epoch']} of {plan.config.train.epochs} epochs); "
+                      f"nothing to do (train.epochs=N continues it)", file=sys.stderr)
+                return 0
+            config = plan.config
         else:
             run_dir = Path(args.run_dir) if args.run_dir else None
             config = load_config(args.config, args.overrides)
@@ -47,14 +54,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         trainer.fit()
-    except TrainingInterrupted:
-        return 130
+    except TrainingInterrupted as interrupted:
+        return interrupted.exit_status
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
     except UserError as error:  # e.g. a full disk while saving (the last checkpoint stays intact)
         print(f"error: {error}", file=sys.stderr)
         return 1
+    finally:
+        trainer.close()
     return 0
 
 

@@ -197,6 +197,17 @@ def build_dataset(
             spec.mask_dir,
             pairing.unpaired_images[0].name,
         )
+    if pairing.unpaired_masks:
+        logger.warning(
+            "dataset %s: %d masks have no image in %s and are left out, e.g. %s",
+            spec.name,
+            len(pairing.unpaired_masks),
+            spec.image_dir,
+            pairing.unpaired_masks[0].name,
+        )
+    for path in pairing.not_files:
+        kind = "a folder" if path.is_dir() else "a link to nothing" if path.is_symlink() else "not a file"
+        logger.warning("dataset %s: %s is %s and is left out", spec.name, path, kind)
     if spec.expected_count is not None and len(pairing.pairs) != spec.expected_count:
         logger.warning(
             "dataset %s at %s: %d pairs, the release has %d (run datasets/verify.py)",

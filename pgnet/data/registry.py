@@ -79,6 +79,7 @@ class Pairing:
     unpaired_images: list[Path] = field(default_factory=list)
     unpaired_masks: list[Path] = field(default_factory=list)
     duplicates: list[Path] = field(default_factory=list)  # left out: another file has the same stem
+    not_files: list[Path] = field(default_factory=list)  # left out: folders or dangling links named like images
 
 
 _LAYOUTS: tuple[DatasetLayout, ...] = (
@@ -214,4 +215,9 @@ def pair_files(image_dir: str | Path, mask_dir: str | Path) -> Pairing:
         unpaired_images=[images[stem] for stem in sorted(images) if stem not in masks],
         unpaired_masks=[masks[stem] for stem in sorted(masks) if stem not in images],
         duplicates=image_duplicates + mask_duplicates,
+        not_files=[
+            path for folder, extensions in ((image_dir, IMAGE_EXTENSIONS), (mask_dir, MASK_EXTENSIONS))
+            for path in sorted(Path(folder).iterdir())
+            if not path.name.startswith(".") and path.suffix.lower() in extensions and not path.is_file()
+        ],
     )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from pgnet.engine.distributed import DistInfo
 def dataset_options(entry: DatasetEntry) -> dict[str, Any]:
     """The builder dict of one config entry (synthetic options only for synthetic data)."""
     options = asdict(entry)
+    options.pop("label")
     if entry.split == "all" or entry.name.lower() == "synthetic":
         for key in ("split", "val_fraction", "split_seed"):
             options.pop(key)
@@ -47,6 +49,36 @@ def check_held_out(train_dataset: ConcatDataset, validation: list[tuple[str, Any
                 "validation needs held-out pictures (a split of one folder: the same val_fraction and "
                 "split_seed in both entries)"
             )
+
+
+def validation_labels(entries: Sequence[DatasetEntry]) -> list[str]:
+    """A unique name per validation set: its ``label``, else its name, followed where that name is
+    repeated by the shortest end of its root that tells them apart (``generic@setA``), or its seed
+    for synthetic sets, or its position."""
+    names = [entry.label or entry.name for entry in entries]
+    labels = []
+    for index, (entry, name) in enumerate(zip(entries, names)):
+        twins = [other for other, other_name in zip(entries, names) if other_name == name and other.label is None]
+        if entry.label is not None or len(twins) < 2:
+            labels.append(name)
+            continue
+        if entry.root is None:
+            labels.append(f"{name}@seed{entry.seed}")
+            continue
+        parts = Path(entry.root).parts
+        roots = [Path(other.root).parts for other in twins if other.root is not None and other is not entry]
+        for length in range(1, len(parts) + 1):
+            if all(other[-length:] != parts[-length:] for other in roots):
+                labels.append(f"{name}@{'-'.join(parts[-length:])}")
+                break
+        else:
+            labels.append(f"{name}@{index + 1}")
+    seen: dict[str, int] = {}
+    for index, label in enumerate(labels):  # still equal (the same set twice): number them
+        seen[label] = seen.get(label, 0) + 1
+        if labels.count(label) > 1:
+            labels[index] = f"{label}#{seen[label]}"
+    return labels
 
 
 class Validation:
@@ -98,8 +130,10 @@ class TrainingData:
         self.num_samples = len(self.dataset)
         self.batches_per_epoch = len(self.loader)
         eval_transform = build_eval_transform(config.eval_size, mean=self.mean, std=self.std)
+        self.validation_labels = validation_labels(config.val)
         self._validation = [
-            (entry.name, build_dataset(dataset_options(entry), eval_transform)) for entry in config.val
+            (label, build_dataset(dataset_options(entry), eval_transform))
+            for label, entry in zip(self.validation_labels, config.val)
         ]
         check_held_out(self.dataset, self._validation)
         self.logger = logger

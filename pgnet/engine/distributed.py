@@ -72,3 +72,27 @@ def broadcast_object(value, info: DistInfo):
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def shards_disjoint(shard: list[int], info: DistInfo) -> bool:
+    """Whether the ranks' ``shard`` index lists are disjoint (checks the sharding)."""
+    if not info.enabled:
+        return True
+    gathered: list[list[int] | None] = [None] * info.world_size
+    dist.all_gather_object(gathered, shard)
+    seen: set[int] = set()
+    for indices in gathered:
+        if seen & set(indices):
+            return False
+        seen |= set(indices)
+    return True
+
+
+def weights_identical(model: torch.nn.Module, info: DistInfo) -> bool:
+    """Whether every rank holds the same weights (compares a float64 checksum exactly)."""
+    if not info.enabled:
+        return True
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().cpu()
+    gathered = [torch.zeros_like(checksum) for _ in range(info.world_size)]
+    dist.all_gather(gathered, checksum)
+    return all(g.item() == checksum.item() for g in gathered)

@@ -104,18 +104,19 @@ def loss_tag(term: str, graft_points: Sequence[str]) -> str:
 class TrainingBoard:
     """The TensorBoard events of one run in ``log_dir``.
 
-    ``purge_step`` (a resumed run's step) drops events written after the checkpoint; ``fresh`` (a new
+    ``resume``: keep the events there and skip the (tag, step) pairs they hold (see
+    ``pgnet.engine.tb_history``; nothing is purged); ``fresh`` (a new
     run) writes the text and the custom-scalars layout. ``mean``/``std`` undo the input normalisation
     for pictures.
     """
 
     picture_count = PICTURE_SAMPLES  # validation images the trainer passes to ``validation_pictures``
 
-    def __init__(self, log_dir: str | Path, *, purge_step: int | None, graft_points: Sequence[str],
+    def __init__(self, log_dir: str | Path, *, resume: bool, graft_points: Sequence[str],
                  mean: Sequence[float], std: Sequence[float], fresh: bool):
-        from torch.utils.tensorboard import SummaryWriter
+        from pgnet.engine.tb_history import open_summary_writer
 
-        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+        self.writer = open_summary_writer(log_dir, resume)
         self.graft_points = tuple(graft_points)
         self.mean, self.std = tuple(mean), tuple(std)
         self._warned: set[str] = set()
@@ -231,6 +232,9 @@ class TrainingBoard:
         if key not in self._warned:
             self._warned.add(key)
             logger.warning(message)
+
+    def flush(self) -> None:
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()

@@ -9,20 +9,18 @@ Run folder layout::
     RUN/checkpoints/best.pth   best validation ``best_metric``
     RUN/checkpoints/epoch_NNNN.pth   the ``keep_recent`` most recent epochs
     RUN/summary.json           final figures
+    RUN/.lock                  held by the live trainer (see pgnet.engine.run_dir)
 
 ``last.pth`` holds everything needed to continue exactly where it was written: model, optimiser,
-scheduler, scaler, EMA, epoch, step, the position inside the epoch and every RNG state.
+scheduler, scaler, EMA, epoch, step, the position inside the epoch and every RNG state. ``best`` and
+``epoch_NNNN`` are hard links to the ``last.pth`` of their epoch's end (no extra disk).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
-import math
-import random
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,11 +33,13 @@ from torch import nn
 from tqdm import tqdm
 
 from pgnet.checkpoint import load_checkpoint, model_checkpoint, require_fields, save_checkpoint
-from pgnet.config import Config, save_config
-from pgnet.engine import distributed
+from pgnet.config import Config, ConfigError, save_config
+from pgnet.engine import distributed, run_log
+from pgnet.engine import run_dir as run_folder
 from pgnet.engine.ema import ModelEma
 from pgnet.engine.finetune import FineTuning
 from pgnet.engine.optim import build_optimizer, build_scheduler
+from pgnet.engine.rng import restore_rng_state, rng_state, seed_everything
 from pgnet.engine.step import TrainStep
 from pgnet.losses import PGNetLoss
 from pgnet.models.pgnet import PGNet, create_model
@@ -51,7 +51,11 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C: the run saved ``last.pth`` and stopped."""
+    """Ctrl-C or SIGTERM: the run saved ``last.pth`` and stopped; ``exit_status`` is 128 + the signal."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.exit_status = 128 + int(signum)
 
 
 @dataclass
@@ -64,55 +68,16 @@ class Position:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cpu")
-    return torch.device(name)
+    """``train.device`` on this machine; a device it lacks is a ConfigError naming the key."""
+    from pgnet.inference import select_device
 
-
-def rng_state() -> dict[str, Any]:
-    """Every RNG state, as tensors and plain values (loads with ``weights_only=True``)."""
-    name, keys, position, has_gauss, cached = np.random.get_state()  # noqa: NPY002 (the legacy global RNG is what libraries use)
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-        "python": list(random.getstate()[1]),
-        "python_version": random.getstate()[0],
-        "python_gauss": random.getstate()[2],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    numpy_state = state["numpy"]
-    np.random.set_state(  # noqa: NPY002
-        (numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-         numpy_state["has_gauss"], numpy_state["cached"])
-    )
-    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def new_run_dir(config: Config) -> Path:
-    """``output_dir/name-YYYYmmdd-HHMMSS`` (with a suffix if that exists already)."""
-    base = Path(config.output_dir) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    candidate, suffix = base, 1
-    while candidate.exists():
-        suffix += 1
-        candidate = base.with_name(f"{base.name}-{suffix}")
-    return candidate
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002
-    torch.manual_seed(seed)
+    try:
+        device = select_device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"train.device: {error}") from None
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 class Trainer:
@@ -134,14 +99,27 @@ class Trainer:
         if run_dir is None:
             if resume:
                 raise ValueError("resuming needs the run folder")
-            run_dir = distributed.broadcast_object(new_run_dir(config) if self.dist.is_main else None, self.dist)
+            new_dir = run_folder.new_run_dir(config) if self.dist.is_main else None
+            run_dir = distributed.broadcast_object(new_dir, self.dist)
         self.run_dir = Path(run_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
+        per_step = train.grad_accum * self.dist.world_size
+        if config.data.batch_size % per_step:
+            raise ConfigError(
+                f"data.batch_size ({config.data.batch_size}) must be divisible by train.grad_accum × processes "
+                f"({train.grad_accum} × {self.dist.world_size})"
+            )
+        self.micro_batch = config.data.batch_size // per_step
+        # One writer per run folder: the lock comes before anything is written there.
+        self.lock = run_folder.RunFolderLock(self.run_dir) if self.dist.is_main else None
         if not resume and (self.checkpoint_dir / "last.pth").exists():
             raise FileExistsError(
                 f"{self.run_dir} already holds a run: resume it with --resume, or pick another folder"
             )
-        self.logger = self._make_logger()
+        self.logger = run_log.open_run_log(self.run_dir, f"pgnet.train.{id(self)}", self.dist.is_main)
+        if resume and self.dist.is_main:
+            for leftover in run_folder.remove_temporaries(self.run_dir):
+                self.logger.info("removed %s, left by an interrupted save", leftover)
         if train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
@@ -149,19 +127,12 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         seed_everything(train.seed + self.dist.rank)
 
-        per_step = train.grad_accum * self.dist.world_size
-        if config.data.batch_size % per_step:
-            raise ValueError(
-                f"data.batch_size ({config.data.batch_size}) must be divisible by train.grad_accum × processes "
-                f"({train.grad_accum} × {self.dist.world_size})"
-            )
-        self.micro_batch = config.data.batch_size // per_step
-
         # Data first: a dataset with no valid sample fails before any model is built.
         from pgnet.engine import data_setup
 
-        self.data = data_setup.TrainingData(config.data, seed=train.seed, micro_batch=self.micro_batch,
-                                            dist=self.dist, logger=self.logger)
+        with run_log.data_warnings_logged(self.logger):
+            self.data = data_setup.TrainingData(config.data, seed=train.seed, micro_batch=self.micro_batch,
+                                                dist=self.dist, logger=self.logger)
         self.steps_per_epoch = self.data.batches_per_epoch // train.grad_accum
         if train.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, train.max_steps_per_epoch)
@@ -199,42 +170,26 @@ class Trainer:
 
         self.position = Position()
         self.best: float | None = None
+        self.best_step: int | None = None  # global step of best.pth
         self.nonfinite_steps = 0
         self.history: list[dict[str, Any]] = []
-        self._stop_requested = False
+        self._stop_requested = 0  # the signal that asked to stop
         if resume:
             self._resume()
-        elif self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:  # on resume: the changes accepted by pgnet.engine.resume recorded
             save_config(config, self.run_dir / "config.yaml")
-        self.writer = self._make_writer()
+        self.writer = self._make_writer(resume)
 
     # ------------------------------------------------------------------ set-up helpers
 
-    def _make_logger(self) -> logging.Logger:
-        logger = logging.getLogger(f"pgnet.train.{id(self)}")
-        logger.setLevel(logging.INFO if self.dist.is_main else logging.WARNING)
-        logger.propagate = False
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            file_handler = logging.FileHandler(self.run_dir / "log.txt")
-            file_handler.setFormatter(formatter)
-            logger.addHandler(file_handler)
-        console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(formatter)
-        logger.addHandler(console)
-        return logger
-
-    def _make_writer(self):
+    def _make_writer(self, resume: bool):
         """The run's TensorBoard events (rank 0 only; see ``pgnet.engine.tensorboard``)."""
         if not self.dist.is_main:
             return None
         from pgnet.engine.tensorboard import TrainingBoard
 
-        return TrainingBoard(self.run_dir / "tb", purge_step=self.position.global_step or None,
-                             graft_points=self.model.decoder.graft_points, mean=self.data.mean, std=self.data.std,
-                             fresh=self.position.global_step == 0)
+        return TrainingBoard(self.run_dir / "tb", resume=resume, graft_points=self.model.decoder.graft_points,
+                             mean=self.data.mean, std=self.data.std, fresh=self.position.global_step == 0)
 
     def _amp_dtype(self) -> torch.dtype | None:
         amp = self.config.train.amp
@@ -255,15 +210,18 @@ class Trainer:
             ema=self.ema.module.state_dict() if self.ema else None,
             position=vars(self.position).copy(),
             best=self.best,
+            best_step=self.best_step,
             nonfinite_steps=self.nonfinite_steps,
             history=self.history,
             rng=rng_state(),
         )
 
     def save(self, name: str = "last") -> Path | None:
-        """Write ``checkpoints/{name}.pth`` atomically (rank 0 only)."""
+        """Write ``checkpoints/{name}.pth`` atomically (rank 0 only), with the TensorBoard events so far."""
         if not self.dist.is_main:
             return None
+        if getattr(self, "writer", None) is not None:
+            self.writer.flush()  # a resumed run can rewrite only the events after its checkpoint
         return save_checkpoint(self._state(), self.checkpoint_dir / f"{name}.pth")
 
     def _resume(self) -> None:
@@ -281,6 +239,7 @@ class Trainer:
             self.ema.module.load_state_dict(state["ema"])
         self.position = Position(**state["position"])
         self.best = state["best"]
+        self.best_step = state.get("best_step")
         self.nonfinite_steps = state["nonfinite_steps"]
         self.history = list(state["history"])
         restore_rng_state(state["rng"])
@@ -291,20 +250,25 @@ class Trainer:
             path, self.position.epoch + 1, self.position.step_in_epoch, self.steps_per_epoch,
             self.position.global_step,
         )
+        for change in self.config.resume_changes:
+            if change["step"] == self.position.global_step:
+                self.logger.info("resume override %s: %r -> %r", change["key"], change["old"], change["new"])
+        if self.dist.is_main and self.position.step_in_epoch == 0:  # finish what a kill at epoch end left
+            self._link_epoch_end_checkpoints(self.best_step == self.position.global_step)
 
-    def _rotate_epoch_checkpoints(self, epoch: int) -> None:
-        if not self.dist.is_main or self.config.train.keep_recent <= 0:
-            return
-        self.save(f"epoch_{epoch + 1:04d}")
-        recent = sorted(self.checkpoint_dir.glob("epoch_*.pth"))
-        for old in recent[: -self.config.train.keep_recent]:
-            old.unlink()
+    def _link_epoch_end_checkpoints(self, is_best: bool) -> None:
+        """``best.pth`` (when ``is_best``) and ``epoch_NNNN.pth`` as links to the epoch's ``last.pth``."""
+        last, best = self.checkpoint_dir / "last.pth", self.checkpoint_dir / "best.pth"
+        if is_best and not (best.exists() and best.samefile(last)):
+            run_folder.link_checkpoint(last, best)
+        run_folder.rotate_epoch_checkpoints(self.checkpoint_dir, self.position.epoch, self.config.train.keep_recent)
 
     # ------------------------------------------------------------------ training
 
     @contextlib.contextmanager
     def _graceful_interrupt(self) -> Iterator[None]:
-        """First Ctrl-C: finish the current step, save, stop. Second: stop at once."""
+        """First Ctrl-C or SIGTERM (schedulers, ``timeout``): finish the current step, save, stop.
+        A second one: stop at once."""
         if not self.dist.is_main and not self.dist.enabled:
             yield
             return
@@ -312,18 +276,20 @@ class Trainer:
         def request_stop(signum, frame):
             if self._stop_requested:
                 raise KeyboardInterrupt
-            self._stop_requested = True
-            self.logger.warning("interrupt: saving last.pth after this step (Ctrl-C again to stop at once)")
+            self._stop_requested = signum
+            self.logger.warning("%s: saving last.pth after this step (send it again to stop at once)",
+                                signal.Signals(signum).name)
 
         try:
-            previous = signal.signal(signal.SIGINT, request_stop)
+            previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
         except ValueError:  # not the main thread
             yield
             return
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def fit(self) -> dict[str, Any]:
         """Train to ``train.epochs``; returns the summary (also written to ``summary.json``)."""
@@ -334,23 +300,37 @@ class Trainer:
             self.run_dir, train.epochs, self.steps_per_epoch, self.config.data.batch_size, self.micro_batch,
             train.grad_accum, self.dist.world_size, self.device, self.amp_dtype or "off", self.data.num_samples,
         )
+        if self.data.has_validation:
+            self.logger.info("validation sets: %s; best.pth: the %s %s", ", ".join(self.data.validation_labels),
+                             "highest" if train.best_mode == "max" else "lowest", self._best_rule())
         started = time.perf_counter()
-        with self._graceful_interrupt():
+        try:
+            self._train_all_epochs()
+            summary = self._summary(time.perf_counter() - started)
+        finally:
+            self.close()  # the run folder is free for the next writer (e.g. a resume), however fit ends
+        return summary
+
+    def _train_all_epochs(self) -> None:
+        train = self.config.train
+        with self._graceful_interrupt(), run_log.data_warnings_logged(self.logger):
             while self.position.epoch < train.epochs:
                 epoch = self.position.epoch
                 self._train_epoch(epoch)
                 if self._stop_requested:
+                    signum = signal.SIGINT if self._stop_requested is True else self._stop_requested
                     self.save("last")
-                    self.logger.warning("stopped by interrupt; resume with --resume %s", self.run_dir)
-                    raise TrainingInterrupted
+                    self.logger.warning("stopped by %s; resume with --resume %s", signal.Signals(signum).name,
+                                        self.run_dir)
+                    raise TrainingInterrupted(signum)
+                is_best = False
                 if self.data.has_validation and ((epoch + 1) % train.val_every == 0 or epoch + 1 == train.epochs):
-                    self.validate(epoch)
+                    is_best = self._update_best(self.validate(epoch), epoch)
                 self.position = Position(epoch + 1, 0, self.position.global_step)
                 self.save("last")
-                self._rotate_epoch_checkpoints(epoch)
+                if self.dist.is_main:
+                    self._link_epoch_end_checkpoints(is_best)
                 distributed.barrier(self.dist)
-        summary = self._summary(time.perf_counter() - started)
-        return summary
 
     def _train_epoch(self, epoch: int) -> None:
         train = self.config.train
@@ -366,13 +346,19 @@ class Trainer:
         micro_batches: list[dict[str, Any]] = []
         for batch in batches:
             skipped += int(batch.get("skipped", 0))
-            if batch["image"].shape[0] == 0:
-                continue
+            # A batch whose files were all unreadable still takes its place in the step, so that
+            # every step consumes train.grad_accum batches and a resume starts at the right one.
             micro_batches.append(batch)
             if len(micro_batches) < train.grad_accum:
                 continue
-            log_images = self._is_due(train.image_every)
-            terms = self._optimizer_step(micro_batches, log_images)
+            micro_batches = [b for b in micro_batches if b["image"].shape[0] > 0]
+            if self._all_ranks_have_data(micro_batches):
+                terms = self._optimizer_step(micro_batches, self._is_due(train.image_every))
+            else:  # nothing to learn from: the step is skipped, the schedule moves on
+                self.logger.warning("step %d skipped: its batches had no readable sample",
+                                    self.position.global_step + 1)
+                self.scheduler.step()
+                terms = None
             window_images += sum(b["image"].shape[0] for b in micro_batches) * self.dist.world_size
             micro_batches = []
             self.position.step_in_epoch += 1
@@ -391,12 +377,19 @@ class Trainer:
             if self._stop_requested or self.position.step_in_epoch >= self.steps_per_epoch:
                 break
         progress.close()
-        skipped_total = int(distributed.all_reduce_sum(torch.tensor(skipped), self.dist).item())
+        skipped_total = int(distributed.all_reduce_sum(torch.tensor(skipped, device=self.device), self.dist).item())
         if skipped_total:
             self.logger.warning("epoch %d: %d unreadable samples skipped (named in the warnings above)",
                                 epoch + 1, skipped_total)
         if self.writer is not None:
             self.writer.skipped_samples(self.position.global_step, skipped_total)
+
+    def _all_ranks_have_data(self, micro_batches: list[dict[str, Any]]) -> bool:
+        """Whether every process has a sample for this step (DDP needs all of them in the backward)."""
+        if not self.dist.enabled:
+            return bool(micro_batches)
+        missing = torch.tensor(0.0 if micro_batches else 1.0, device=self.device)
+        return distributed.all_reduce_sum(missing, self.dist).item() == 0
 
     def _is_due(self, every: int) -> bool:
         return bool(every) and (self.position.global_step + 1) % every == 0
@@ -460,7 +453,7 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, epoch: int) -> dict[str, dict[str, float]]:
-        """Evaluate the model (the EMA when kept) on every validation set; saves ``best.pth``."""
+        """Evaluate the model (the EMA when kept) on every validation set: ``{label: metrics}``."""
         model = self.ema.module if self.ema is not None else self.model
         results: dict[str, dict[str, float]] = {}
         if self.dist.is_main:
@@ -476,21 +469,26 @@ class Trainer:
                                                 self.data.picture_samples(self.writer.picture_count), self.device,
                                                 self.train_step.autocast)
             self.history.append({"epoch": epoch + 1, "step": self.position.global_step, "metrics": results})
-            self._update_best(results, epoch)
         distributed.barrier(self.dist)
         return results
 
-    def _update_best(self, results: dict[str, dict[str, float]], epoch: int) -> None:
+    def _best_rule(self) -> str:
+        """What ``best`` is the best of, e.g. "mean Sm over 2 sets"."""
+        count = len(self.data.validation_labels)
+        return f"mean {self.config.train.best_metric} over {count} sets" if count > 1 else self.config.train.best_metric
+
+    def _update_best(self, results: dict[str, dict[str, float]], epoch: int) -> bool:
+        """Whether ``results`` beat the best so far (then ``best.pth`` becomes this epoch's ``last.pth``)."""
         train = self.config.train
         values = [m[train.best_metric] for m in results.values() if train.best_metric in m]
         if not values:
-            return
+            return False
         score = float(np.mean(values))
         better = self.best is None or (score > self.best if train.best_mode == "max" else score < self.best)
         if better:
-            self.best = score
-            self.save("best")
-            self.logger.info("new best %s %.4f at epoch %d", train.best_metric, score, epoch + 1)
+            self.best, self.best_step = score, self.position.global_step
+            self.logger.info("new best %s %.4f at epoch %d", self._best_rule(), score, epoch + 1)
+        return better
 
     def _summary(self, seconds: float) -> dict[str, Any]:
         summary = {
@@ -499,12 +497,15 @@ class Trainer:
             "global_step": self.position.global_step,
             "seconds": round(seconds, 1),
             "best_metric": self.config.train.best_metric,
+            "best_rule": f"{self.config.train.best_mode} of {self._best_rule()}",
+            "validation_sets": self.data.validation_labels,
             "best": self.best,
             "last_validation": self.history[-1] if self.history else None,
             "nonfinite_steps": self.nonfinite_steps,
             "world_size": self.dist.world_size,
-            "weights_identical_across_ranks": self._weights_identical(),
-            "shards_disjoint_across_ranks": self._shards_disjoint(),
+            "weights_identical_across_ranks": distributed.weights_identical(self.model, self.dist),
+            "shards_disjoint_across_ranks": distributed.shards_disjoint(
+                self.data.shard(max(self.position.epoch - 1, 0)), self.dist),
         }
         if self.device.type == "cuda":
             summary["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
@@ -515,24 +516,12 @@ class Trainer:
                 self.writer.close()
         return summary
 
-    def _shards_disjoint(self) -> bool:
-        """Whether the ranks trained on disjoint samples in the last epoch (checks the sharding)."""
-        if not self.dist.enabled:
-            return True
-        shard = self.data.shard(max(self.position.epoch - 1, 0))
-        gathered: list[list[int] | None] = [None] * self.dist.world_size
-        torch.distributed.all_gather_object(gathered, shard)
-        seen: set[int] = set()
-        for indices in gathered:
-            if seen & set(indices):
-                return False
-            seen |= set(indices)
-        return True
-
-    def _weights_identical(self) -> bool:
-        if not self.dist.enabled:
-            return True
-        checksum = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).sum().cpu()
-        gathered = [torch.zeros_like(checksum) for _ in range(self.dist.world_size)]
-        torch.distributed.all_gather(gathered, checksum)
-        return all(math.isclose(g.item(), checksum.item(), rel_tol=0, abs_tol=0) for g in gathered)
+    def close(self) -> None:
+        """Close the TensorBoard and log files and release the run folder (what ending the process does)."""
+        if getattr(self, "writer", None) is not None:
+            self.writer.close()
+        for handler in list(self.logger.handlers):
+            handler.close()
+            self.logger.removeHandler(handler)
+        if self.lock is not None:
+            self.lock.release()
