@@ -86,8 +86,10 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: Literal["warmup_cosine", "warmup_poly", "constant"] = "warmup_cosine"
-    warmup_epochs: float = 16.0  # linear from 0; official: the first half
+    # official_cosine: the official LR_Scheduler('cos'), cosine × T/W during the warm-up;
+    # warmup_cosine / warmup_poly: a linear ramp, then the decay (see pgnet.engine.optim.lr_factor)
+    name: Literal["official_cosine", "warmup_cosine", "warmup_poly", "constant"] = "official_cosine"
+    warmup_epochs: float = 16.0  # official: the first half (epochs // 2)
     min_lr_ratio: float = 0.0
     power: float = 0.9  # warmup_poly only
 
