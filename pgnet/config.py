@@ -66,6 +66,7 @@ class DataConfig:
     size: int = 1024  # training resize before the crop
     multiscale: list[int] = field(default_factory=lambda: [960, 992, 1024, 1056, 1088])
     eval_size: int = 1024
+    fast_decode: bool = False  # validation: reduced JPEG decode, uint8 resize (official: full decode, float resize)
     batch_size: int = 16  # in all, over every process and accumulation step
     num_workers: int = 4
     mean: list[float] | None = None  # 0-255 scale; None: the statistics of `normalization`
