@@ -109,8 +109,9 @@ def load_model_and_preprocessing(
 ) -> tuple[PGNet, Preprocessing]:
     """``load_model``, with the input preprocessing the checkpoint records (official when none)."""
     state = load_checkpoint(path)
+    preprocessing = Preprocessing.from_checkpoint(state, source=str(path))
     model = model_from_checkpoint(state, source=str(path), weights=weights)
-    return model.to(device or "cpu").eval(), Preprocessing.from_checkpoint(state, source=str(path))
+    return model.to(device or "cpu").eval(), preprocessing
 
 
 def convert_official_checkpoint(source: str | Path, destination: str | Path) -> list[str]:
