@@ -11,8 +11,8 @@ import pgnet
 from pgnet.checkpoint import model_checkpoint, save_checkpoint
 from pgnet.cli.predict import main as predict_main
 from pgnet.data.io import ImageReadError, read_image, read_mask
-from pgnet.data.transforms import build_eval_transform
 from pgnet.data.preprocessing import normalize_then_resize
+from pgnet.data.transforms import build_eval_transform
 from pgnet.inference import (
     Predictor,
     compose,
