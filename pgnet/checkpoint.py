@@ -1,8 +1,10 @@
 """Checkpoint files: atomic saving, loading, and ``load_model`` for project and official checkpoints.
 
 A project checkpoint is a dict ``{"format": "pgnet", "version": 1, "model_config": {...},
-"model": state_dict, ...}``; the trainer adds its own states beside. It holds only tensors, numbers,
-strings and containers of them, so it loads with ``torch.load(weights_only=True)``.
+"model": state_dict, "preprocessing": {"mean", "std", "eval_size"}, ...}``; the trainer adds its
+own states beside. Files without ``preprocessing`` (older ones, official ones) get the official one.
+It holds only tensors, numbers, strings and containers of them, so it loads with
+``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import torch
 
+from pgnet.data.preprocessing import Preprocessing
 from pgnet.errors import UserError
 from pgnet.models.official import convert_official_state_dict, is_official_state_dict
 from pgnet.models.pgnet import ModelConfig, PGNet
@@ -191,14 +194,16 @@ def load_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], so
     model.load_state_dict(weights, strict=True)
 
 
-def model_checkpoint(model: PGNet, **extra: Any) -> dict[str, Any]:
-    """A project checkpoint holding ``model``'s config and weights (plus ``extra`` entries)."""
+def model_checkpoint(model: PGNet, preprocessing: Preprocessing | None = None, **extra: Any) -> dict[str, Any]:
+    """A project checkpoint holding ``model``'s config, weights and input ``preprocessing`` (the
+    official one when None), plus ``extra`` entries."""
     model = getattr(model, "module", model)  # unwrap DDP
     return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "model_config": model.config.to_dict(),
         "model": model.state_dict(),
+        "preprocessing": (preprocessing or Preprocessing()).to_dict(),
         **extra,
     }
 
@@ -239,10 +244,19 @@ def load_model(
     """Load a network from a project checkpoint or a released official one, in eval mode.
 
     ``weights`` picks which weights of a project checkpoint to load (``"model"``, or ``"ema"`` where
-    the trainer kept an EMA).
+    the trainer kept an EMA). ``load_model_and_preprocessing`` also returns how to feed it.
     """
-    model = model_from_checkpoint(load_checkpoint(path), source=str(path), weights=weights)
-    return model.to(device or "cpu").eval()
+    return load_model_and_preprocessing(path, device, weights)[0]
+
+
+def load_model_and_preprocessing(
+    path: str | Path, device: str | torch.device | None = None, weights: str = "model"
+) -> tuple[PGNet, Preprocessing]:
+    """``load_model``, with the input preprocessing the checkpoint records (official when none)."""
+    state = load_checkpoint(path)
+    preprocessing = Preprocessing.from_checkpoint(state, source=str(path))
+    model = model_from_checkpoint(state, source=str(path), weights=weights)
+    return model.to(device or "cpu").eval(), preprocessing
 
 
 def convert_official_checkpoint(source: str | Path, destination: str | Path) -> list[str]:

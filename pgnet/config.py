@@ -66,6 +66,7 @@ class DataConfig:
     size: int = 1024  # training resize before the crop
     multiscale: list[int] = field(default_factory=lambda: [960, 992, 1024, 1056, 1088])
     eval_size: int = 1024
+    fast_decode: bool = False  # validation: reduced JPEG decode, uint8 resize (official: full decode, float resize)
     batch_size: int = 16  # in all, over every process and accumulation step
     num_workers: int = 4
     mean: list[float] | None = None  # 0-255 scale; None: the statistics of `normalization`
@@ -86,8 +87,10 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: Literal["warmup_cosine", "warmup_poly", "constant"] = "warmup_cosine"
-    warmup_epochs: float = 16.0  # linear from 0; official: the first half
+    # official_cosine: the official LR_Scheduler('cos'), cosine × T/W during the warm-up;
+    # warmup_cosine / warmup_poly: a linear ramp, then the decay (see pgnet.engine.optim.lr_factor)
+    name: Literal["official_cosine", "warmup_cosine", "warmup_poly", "constant"] = "official_cosine"
+    warmup_epochs: float = 16.0  # official: the first half (epochs // 2)
     min_lr_ratio: float = 0.0
     power: float = 0.9  # warmup_poly only
 

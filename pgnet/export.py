@@ -1,11 +1,13 @@
 """ONNX export of the inference path.
 
 The exported graph is ``SaliencyModel``: input ``image``, float32 B×3×H×W, RGB on the 0-255 scale
-(not normalised: the official normalisation is inside the graph); output ``mask``, float32 B×1×H×W,
+(not normalised: the checkpoint's normalisation, official by default, is inside the graph and named in
+the metadata ``pgnet.preprocessing``); output ``mask``, float32 B×1×H×W,
 the saliency probability (sigmoid of the logits) at the input size; with ``logits=True`` the logits
 instead. Batch, height and width are dynamic. The graph has no attention-map branch (the CMGM runs
-``scaled_dot_product_attention``). To reproduce ``Predictor``, resize a picture to 1024×1024
-(bilinear), run the graph, and resize the mask back to the picture's size.
+``scaled_dot_product_attention``). To reproduce ``Predictor --fast-decode``, resize a picture to
+the checkpoint's test size (1024×1024 officially; bilinear), run the graph, and resize the mask
+back to the picture's size.
 
 Export uses the dynamo exporter (``torch.onnx.export(dynamo=True)``, which needs ``onnxscript``).
 Every shape that depends on the input size is computed in the graph: the Swin branch always sees
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pgnet.data.preprocessing import Preprocessing
 from pgnet.inference import normalize
 from pgnet.models.pgnet import PGNet
 from pgnet.outputs import write_bytes
@@ -38,15 +41,18 @@ TRACE_SHAPE = (2, 3, 480, 352)
 
 
 class SaliencyModel(nn.Module):
-    """PGNet's inference path for export: RGB 0-255 B×3×H×W → B×1×H×W probabilities (or logits)."""
+    """PGNet's inference path for export: RGB 0-255 B×3×H×W → B×1×H×W probabilities (or logits),
+    normalised with the ``preprocessing`` statistics (official when None)."""
 
-    def __init__(self, model: PGNet, logits: bool = False):
+    def __init__(self, model: PGNet, logits: bool = False, preprocessing: Preprocessing | None = None):
         super().__init__()
         self.model = model
         self.logits = logits
+        self.preprocessing = preprocessing or Preprocessing()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        pred = self.model(normalize(image), need_attention=False).pred  # B×1×H×W logits
+        pred = self.model(normalize(image, self.preprocessing.mean, self.preprocessing.std), need_attention=False).pred
+        # pred: B×1×H×W logits
         return pred if self.logits else torch.sigmoid(pred)
 
 
@@ -65,6 +71,7 @@ def export_onnx(
     static_size: tuple[int, int] | None = None,
     opset: int | None = None,
     optimize: bool = True,
+    preprocessing: Preprocessing | None = None,
 ) -> Path:
     """Export ``model``'s inference path to an ONNX file (see the module docstring for its interface).
 
@@ -76,6 +83,7 @@ def export_onnx(
             models with a global grafting point other than ``r5-s2``.
         opset: the ONNX opset (the exporter's default when None).
         optimize: let the exporter optimise the graph (constant folding, fusions).
+        preprocessing: the statistics the graph normalises with (the checkpoint's; official when None).
     """
     try:
         import onnxscript  # noqa: F401
@@ -87,7 +95,8 @@ def export_onnx(
             "input size: export it with a fixed size (static_size=(H, W), --static-size H W), or use ':window' points"
         )
     path = Path(path)
-    wrapper = SaliencyModel(model.float().cpu().eval(), logits=logits).eval()
+    preprocessing = preprocessing or Preprocessing()
+    wrapper = SaliencyModel(model.float().cpu().eval(), logits=logits, preprocessing=preprocessing).eval()
     if static_size is None:
         example = torch.rand(TRACE_SHAPE) * 255
         dynamic_shapes = {"image": {0: "batch", 2: "height", 3: "width"}}
@@ -113,6 +122,7 @@ def export_onnx(
             "pgnet.input": "image: float32 Bx3xHxW, RGB 0-255 (normalised inside the graph)",
             "pgnet.output": f"mask: float32 Bx1xHxW, {'logits' if logits else 'probabilities in [0, 1]'}",
             "pgnet.model_config": repr(model.config.to_dict()),
+            "pgnet.preprocessing": repr(preprocessing.to_dict()),
         }
     )
     write_bytes(path, program.model_proto.SerializeToString())  # atomically; weights inside (under 2 GB)
@@ -125,12 +135,13 @@ def compare_onnx(
     shapes: Sequence[tuple[int, int, int, int]] = ((1, 3, 320, 256), (2, 3, 224, 288)),
     logits: bool = False,
     seed: int = 0,
+    preprocessing: Preprocessing | None = None,
 ) -> list[float]:
     """Largest absolute difference between onnxruntime (CPU) and PyTorch outputs, per input shape."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    wrapper = SaliencyModel(model.float().cpu().eval(), logits=logits).eval()
+    wrapper = SaliencyModel(model.float().cpu().eval(), logits=logits, preprocessing=preprocessing).eval()
     generator = torch.Generator().manual_seed(seed)
     differences = []
     for shape in shapes:

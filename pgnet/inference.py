@@ -2,7 +2,10 @@
 
 ``Predictor`` takes a path, an RGB uint8 array or a PIL image and returns the saliency mask as
 float32 in [0, 1] at the picture's own size. Pictures are resized to ``size``×``size`` (1024, the
-official test size) and normalised exactly as ``pgnet.data.transforms.build_eval_transform`` does;
+official test size, or the checkpoint's test size) and prepared as ``pgnet.data.transforms.build_eval_transform``
+does: by default as the official test code (full decode, normalised as float, then resized), with
+``fast_decode`` reduced JPEG decode and a uint8 resize first. The normalisation statistics are the
+checkpoint's (``pgnet.data.preprocessing``);
 the logits leave the network at its stride-4 head resolution and are resized once, straight to the
 picture's size, before the sigmoid (as the official test code and the evaluator do).
 
@@ -47,7 +50,7 @@ from pgnet.data.io import (
     read_image,
     read_image_with_alpha,
 )
-from pgnet.data.transforms import OFFICIAL_MEAN, OFFICIAL_STD
+from pgnet.data.preprocessing import OFFICIAL_MEAN, OFFICIAL_STD, Preprocessing, normalize_then_resize
 from pgnet.output_plan import FileJob, plan_outputs  # noqa: F401  (part of this module's API)
 from pgnet.outputs import NoSpaceError, write_image
 
@@ -90,14 +93,16 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """B×3×H×W RGB on the 0-255 scale (any dtype) → float32 normalised with the official statistics.
+def normalize(
+    images: torch.Tensor, mean: Sequence[float] = OFFICIAL_MEAN, std: Sequence[float] = OFFICIAL_STD
+) -> torch.Tensor:
+    """B×3×H×W RGB on the 0-255 scale (any dtype) → float32 normalised with ``mean``/``std`` (0-255 scale).
 
-    The one place the network's input normalisation is written: the predictor and the ONNX export
-    both use it; it equals the ``A.Normalize`` step of ``build_eval_transform``.
+    The network's input normalisation on tensors: the predictor's fast path and the ONNX export use
+    it; it equals the ``A.Normalize`` step of ``build_eval_transform``.
     """
-    mean = torch.tensor(OFFICIAL_MEAN, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(OFFICIAL_STD, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    mean = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
     return (images.float() - mean) / std
 
 
@@ -194,7 +199,8 @@ class Predictor:
 
     Args:
         model: the network (put in eval mode; moved to ``device`` when not ``optimize``).
-        size: the network input side; pictures are resized to size×size (1024: the official test size).
+        size: the network input side; pictures are resized to size×size (None: the preprocessing's
+            test size, 1024 officially).
         device: "cuda", "mps", "cpu", ... or None to pick CUDA, then MPS, then the CPU.
         flip: test-time augmentation: the mask is the mean of the predictions for the picture and
             for its mirror image (mirrored back).
@@ -205,6 +211,11 @@ class Predictor:
             (``pgnet.acceleration.prepare_for_inference``; masks agree with the plain model to ~1e-4).
         compile: ``torch.compile`` that copy (first call of each size compiles; 1.4× on a CPU).
         cuda_graphs: replay CUDA graphs (one per batch shape); None: on for CUDA unless compiled.
+        preprocessing: the normalisation (and test size) the model was trained with; None: the
+            official one. ``from_checkpoint`` reads it from the checkpoint.
+        fast_decode: decode large JPEG files at 1/2, 1/4 or 1/8 scale and resize the uint8 picture
+            before normalising it (faster; see the README for its cost). Default: the official
+            protocol, full decode, normalised as float, then resized.
 
     Call it with one picture (a path, an H×W×3 uint8 RGB array, or a PIL image) to get an H×W
     float32 mask in [0, 1], or with a list of pictures to get a list of masks.
@@ -213,7 +224,7 @@ class Predictor:
     def __init__(
         self,
         model: nn.Module,
-        size: int = 1024,
+        size: int | None = None,
         device: str | torch.device | None = None,
         flip: bool = False,
         precision: str = "auto",
@@ -221,7 +232,11 @@ class Predictor:
         optimize: bool = True,
         compile: bool = False,
         cuda_graphs: bool | None = None,
+        preprocessing: Preprocessing | None = None,
+        fast_decode: bool = False,
     ):
+        self.preprocessing = preprocessing or Preprocessing()
+        size = self.preprocessing.eval_size if size is None else size
         if int(size) < 32:
             raise ValueError(f"size must be at least 32, got {size}")
         if int(batch_size) < 1:
@@ -237,6 +252,7 @@ class Predictor:
         self.size = int(size)
         self.flip = bool(flip)
         self.batch_size = int(batch_size)
+        self.fast_decode = bool(fast_decode)
 
     @classmethod
     def from_checkpoint(
@@ -245,17 +261,21 @@ class Predictor:
         """A predictor for a project checkpoint or an official one (converted or as released).
 
         ``weights`` picks "model" or "ema" weights of a project checkpoint; ``options`` are the
-        other ``Predictor`` arguments (size, flip, precision, batch_size).
+        other ``Predictor`` arguments (size, flip, precision, batch_size, fast_decode). The
+        normalisation and default size are the checkpoint's (official for files that record none).
         """
-        from pgnet.checkpoint import load_model
+        from pgnet.checkpoint import load_model_and_preprocessing
 
-        return cls(load_model(path, "cpu", weights=weights), device=device, **options)
+        model, preprocessing = load_model_and_preprocessing(path, "cpu", weights=weights)
+        options.setdefault("preprocessing", preprocessing)
+        return cls(model, device=device, **options)
 
     def __repr__(self) -> str:
         return (
             f"Predictor(size={self.size}, device={str(self.device)!r}, flip={self.flip}, "
             f"precision={self.precision!r}, batch_size={self.batch_size}, optimize={self.optimize}, "
-            f"compile={self.compile}, cuda_graphs={isinstance(self.network, CUDAGraphRunner)})"
+            f"compile={self.compile}, cuda_graphs={isinstance(self.network, CUDAGraphRunner)}, "
+            f"fast_decode={self.fast_decode}, {self.preprocessing})"
         )
 
     def __call__(self, image: ImageInput | Sequence[ImageInput]) -> np.ndarray | list[np.ndarray | None]:
@@ -271,7 +291,10 @@ class Predictor:
     def load(self, image: ImageInput) -> tuple[np.ndarray, tuple[int, int]]:
         """(RGB uint8 array to feed the network, (H, W) the mask will have) for one picture."""
         if isinstance(image, (str, os.PathLike)):
-            return read_for_network(image, self.size)
+            if self.fast_decode:
+                return read_for_network(image, self.size)
+            array = read_image(image)
+            return array, (int(array.shape[0]), int(array.shape[1]))
         array = as_rgb_array(image)
         return array, (int(array.shape[0]), int(array.shape[1]))
 
@@ -325,8 +348,13 @@ class Predictor:
             raise ValueError(f"got {len(images)} images but {len(sizes)} sizes")
         if not images:
             return []
-        batch = np.stack([resize_for_network(as_rgb_array(image), self.size) for image in images])  # B×S×S×3
-        x = normalize(torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2))  # B×3×S×S
+        mean, std = self.preprocessing.mean, self.preprocessing.std
+        if self.fast_decode:  # uint8 resize, normalised on the device
+            batch = np.stack([resize_for_network(as_rgb_array(image), self.size) for image in images])  # B×S×S×3
+            x = normalize(torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2), mean, std)  # B×3×S×S
+        else:  # the official order: normalise the full picture as float, then resize
+            batch = np.stack([normalize_then_resize(as_rgb_array(image), self.size, mean, std) for image in images])
+            x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2)  # B×3×S×S
         if self.optimize:
             x = x.contiguous(memory_format=torch.channels_last)
         autocast = autocast_for(self.network, self.device, torch.bfloat16 if self.precision == "bf16" else None)
@@ -335,11 +363,6 @@ class Predictor:
 
 
 # --------------------------------------------------------------------------------------------------
-# Output pictures
-
-
-
-
 # --------------------------------------------------------------------------------------------------
 # Prediction over files
 
@@ -430,10 +453,11 @@ def predict_files(
         depth = predictor.batch_size + workers
 
         def read(job: FileJob) -> tuple[np.ndarray, tuple[int, int]]:
-            # Resized at once: a waiting picture holds size×size×3 bytes, not its decoded size, so at
-            # most ``workers`` full decodes (each under the pixel limit) are in memory at a time.
-            image, size = read_for_network(job.source, predictor.size)
-            return resize_for_network(image, predictor.size), size
+            # At most ``depth`` pictures wait, each under the pixel limit. With fast decode each is
+            # resized at once (a waiting picture holds size×size×3 bytes); the official protocol
+            # normalises the full picture first, so it waits at full size.
+            image, size = predictor.load(job.source)
+            return (resize_for_network(image, predictor.size) if predictor.fast_decode else image), size
 
         for job, future in _prefetch(pool, read, jobs, depth):
             try:

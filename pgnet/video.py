@@ -77,7 +77,8 @@ class FrameReader:
 
     Args:
         source: a video path or a camera index.
-        size: the network input side (each frame is also resized to size×size on the thread).
+        size: the network input side (each frame is also resized to size×size, as uint8, on the
+            thread); None: the second copy is the frame itself.
         capture_factory: opens ``source`` (default ``cv2.VideoCapture``).
         max_frames: stop after this many frames (None: until the source ends).
         depth: frames decoded ahead at most.
@@ -89,13 +90,13 @@ class FrameReader:
     def __init__(
         self,
         source: str | os.PathLike | int,
-        size: int,
+        size: int | None,
         capture_factory: Callable[[Any], Any] | None = None,
         max_frames: int | None = None,
         depth: int = 8,
     ) -> None:
         self.source = source
-        self.size = int(size)
+        self.size = None if size is None else int(size)  # None: frames are not resized here
         self.max_frames = max_frames
         opener = capture_factory or cv2.VideoCapture
         self.capture = opener(source if isinstance(source, int) else str(source))
@@ -136,7 +137,8 @@ class FrameReader:
                 if not ok or frame is None:
                     break
                 rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                if not self._put((rgb, resize_for_network(rgb, self.size))):
+                small = rgb if self.size is None else resize_for_network(rgb, self.size)
+                if not self._put((rgb, small)):
                     return
                 self.frames += 1
         except Exception as error:  # handed to the consumer, which raises it
@@ -229,6 +231,12 @@ def predict_frames(predictor: Predictor, reader: FrameReader, smooth: float = 0.
         yield from run(batch)
 
 
+def _reader_size(predictor: Predictor) -> int | None:
+    """Frames are resized as uint8 on the reader thread with ``fast_decode``; otherwise the predictor
+    prepares them the official way (normalised as float, then resized)."""
+    return predictor.size if predictor.fast_decode else None
+
+
 def predict_video(
     predictor: Predictor,
     source: str | os.PathLike | int,
@@ -237,7 +245,8 @@ def predict_video(
     capture_factory: Callable[[Any], Any] | None = None,
 ) -> Iterator[VideoFrame]:
     """Each frame of a video (path) or camera (index) with its mask, as ``VideoFrame``s in order."""
-    with FrameReader(source, predictor.size, capture_factory, max_frames, depth=2 * predictor.batch_size + 2) as reader:
+    with FrameReader(source, _reader_size(predictor), capture_factory, max_frames,
+                     depth=2 * predictor.batch_size + 2) as reader:
         yield from predict_frames(predictor, reader, smooth)
 
 
@@ -330,7 +339,7 @@ def write_video(
 
     composer = composer or Composer("mask")
     depth = 2 * predictor.batch_size + 2
-    with FrameReader(source, predictor.size, capture_factory, max_frames, depth=depth) as reader:
+    with FrameReader(source, _reader_size(predictor), capture_factory, max_frames, depth=depth) as reader:
         frames = predict_frames(predictor, reader, smooth)
         first = next(frames, None)
         if first is None:

@@ -172,7 +172,7 @@ def test_synthetic_by_name():
 def test_reduced_decode_keeps_the_original_size_and_alignment(tmp_path):
     root = make_folder(tmp_path, count=1, size=(256, 320))
     pairs = pair_files(root / "image", root / "mask").pairs
-    transform = build_eval_transform(64, resize_mask=True)
+    transform = build_eval_transform(64, resize_mask=True, fast_decode=True)
     reduced = SODDataset(pairs, transform)
     image, mask, original = reduced.load_pair(0)
     assert image.shape == (64, 80, 3) and mask.shape == (64, 80) and original == (256, 320)  # 1/4 decode
@@ -192,11 +192,13 @@ def test_cache_is_used_transparently_and_ignored_when_stale(tmp_path):
     again = build_cache(root, pairs, long_side=80)
     assert again.fresh == 3 and again.written == 0
 
-    dataset = build_dataset(generic(root), build_eval_transform(64, resize_mask=True))
+    # The official protocol decodes every picture at full size: no cache, no reduced decode.
+    assert build_dataset(generic(root), build_eval_transform(64, resize_mask=True)).cache is None
+    dataset = build_dataset(generic(root), build_eval_transform(64, resize_mask=True, fast_decode=True))
     assert dataset.cache is not None and dataset.cache.long_side == 80
     image, mask, original = dataset.load_pair(0)
     assert image.shape[:2] == mask.shape == (60, 80) and original == (120, 160)
-    uncached = build_dataset(generic(root, cache=False), build_eval_transform(64, resize_mask=True))
+    uncached = build_dataset(generic(root, cache=False), build_eval_transform(64, resize_mask=True, fast_decode=True))
     assert uncached.cache is None
     assert (dataset[0]["mask"] - uncached[0]["mask"]).abs().mean() < 0.05
     assert (dataset[0]["image"] - uncached[0]["image"]).abs().mean() < 0.2
@@ -212,5 +214,5 @@ def test_cache_is_used_transparently_and_ignored_when_stale(tmp_path):
     assert dataset.load_pair(0)[0].shape == (120, 160, 3)  # the source at full size (1/2 would be < 64)
 
     assert find_cache(root, 81) is None  # a cache smaller than the training size is not used
-    assert build_dataset(generic(root), build_eval_transform(96)).cache is None
+    assert build_dataset(generic(root), build_eval_transform(96, fast_decode=True)).cache is None
     assert build_dataset(generic(root), build_eval_transform(None)).cache is None

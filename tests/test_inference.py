@@ -11,6 +11,7 @@ import pgnet
 from pgnet.checkpoint import model_checkpoint, save_checkpoint
 from pgnet.cli.predict import main as predict_main
 from pgnet.data.io import ImageReadError, read_image, read_mask
+from pgnet.data.preprocessing import normalize_then_resize
 from pgnet.data.transforms import build_eval_transform
 from pgnet.inference import (
     Predictor,
@@ -70,9 +71,24 @@ def file_digest(path):
 
 def test_preprocessing_equals_the_eval_transform():
     image = random_image(150, 203)
-    expected = build_eval_transform(SIZE).pipeline(image=image)["image"]  # S×S×3, normalised
+    # --fast-decode: uint8 resize, then normalisation
+    expected = build_eval_transform(SIZE, fast_decode=True).pipeline(image=image)["image"]  # S×S×3, normalised
     ours = normalize(torch.from_numpy(resize_for_network(image, SIZE)).permute(2, 0, 1)[None])[0]
     np.testing.assert_allclose(ours.permute(1, 2, 0).numpy(), expected, atol=1e-5)
+    # the default, official order: normalisation, then float resize
+    expected = build_eval_transform(SIZE).pipeline(image=image)["image"]
+    np.testing.assert_allclose(normalize_then_resize(image, SIZE), expected, atol=1e-5)
+
+
+def test_fast_decode_is_close_to_the_official_protocol(checkpoint, predictor, tmp_path):
+    image = random_image(600, 520)
+    path = write_jpeg(tmp_path / "large.jpg", image)
+    fast = Predictor.from_checkpoint(checkpoint, device="cpu", size=SIZE, fast_decode=True)
+    assert predictor.load(path)[0].shape[:2] == (600, 520)  # decoded at full size
+    assert fast.load(path)[0].shape[:2] == (150, 130)  # decoded at 1/4
+    official, reduced = predictor(path), fast(path)
+    assert official.shape == reduced.shape == (600, 520)
+    assert np.abs(official - reduced).max() > 0  # (an untrained network: the size of the gap means nothing)
 
 
 def test_path_numpy_and_pil_give_the_same_mask_at_the_picture_size(predictor, tmp_path):

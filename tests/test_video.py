@@ -40,7 +40,7 @@ class ColourPredictor:
     """Stands in for the network where only the video plumbing is tested: the mask is where the
     frame is orange (red channel high), computed on the network-size copy and resized back."""
 
-    size, batch_size = SIZE, 2
+    size, batch_size, fast_decode = SIZE, 2, True  # frames come resized to SIZE by the reader
 
     def __init__(self):
         self.batches = []

@@ -62,9 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="image folders for --gt datasets (needed with a checkpoint)")
 
     model = parser.add_argument_group("running the checkpoint")
-    model.add_argument("--size", type=int, default=1024, help="test size: images are resized to size×size (1024)")
-    model.add_argument("--normalization", default="official", choices=("official", "imagenet"),
-                       help="input statistics the model was trained with (default official)")
+    model.add_argument("--size", type=int,
+                       help="test size: images are resized to size×size (default: the checkpoint's, 1024 officially)")
+    model.add_argument("--normalization", choices=("official", "imagenet"),
+                       help="input statistics to use instead of the checkpoint's (default: the checkpoint's; "
+                            "official for official checkpoints and files that record none)")
+    model.add_argument("--fast-decode", action="store_true",
+                       help="decode large JPEGs reduced and resize as uint8 before normalising (faster; "
+                            "default: the official protocol, full decode, normalised as float, then resized)")
     model.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     model.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                        help="auto: bf16 on CUDA, fp32 elsewhere")
@@ -136,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.checkpoint:
             model_method = ModelMethod(
                 Path(args.checkpoint), name=args.name, weights=args.weights, size=args.size,
-                normalization=args.normalization, precision=args.precision, flip=args.flip,
+                normalization=args.normalization, fast_decode=args.fast_decode, precision=args.precision,
+                flip=args.flip,
                 optimize=not args.no_optimize, batch_size=args.batch_size, num_workers=args.num_workers,
                 save_dir=Path(args.save_preds) if args.save_preds else None,
             )

@@ -29,11 +29,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--verify", action="store_true", help="run the file in onnxruntime and compare with PyTorch")
     args = parser.parse_args(argv)
 
-    from pgnet.checkpoint import load_model
+    from pgnet.checkpoint import load_model_and_preprocessing
     from pgnet.export import compare_onnx, export_onnx
 
     try:
-        model = load_model(args.checkpoint, "cpu", weights=args.weights)
+        model, preprocessing = load_model_and_preprocessing(args.checkpoint, "cpu", weights=args.weights)
         path = export_onnx(
             model,
             args.output,
@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             static_size=args.static_size,
             opset=args.opset,
             optimize=not args.no_optimize,
+            preprocessing=preprocessing,
         )
     except (FileNotFoundError, KeyError, ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -48,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     if args.verify:
         shapes = ((1, 3, *args.static_size), (2, 3, *args.static_size)) if args.static_size else None
-        differences = compare_onnx(model, path, logits=args.logits, **({"shapes": shapes} if shapes else {}))
+        differences = compare_onnx(model, path, logits=args.logits, preprocessing=preprocessing,
+                                   **({"shapes": shapes} if shapes else {}))
         print(
             f"onnxruntime vs PyTorch, largest difference per input shape: {', '.join(f'{d:.2e}' for d in differences)}"
         )

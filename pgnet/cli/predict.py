@@ -48,7 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--webcam", type=int, metavar="N", help="read camera N instead of files (Ctrl-C stops)")
     parser.add_argument("--max-frames", type=int, help="videos and webcam: stop after this many frames")
     parser.add_argument(
-        "--size", type=int, default=1024, help="network input side (default 1024, the official test size)"
+        "--size", type=int, help="network input side (default: the checkpoint's test size, 1024 officially)"
+    )
+    parser.add_argument(
+        "--fast-decode", action="store_true",
+        help="decode large JPEGs reduced and resize as uint8 before normalising (faster; default: the official "
+        "protocol, full decode, normalised as float, then resized)",
     )
     parser.add_argument(
         "--flip", action="store_true", help="flip test-time augmentation (mean with the mirrored picture)"
@@ -102,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device,
             weights=args.weights,
             size=args.size,
+            fast_decode=args.fast_decode,
             flip=args.flip,
             precision=args.precision,
             batch_size=args.batch_size,

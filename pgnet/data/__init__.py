@@ -14,8 +14,12 @@ Public API (import from the submodules; this package imports nothing itself):
   ``build_train_dataset(configs, transform)`` (``repeat`` factors), name ``synthetic`` for
   ``SyntheticDataset``; ``EmptyDatasetError``.
 - ``pgnet.data.transforms``: ``build_train_transform(preset='official', size=1024, mean=None,
-  std=None, **options)``, ``build_eval_transform(size)``, ``OFFICIAL_MEAN``, ``OFFICIAL_STD``,
-  ``IMAGENET_MEAN``, ``IMAGENET_STD``, ``PRESETS``, ``denormalize(image, mean, std)``.
+  std=None, **options)``, ``build_eval_transform(size, fast_decode=False)`` (the official test
+  protocol unless ``fast_decode``), ``PRESETS``, ``denormalize(image, mean, std)``.
+- ``pgnet.data.preprocessing``: ``OFFICIAL_MEAN``, ``OFFICIAL_STD``, ``IMAGENET_MEAN``,
+  ``IMAGENET_STD``, ``normalization_stats(normalization, mean, std)`` (the one place statistics are
+  resolved), ``Preprocessing`` (mean, std, eval_size; stored in checkpoints),
+  ``normalize_then_resize(image, size, mean, std)`` (the official test preprocessing).
 - ``pgnet.data.loader``: ``MultiScaleCollate(sizes)``, ``collate_eval``, ``build_train_loader(dataset,
   batch_size, num_workers, seed, distributed, sizes)``, ``build_eval_loader(dataset)``,
   ``set_loader_epoch(loader, epoch)``, ``SkipCounter``; train batches carry ``skipped`` (int).

@@ -18,15 +18,14 @@ import numpy as np
 import torch
 from albumentations.augmentations.crops.transforms import BaseCrop
 
-# Normalisation statistics on the 0-255 scale, RGB order.
-OFFICIAL_MEAN: tuple[float, float, float] = (124.55, 118.90, 102.94)
-OFFICIAL_STD: tuple[float, float, float] = (56.77, 55.97, 57.50)
-IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
-IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
-NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "official": (OFFICIAL_MEAN, OFFICIAL_STD),
-    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
-}
+from pgnet.data.preprocessing import (  # noqa: F401  (the statistics' names, re-exported)
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NORMALIZATIONS,
+    OFFICIAL_MEAN,
+    OFFICIAL_STD,
+    normalization_stats,
+)
 
 # Training options by preset. color_jitter: strength (0 = off); rotate: max degrees (0 = off);
 # scale_crop: smallest area fraction of a random resized crop (0 = off); border_crop: largest
@@ -108,11 +107,7 @@ def to_sample(
 
 
 def _normalize(mean: Sequence[float] | None, std: Sequence[float] | None, normalization: str) -> A.Normalize:
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalization {normalization!r}; choose from {', '.join(NORMALIZATIONS)}")
-    default_mean, default_std = NORMALIZATIONS[normalization]
-    mean = tuple(float(v) for v in (default_mean if mean is None else mean))
-    std = tuple(float(v) for v in (default_std if std is None else std))
+    mean, std = normalization_stats(normalization, mean, std)
     return A.Normalize(mean=mean, std=std, max_pixel_value=1.0)  # statistics are on the 0-255 scale
 
 
@@ -186,17 +181,25 @@ def build_eval_transform(
     *,
     normalization: str = "official",
     resize_mask: bool = False,
+    fast_decode: bool = False,
 ) -> PairTransform:
-    """Resize the image to size×size (None: keep its size) and normalise.
+    """Normalise the image and resize it to size×size (None: keep its size).
 
-    The mask keeps its original resolution (to score predictions resized back to it) unless
-    ``resize_mask`` is True, e.g. for a validation loss at the test size.
+    By default this is the official test protocol: the picture is decoded at full size, normalised
+    as float, then resized (bilinear). ``fast_decode`` trades exactness for speed: large JPEGs are
+    decoded at 1/2, 1/4 or 1/8 scale (no smaller than ``size``) and the uint8 picture is resized
+    before it is normalised. The mask keeps its original resolution (to score predictions resized
+    back to it) unless ``resize_mask`` is True, e.g. for a validation loss at the test size.
     """
-    steps: list[A.BasicTransform] = []
-    if size is not None:
-        steps.append(A.Resize(size, size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_LINEAR))
-    steps.append(_normalize(mean, std, normalization))
-    return PairTransform(A.Compose(steps, seed=0), input_size=size, resizes_mask=resize_mask)
+    normalize = _normalize(mean, std, normalization)
+    resize = (
+        [A.Resize(size, size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_LINEAR)]
+        if size is not None
+        else []
+    )
+    steps = [*resize, normalize] if fast_decode else [normalize, *resize]
+    # input_size lets readers decode reduced: only for fast_decode, whose pipeline starts with the resize.
+    return PairTransform(A.Compose(steps, seed=0), input_size=size if fast_decode else None, resizes_mask=resize_mask)
 
 
 def denormalize(

@@ -14,8 +14,9 @@ from torch.utils.data import ConcatDataset
 from pgnet.config import DataConfig, DatasetEntry
 from pgnet.data.datasets import build_dataset, build_train_dataset
 from pgnet.data.loader import build_eval_loader, build_train_loader, set_loader_epoch
+from pgnet.data.preprocessing import Preprocessing
 from pgnet.data.split import shared_images
-from pgnet.data.transforms import NORMALIZATIONS, build_eval_transform, build_train_transform
+from pgnet.data.transforms import build_eval_transform, build_train_transform
 from pgnet.engine.distributed import DistInfo
 
 
@@ -109,9 +110,8 @@ class TrainingData:
 
     def __init__(self, config: DataConfig, seed: int, micro_batch: int, dist: DistInfo, logger: logging.Logger):
         self.config = config
-        default_mean, default_std = NORMALIZATIONS[config.normalization]
-        self.mean = tuple(config.mean) if config.mean else default_mean
-        self.std = tuple(config.std) if config.std else default_std
+        self.preprocessing = Preprocessing.from_data_config(config)  # saved in every checkpoint
+        self.mean, self.std = self.preprocessing.mean, self.preprocessing.std
         if not config.train:
             raise ValueError("data.train lists no dataset")
         augment = {key: value for key, value in asdict(config.augment).items() if value is not None}
@@ -129,7 +129,8 @@ class TrainingData:
         )
         self.num_samples = len(self.dataset)
         self.batches_per_epoch = len(self.loader)
-        eval_transform = build_eval_transform(config.eval_size, mean=self.mean, std=self.std)
+        eval_transform = build_eval_transform(config.eval_size, mean=self.mean, std=self.std,
+                                              fast_decode=config.fast_decode)
         self.validation_labels = validation_labels(config.val)
         self._validation = [
             (label, build_dataset(dataset_options(entry), eval_transform))

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pgnet.data.io import MASK_EXTENSIONS, list_files, read_mask
+from pgnet.data.preprocessing import Preprocessing, normalization_stats
 from pgnet.inference import predict_probabilities
 from pgnet.metrics import ALL_METRICS, SODMetrics, quantize_prediction
 from pgnet.metrics.report import EvaluationReport, MethodResult
@@ -63,8 +64,9 @@ class ModelMethod:
     checkpoint: Path
     name: str | None = None  # default: derived from the checkpoint path (see ``method_name``)
     weights: str = "model"
-    size: int = 1024
-    normalization: str = "official"
+    size: int | None = None  # None: the checkpoint's test size (1024 officially)
+    normalization: str | None = None  # None: the checkpoint's statistics; "official"/"imagenet" override them
+    fast_decode: bool = False  # reduced JPEG decode and uint8 resize (default: the official protocol)
     precision: str = "auto"
     flip: bool = False
     optimize: bool = True  # the fast inference paths of ``pgnet.acceleration.inference_network``
@@ -312,33 +314,41 @@ def check_saved_predictions(datasets: Sequence[EvalDataset], method: ModelMethod
     check_overwrites(outputs, inputs, what="saved prediction")
 
 
-def _load_dataset(dataset: EvalDataset, method: ModelMethod):
-    """The dataset of images at ``method.size`` (masks at their size), warning about unpaired masks."""
+def method_preprocessing(method: ModelMethod, recorded: Preprocessing) -> Preprocessing:
+    """The preprocessing to run ``method`` with: the checkpoint's ``recorded`` one, with the method's
+    explicit size and normalisation taking precedence."""
+    mean, std = recorded.mean, recorded.std
+    if method.normalization is not None:
+        mean, std = normalization_stats(method.normalization)
+    return Preprocessing(mean, std, recorded.eval_size if method.size is None else int(method.size))
+
+
+def _load_dataset(dataset: EvalDataset, method: ModelMethod, preprocessing: Preprocessing):
+    """The dataset of images at the test size (masks at their size), warning about unpaired masks."""
     from pgnet.data.datasets import build_dataset
     from pgnet.data.registry import DatasetSpec, pair_files
-    from pgnet.data.transforms import NORMALIZATIONS, build_eval_transform
+    from pgnet.data.transforms import build_eval_transform
 
     if dataset.image_dir is None:
         raise ValueError(f"dataset {dataset.name}: a model needs images, but only masks ({dataset.mask_dir}) are known")
-    if method.normalization not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalization {method.normalization!r}; choose from {', '.join(NORMALIZATIONS)}")
-    mean, std = NORMALIZATIONS[method.normalization]
     spec = dataset.spec or DatasetSpec(dataset.name, dataset.mask_dir.parent, dataset.image_dir, dataset.mask_dir)
     unpaired = pair_files(spec.image_dir, spec.mask_dir).unpaired_masks
     if unpaired:
         logger.warning("%s: %d masks have no image in %s and are not scored: %s", dataset.name, len(unpaired),
                        spec.image_dir, _shorten([p.name for p in unpaired]))
-    return build_dataset(spec, build_eval_transform(method.size, mean, std))
+    transform = build_eval_transform(preprocessing.eval_size, preprocessing.mean, preprocessing.std,
+                                     fast_decode=method.fast_decode)
+    return build_dataset(spec, transform)
 
 
 def _evaluate_model(network: Any, autocast: Callable[[], contextlib.AbstractContextManager], dataset: EvalDataset,
-                    method: ModelMethod, device: torch.device, metric_names: Sequence[str],
-                    progress: bool) -> MethodResult:
+                    method: ModelMethod, preprocessing: Preprocessing, device: torch.device,
+                    metric_names: Sequence[str], progress: bool) -> MethodResult:
     """Score ``network`` (from ``inference_network``: a prepared channels_last copy, or graph-replayed),
     called in ``autocast()``."""
     from pgnet.data.loader import build_eval_loader
 
-    data = _load_dataset(dataset, method)
+    data = _load_dataset(dataset, method, preprocessing)
     loader = build_eval_loader(data, batch_size=method.batch_size, num_workers=method.num_workers)
     save_dir = method.save_dir / method.method_name / dataset.name if method.save_dir is not None else None
     metrics = SODMetrics(metric_names, device=device)
@@ -419,28 +429,30 @@ def evaluate(
     device = select_device(device)
     meta: dict[str, Any] = {"datasets": names, "methods": methods, "device": str(device), "metrics": list(metrics)}
     if model_method is not None:
-        meta["checkpoint"] = str(model_method.checkpoint)
-        meta.update(size=model_method.size, normalization=model_method.normalization, flip=model_method.flip,
-                    weights=model_method.weights, precision=model_method.precision, optimize=model_method.optimize)
-    meta["prediction_dirs"] = {name: str(folder) for name, folder in prediction_dirs.items()}
-    report = EvaluationReport(output_dir, meta)
-
-    if model_method is not None:
         check_saved_predictions(datasets, model_method, prediction_dirs)
     model = None
     if model_method is not None:
         from pgnet.acceleration import autocast_for, inference_network
-        from pgnet.checkpoint import load_model
+        from pgnet.checkpoint import load_model_and_preprocessing
         from pgnet.inference import resolve_precision
 
         amp_dtype = torch.bfloat16 if resolve_precision(model_method.precision, device) == "bf16" else None
-        model = inference_network(load_model(model_method.checkpoint, "cpu", weights=model_method.weights), device,
-                                  optimize=model_method.optimize, autocast_dtype=amp_dtype)
+        loaded, recorded = load_model_and_preprocessing(model_method.checkpoint, "cpu", weights=model_method.weights)
+        preprocessing = method_preprocessing(model_method, recorded)
+        model = inference_network(loaded, device, optimize=model_method.optimize, autocast_dtype=amp_dtype)
         autocast = autocast_for(model, device, amp_dtype)
+        meta["checkpoint"] = str(model_method.checkpoint)
+        meta.update(size=preprocessing.eval_size, mean=list(preprocessing.mean), std=list(preprocessing.std),
+                    fast_decode=model_method.fast_decode, flip=model_method.flip, weights=model_method.weights,
+                    precision=model_method.precision, optimize=model_method.optimize)
+    meta["prediction_dirs"] = {name: str(folder) for name, folder in prediction_dirs.items()}
+    report = EvaluationReport(output_dir, meta)
+
     single = len(datasets) == 1
     for dataset in datasets:
         if model is not None:
-            report.add(_evaluate_model(model, autocast, dataset, model_method, device, metrics, progress))
+            report.add(_evaluate_model(model, autocast, dataset, model_method, preprocessing, device, metrics,
+                                       progress))
         for method, folder in prediction_dirs.items():
             report.add(_evaluate_folder(method, prediction_folder(folder, dataset.name, single), dataset, device,
                                         metrics, allow_missing, workers, progress))

@@ -204,6 +204,7 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         return model_checkpoint(
             self.model,
+            preprocessing=self.data.preprocessing,
             optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict(),

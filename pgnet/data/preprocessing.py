@@ -1,0 +1,85 @@
+"""How a network's input is prepared: normalisation statistics and test size, stored in checkpoints.
+
+A model trained with other statistics than the official ones must be fed with those statistics:
+``Preprocessing`` travels in every project checkpoint (``model_checkpoint``) and prediction,
+evaluation and export read it back. Checkpoints without it (official ones, older project ones)
+get the official statistics and test size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+# Normalisation statistics on the 0-255 scale, RGB order.
+OFFICIAL_MEAN: tuple[float, float, float] = (124.55, 118.90, 102.94)
+OFFICIAL_STD: tuple[float, float, float] = (56.77, 55.97, 57.50)
+IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
+IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "official": (OFFICIAL_MEAN, OFFICIAL_STD),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+}
+OFFICIAL_EVAL_SIZE = 1024
+
+
+def normalization_stats(
+    normalization: str = "official", mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) on the 0-255 scale: the named statistics, each replaced by ``mean``/``std`` when given."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {normalization!r}; choose from {', '.join(NORMALIZATIONS)}")
+    default_mean, default_std = NORMALIZATIONS[normalization]
+    mean = tuple(float(v) for v in (default_mean if mean is None else mean))
+    std = tuple(float(v) for v in (default_std if std is None else std))
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need 3 values (RGB), got mean {list(mean)} and std {list(std)}")
+    if min(std) <= 0:
+        raise ValueError(f"std values must be positive, got {list(std)}")
+    return mean, std
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a network expects: RGB normalised as (x − mean)/std (0-255 scale) at ``eval_size``² for tests."""
+
+    mean: tuple[float, ...] = OFFICIAL_MEAN
+    std: tuple[float, ...] = OFFICIAL_STD
+    eval_size: int = OFFICIAL_EVAL_SIZE
+
+    @classmethod
+    def from_data_config(cls, data: Any) -> Preprocessing:
+        """The preprocessing a ``DataConfig`` trains and validates with."""
+        mean, std = normalization_stats(data.normalization, data.mean, data.std)
+        return cls(mean, std, int(data.eval_size))
+
+    @classmethod
+    def from_checkpoint(cls, state: Mapping[str, Any], source: str = "checkpoint") -> Preprocessing:
+        """The checkpoint's preprocessing; the official one when it records none (official, older files)."""
+        values = state.get("preprocessing")
+        if values is None:
+            return cls()
+        try:
+            mean, std = normalization_stats("official", values["mean"], values["std"])
+            eval_size = int(values["eval_size"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{source}: invalid 'preprocessing' entry {values!r}: {error}") from None
+        return cls(mean, std, eval_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": list(self.mean), "std": list(self.std), "eval_size": self.eval_size}
+
+
+def normalize_then_resize(
+    image: np.ndarray, size: int, mean: Sequence[float] = OFFICIAL_MEAN, std: Sequence[float] = OFFICIAL_STD
+) -> np.ndarray:
+    """The official test preprocessing: H×W×3 uint8 RGB at full size → size×size×3 float32, normalised
+    as float first, then resized (bilinear, as ``cv2.INTER_LINEAR``)."""
+    normalized = (image.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    if normalized.shape[:2] == (size, size):
+        return normalized
+    return cv2.resize(normalized, (size, size), interpolation=cv2.INTER_LINEAR)
