@@ -247,7 +247,7 @@ def test_nonfinite_loss_stops_naming_step_and_terms(tmp_path, monkeypatch):
         return total, terms
 
     monkeypatch.setattr(trainer.criterion, "forward", poisoned)
-    with pytest.raises(NonFiniteLossError, match=r"global step 3 \(total=nan, pred=nan, side_cnn=.*attention="):
+    with pytest.raises(NonFiniteLossError, match=r"global step 3 \(total=nan, pred=nan, side_cnn=.*attention/r5-s2="):
         trainer.fit()
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pth")
     assert last["position"]["global_step"] == 2
