@@ -8,6 +8,7 @@ canvas (no pyplot, no global state).
 - :func:`prediction_picture`: input, ground truth, prediction and both side outputs.
 - :func:`attention_query_picture`: where one query token looks, per CMGM head (softmax rows).
 - :func:`agl_picture`: the attention-guided loss: the attention head's sigmoid beside its target.
+- :func:`window_of_query`: the window of a windowed grafting point around a query, for both pictures.
 """
 
 from __future__ import annotations
@@ -284,6 +285,33 @@ def query_pictures(image: np.ndarray, mask: torch.Tensor, attention: torch.Tenso
     points = query_points(mask_on_grid(mask, grid).numpy())
     return {query: attention_query_picture(image, mask, attention, grid, point, f"{title}, {query} query")
             for query, point in points.items()}
+
+
+def window_of_query(image: np.ndarray, mask: torch.Tensor, grid: tuple[int, int], layout: tuple[int, int],
+                    point: tuple[int, int]) -> tuple[np.ndarray, torch.Tensor, int, tuple[int, int], tuple[int, int]]:
+    """The window of a windowed grafting point that holds the query ``point`` of ``grid``.
+
+    ``layout`` is the point's (window size, offset) (``pgnet.models.window_cmgm.WindowLayout``).
+    Returns the image and mask cropped to that window (zero where it overhangs the feature, as its
+    padding does), the window's index among the image's windows (row-major), the query's position
+    inside the window, and the window's top-left corner on ``grid`` (negative when shifted).
+    """
+    size, offset = int(layout[0]), int(layout[1])
+    height, width = grid
+    columns = (width + offset + size - 1) // size
+    row, column = point[0] + offset, point[1] + offset
+    index = (row // size) * columns + column // size
+    top, left = (row // size) * size - offset, (column // size) * size - offset
+    scale_y, scale_x = image.shape[0] / height, image.shape[1] / width
+    flat_mask = mask.detach().float().cpu().reshape(mask.shape[-2:]).numpy()
+    crops = []
+    for values, sy, sx in ((image, scale_y, scale_x), (flat_mask, flat_mask.shape[0] / height,
+                                                      flat_mask.shape[1] / width)):
+        pad = int(np.ceil(size * max(sy, sx)))
+        padded = np.pad(values, [(pad, pad), (pad, pad)] + [(0, 0)] * (values.ndim - 2))
+        y0, x0 = round(top * sy) + pad, round(left * sx) + pad
+        crops.append(padded[y0 : y0 + max(1, round(size * sy)), x0 : x0 + max(1, round(size * sx))])
+    return crops[0], torch.from_numpy(np.ascontiguousarray(crops[1])), index, (row % size, column % size), (top, left)
 
 
 @contextmanager

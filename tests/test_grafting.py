@@ -219,3 +219,7 @@ def test_short_training_run_with_all_four_points(tmp_path):
     events.Reload()
     points = ("r5-s2", "r4-s1", "r3-s1", "r2-s1")
     assert {f"loss/attention/{p}" for p in points} <= set(events.Tags()["scalars"])
+    pictures = set(events.Tags()["tensors"])  # pictures are logged in TensorBoard's tensor format
+    for point in points:  # global and windowed points alike get attention and AGL pictures
+        assert any(tag.startswith(f"attention/{point}/val/") for tag in pictures), (point, sorted(pictures))
+        assert any(tag.startswith(f"agl/{point}/val/") for tag in pictures), (point, sorted(pictures))

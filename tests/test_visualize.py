@@ -138,3 +138,21 @@ def test_board_writes_named_scalars_described_pictures_text_and_layout(board_eve
     width, height, png = board_events.Tensors("prediction/train")[0].tensor_proto.string_val
     picture = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
     assert picture.shape[:2] == (int(height), int(width)) and int(width) <= MAX_WIDTH
+
+
+def test_window_of_query_crops_the_window_holding_the_query():
+    """A shifted 4×4 window layout on a 10×12 grid: index, position inside and the crop's overhang."""
+    from pgnet.visualize import window_of_query
+
+    image = np.arange(40 * 48 * 3, dtype=np.float32).reshape(40, 48, 3)  # 4 pixels per token
+    mask = torch.zeros(1, 40, 48)
+    mask[0, 8:16, 12:20] = 1.0  # tokens (2..3, 3..4)
+    crop, crop_mask, index, inside, corner = window_of_query(image, mask, (10, 12), (4, 2), (2, 3))
+    # offset 2: the padded grid is 16 wide → 4 window columns; token (2, 3) → padded (4, 5) → window (1, 1)
+    assert index == 1 * 4 + 1 and inside == (0, 1) and corner == (2, 2)
+    assert crop.shape == (16, 16, 3) and tuple(crop_mask.shape) == (16, 16)
+    assert np.array_equal(crop, image[8:24, 8:24])
+    assert torch.equal(crop_mask, mask[0, 8:24, 8:24])
+    corner_crop, _, first, _, top_left = window_of_query(image, mask, (10, 12), (4, 2), (0, 0))
+    assert first == 0 and top_left == (-2, -2)
+    assert np.all(corner_crop[:8, :] == 0) and np.array_equal(corner_crop[8:, 8:], image[:8, :8])

@@ -32,11 +32,13 @@ from torch import nn
 from pgnet.data.transforms import denormalize
 from pgnet.visualize import (
     agl_picture,
+    attention_query_picture,
     capture_cmgm_attention,
     mask_on_grid,
     prediction_picture,
     query_pictures,
     query_points,
+    window_of_query,
 )
 
 logger = logging.getLogger(__name__)
@@ -89,6 +91,9 @@ LAYOUT = {
         "learning rates": ["Multiline", [r"^lr/"]],
     },
 }
+
+WINDOW_NOTE = (" For a windowed grafting point the attention stays inside non-overlapping windows, so each query "
+               "has its own picture of the window around it (zero where the window overhangs the feature).")
 
 
 def loss_tag(term: str, graft_points: Sequence[str]) -> str:
@@ -191,8 +196,14 @@ class TrainingBoard:
                                         output.side_swin[index], title=f"{name}: prediction")
         self._image(f"prediction/{where}", prediction, step, DESCRIPTIONS["prediction"])
         per_head = list(attention) if len(attention) == len(output.attention) else []
+        windows = list(getattr(output, "attention_windows", None) or [])
         for point_index, (logits, grid) in enumerate(zip(output.attention, output.attention_grids)):
             point = self.graft_points[point_index] if point_index < len(self.graft_points) else f"point{point_index}"
+            if point_index < len(windows) and windows[point_index] is not None:
+                heads = per_head[point_index] if per_head else None
+                self._window_pictures(step, where, point, image, mask, logits[index], heads, index, grid,
+                                      windows[point_index])
+                continue
             tokens = grid[0] * grid[1]
             if tuple(logits.shape[-2:]) != (tokens, tokens):
                 self._warn_once(point, f"attention pictures of {point} skipped: logits {tuple(logits.shape)} "
@@ -205,6 +216,27 @@ class TrainingBoard:
             points = query_points(mask_on_grid(mask, grid).numpy())
             agl = agl_picture(image, mask, logits[index], grid, points, f"{title}: attention-guided loss")
             self._image(f"agl/{point}/{where}", agl, step, DESCRIPTIONS["agl"])
+
+    def _window_pictures(self, step: int, where: str, point: str, image: np.ndarray,
+                         mask: torch.Tensor, logits: torch.Tensor, heads: torch.Tensor | None, index: int,
+                         grid: tuple[int, int], layout: Any) -> None:
+        """The attention and AGL pictures of a windowed point: for each query, the window around it.
+
+        ``logits``: n×w²×w² (this image's windows); ``heads``: (B·n)×heads×w²×w² softmax, or None.
+        """
+        windows_per_image = logits.shape[0]
+        for query, position in query_points(mask_on_grid(mask, grid).numpy()).items():
+            crop, crop_mask, window, inside, corner = window_of_query(image, mask, grid, layout, position)
+            title = f"{point}, {query} query, {layout[0]}×{layout[0]} window at {corner}"
+            if heads is not None and heads.shape[0] % windows_per_image == 0 and heads.shape[-1] == layout[0] ** 2:
+                window_heads = heads[index * windows_per_image + window]  # heads×w²×w²
+                picture = attention_query_picture(crop, crop_mask, window_heads, (layout[0], layout[0]), inside,
+                                                  title)
+                self._image(f"attention/{point}/{where}/{query}", picture, step, DESCRIPTIONS["attention"]
+                            + WINDOW_NOTE)
+            agl = agl_picture(crop, crop_mask, logits[window], (layout[0], layout[0]), {query: inside},
+                              f"{title}: attention-guided loss")
+            self._image(f"agl/{point}/{where}/{query}", agl, step, DESCRIPTIONS["agl"] + WINDOW_NOTE)
 
     # ------------------------------------------------------------------ writing
 
