@@ -12,7 +12,7 @@ import cv2
 import pytest
 import torch
 import yaml
-from test_trainer import REPO, TINY, TRAIN, env, final_weights, run_train, wait_for
+from test_trainer import REPO, TINY, TRAIN, env, final_weights, run_train, train_until_killed, wait_for
 
 from pgnet.checkpoint import load_checkpoint
 from pgnet.cli.train import main as train_main
@@ -76,13 +76,7 @@ def test_unreadable_batch_then_sigkill_then_resume_gives_identical_weights(bad_b
                                                                               tmp_path):
     root, _ = bad_batch_data
     run_dir = tmp_path / "killed"
-    process = subprocess.Popen([*TRAIN, *bad_batch_args(root, run_dir), "train.checkpoint_every_steps=1"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
-    try:
-        wait_for(run_dir / "log.txt", "step 4:", timeout=600)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    train_until_killed([*bad_batch_args(root, run_dir), "train.checkpoint_every_steps=1"], run_dir, "step 4:")
     position = load_checkpoint(run_dir / "checkpoints" / "last.pth")["position"]
     assert position["epoch"] == 0 and 3 <= position["step_in_epoch"] < 6, position  # after the empty batch
 

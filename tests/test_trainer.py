@@ -169,16 +169,21 @@ def wait_for(path: Path, text: str, timeout: float) -> None:
     raise TimeoutError(f"{text!r} never appeared in {path}")
 
 
+def train_until_killed(args: list[str], log_dir: Path, text: str, timeout: float = 600) -> None:
+    """Start a training with ``args`` and SIGKILL it once ``text`` appears in ``log_dir``/log.txt."""
+    process = subprocess.Popen(TRAIN + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
+    try:
+        wait_for(log_dir / "log.txt", text, timeout=timeout)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
 def test_sigkill_mid_epoch_then_resume_gives_identical_weights(uninterrupted, tmp_path):
     run_dir = tmp_path / "killed"
     args = ["--config", str(REPO / "configs" / "demo.yaml"), "--run-dir", str(run_dir), *TINY,
             "train.checkpoint_every_steps=1"]
-    process = subprocess.Popen(TRAIN + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
-    try:
-        wait_for(run_dir / "log.txt", "step 9:", timeout=600)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    train_until_killed(args, run_dir, "step 9:")
     position = load_checkpoint(run_dir / "checkpoints" / "last.pth")["position"]
     assert position["epoch"] == 1 and 0 < position["step_in_epoch"] < 6, position  # inside the second epoch
 
