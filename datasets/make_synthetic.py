@@ -12,15 +12,11 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-
-import cv2
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from pgnet.data.synthetic import make_sample, sample_seed
-from pgnet.outputs import write_image
+from pgnet.data.synthetic import write_synthetic_dataset
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -32,15 +28,6 @@ def parse_size(text: str) -> tuple[int, int]:
         return int(text), int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must be N or WIDTHxHEIGHT, got {text!r}") from None
-
-
-def write_sample(job: tuple[Path, int, int, tuple[int, int], int]) -> None:
-    """Write sample ``index`` as OUT/image/synthetic_<index>.jpg and OUT/mask/synthetic_<index>.png."""
-    out, seed, index, size, quality = job
-    image, mask = make_sample(sample_seed(seed, index), size)
-    name = f"synthetic_{index:06d}"
-    write_image(out / "image" / f"{name}.jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    write_image(out / "mask" / f"{name}.png", mask)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,15 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.n < 1:
         parser.error("--n must be at least 1")
 
-    for folder in ("image", "mask"):
-        (args.out / folder).mkdir(parents=True, exist_ok=True)
-    jobs = [(args.out, args.seed, index, args.size, args.quality) for index in range(args.n)]
-    if args.jobs > 1 and args.n > 1:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            list(pool.map(write_sample, jobs, chunksize=4))
-    else:
-        for job in jobs:
-            write_sample(job)
+    write_synthetic_dataset(args.out, args.n, args.size, seed=args.seed, quality=args.quality, jobs=args.jobs)
     height, width = args.size
     print(f"wrote {args.n} synthetic {width}x{height} pairs to {args.out}/image and {args.out}/mask")
     return 0

@@ -50,7 +50,7 @@ from pgnet.data.cache import build_cache, find_cache
 from pgnet.data.datasets import SODDataset
 from pgnet.data.loader import DEFAULT_TRAIN_SIZES, build_train_loader
 from pgnet.data.registry import pair_files
-from pgnet.data.synthetic import make_sample, sample_seed
+from pgnet.data.synthetic import make_sample, sample_seed, write_synthetic_dataset
 from pgnet.data.transforms import build_train_transform
 from pgnet.engine.optim import build_optimizer
 from pgnet.engine.step import TrainStep
@@ -58,7 +58,7 @@ from pgnet.losses import PGNetLoss
 from pgnet.metrics import ALL_METRICS, SODMetrics
 from pgnet.models.layers import init_decoder_weights
 from pgnet.models.pgnet import ModelConfig, PGNet, PGNetOutput, create_model
-from pgnet.outputs import write_image, write_text
+from pgnet.outputs import write_text
 
 MIB = 2**20
 # A small network for smoke runs and tests.
@@ -701,17 +701,6 @@ def _time_train_steps(
 # ---------------------------------------------------------------------------------------------- data loader
 
 
-def write_synthetic_pairs(root: Path, n: int, height: int, width: int, quality: int = 90) -> None:
-    """n synthetic pairs as root/image/*.jpg + root/mask/*.png."""
-    (root / "image").mkdir(parents=True)
-    (root / "mask").mkdir(parents=True)
-    for index in range(n):
-        image, mask = make_sample(sample_seed(0, index), (height, width))
-        name = f"bench_{index:03d}"
-        write_image(root / "image" / f"{name}.jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        write_image(root / "mask" / f"{name}.png", mask)
-
-
 def loader_samples_per_second(
     dataset: SODDataset, batch_size: int, passes: int, sizes: Sequence[int] = DEFAULT_TRAIN_SIZES
 ) -> float:
@@ -745,7 +734,7 @@ def measure_loader(
     transform = build_train_transform("official", size=size)
     with tempfile.TemporaryDirectory(prefix="pgnet-bench-") as folder, torch_threads(1):
         root = Path(folder)
-        write_synthetic_pairs(root, n, height, width)
+        write_synthetic_dataset(root, n, (height, width), quality=90, prefix="bench")
         pairs = pair_files(root / "image", root / "mask").pairs
         build_cache(root, pairs, long_side)
         cache = find_cache(root, size)

@@ -28,10 +28,11 @@ import torch
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from pgnet.benchmark import loader_samples_per_second, write_synthetic_pairs
+from pgnet.benchmark import loader_samples_per_second
 from pgnet.data.cache import build_cache, find_cache
 from pgnet.data.datasets import SODDataset
 from pgnet.data.registry import pair_files
+from pgnet.data.synthetic import write_synthetic_dataset
 from pgnet.data.transforms import build_train_transform
 
 REQUIRED_SPEEDUP = 3.0
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pgnet-bench-") as folder:
         root = Path(folder)
         start = time.perf_counter()
-        write_synthetic_pairs(root, args.n, args.height, args.width, args.quality)
+        write_synthetic_dataset(root, args.n, (args.height, args.width), quality=args.quality, prefix="bench")
         print(f"wrote {args.n} synthetic {args.width}x{args.height} pairs in {time.perf_counter() - start:.1f} s")
         pairs = pair_files(root / "image", root / "mask").pairs
         start = time.perf_counter()
