@@ -18,6 +18,7 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,13 +26,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from pgnet.acceleration import prepare_for_inference
+from pgnet.benchmark.memory import MIB
+from pgnet.benchmark.model import build_benchmark_model
 from pgnet.config import LossConfig, OptimConfig
 from pgnet.engine.optim import build_optimizer
 from pgnet.engine.step import TrainStep
 from pgnet.losses import PGNetLoss
 from pgnet.models.pgnet import PGNet, count_parameters
-
-MIB = 2**20
 
 
 def inference_gflops(model: PGNet, size: int) -> float:
@@ -116,3 +117,10 @@ def measure_cost(model: PGNet, inference_size: int = 1024, train_size: int = 512
         "train_memory_growth_mib": training_step_memory_mib(model, train_size, train_batch),
         "threads": torch.get_num_threads(),
     }
+
+
+def measure_graft_cost(graft_points: Sequence[str], window_size: int = 8, inference_size: int = 1024,
+                       train_size: int = 512, train_batch: int = 2, repetitions: int = 3) -> dict[str, Any]:
+    """:func:`measure_cost` of the official model with ``graft_points`` (random weights, BatchNorm calibrated)."""
+    model = build_benchmark_model({"graft_points": list(graft_points), "window_size": window_size})
+    return measure_cost(model, inference_size, train_size, train_batch, repetitions)

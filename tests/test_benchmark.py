@@ -2,13 +2,22 @@
 the training step with Swin checkpointing, the loader and evaluator figures, the CLI's JSON."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from pgnet import benchmark
-from pgnet.cli.benchmark import main
+from pgnet.benchmark import suite
+from pgnet.benchmark.evaluator import measure_evaluator
+from pgnet.benchmark.inference import default_inference_variants, measure_inference, prepare_for_variant
+from pgnet.benchmark.loader import measure_loader
+from pgnet.benchmark.memory import find_largest_batch, is_too_large
+from pgnet.benchmark.model import SMALL_MODEL, build_benchmark_model
+from pgnet.benchmark.options import BenchmarkOptions
+from pgnet.benchmark.targets import LOADER_SPEEDUP, TARGETS, summarize
+from pgnet.benchmark.training import default_train_variants, measure_train_step
+from pgnet.cli.benchmark import build_parser, main
 from pgnet.models.layers import fold_batchnorm
 
 CPU = torch.device("cpu")
@@ -26,7 +35,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def small_model():
-    return benchmark.build_benchmark_model(benchmark.SMALL_MODEL)
+    return build_benchmark_model(SMALL_MODEL)
 
 
 def check_figure(figure: dict) -> None:
@@ -37,11 +46,11 @@ def check_figure(figure: dict) -> None:
 
 
 def test_fast_inference_paths_match_the_straightforward_path(small_model):
-    variants = benchmark.default_inference_variants(CPU)
+    variants = default_inference_variants(CPU)
     softmax_calls = []
     hook = small_model.decoder.graft.cmgm.softmax.register_forward_hook(lambda *_: softmax_calls.append(1))
     try:
-        figures = benchmark.measure_inference(small_model, CPU, variants, size=96, batch=2, iterations=2, warmup=1)
+        figures = measure_inference(small_model, CPU, variants, size=96, batch=2, iterations=2, warmup=1)
     finally:
         hook.remove()
     # The straightforward path materialises the attention (1 warm-up, 1 compared, 2 timed calls); no fast path does.
@@ -65,18 +74,18 @@ def test_fast_inference_paths_match_the_straightforward_path(small_model):
 
 
 def test_fast_inference_paths_match_with_grafting_at_every_level():
-    model = benchmark.build_benchmark_model(
-        {**benchmark.SMALL_MODEL, "graft_points": ["r5-s2", "r4-s1:window", "r3-s1", "r2-s1"], "window_size": 4}
+    model = build_benchmark_model(
+        {**SMALL_MODEL, "graft_points": ["r5-s2", "r4-s1:window", "r3-s1", "r2-s1"], "window_size": 4}
     )
     assert model.decoder.cnn2_graft.expand.weight.abs().sum() > 0  # the grafts count in the outputs
-    variants = benchmark.default_inference_variants(CPU)
-    figures = benchmark.measure_inference(model, CPU, variants, size=88, batch=1, iterations=1, warmup=1)
+    variants = default_inference_variants(CPU)
+    figures = measure_inference(model, CPU, variants, size=88, batch=1, iterations=1, warmup=1)
     for figure in figures[1:]:
         assert figure["max_abs_diff_logits"] <= 1e-4 and figure["max_abs_diff_side_logits"] <= 1e-4
 
 
 def test_model_preparation_folds_batchnorm_and_fuses_swin_attention_on_a_copy(small_model):
-    folded = benchmark.prepare_for_variant(small_model.eval(), fold_bn=True)
+    folded = prepare_for_variant(small_model.eval(), fold_bn=True)
     left = [name for name, m in folded.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert left == ["decoder.graft.cmgm.attention_norm"]  # only the attention branch, unused at inference
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in small_model.resnet.layer1.modules())  # a copy
@@ -85,7 +94,7 @@ def test_model_preparation_folds_batchnorm_and_fuses_swin_attention_on_a_copy(sm
         expected, actual = small_model(image), folded(image)
     torch.testing.assert_close(actual.pred, expected.pred, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(actual.side_cnn, expected.side_cnn, rtol=1e-5, atol=1e-4)
-    fused = benchmark.prepare_for_variant(small_model, swin_sdpa=True)
+    fused = prepare_for_variant(small_model, swin_sdpa=True)
     switched = [m.fused_attn for m in fused.swin.modules() if hasattr(m, "fused_attn")]
     assert switched and all(switched)
     assert not any(m.fused_attn for m in small_model.swin.modules() if hasattr(m, "fused_attn"))
@@ -96,9 +105,9 @@ def test_model_preparation_folds_batchnorm_and_fuses_swin_attention_on_a_copy(sm
 
 def test_train_step_with_swin_checkpointing_matches_eager(small_model):
     before = {k: v.clone() for k, v in small_model.state_dict().items()}
-    eager_variant, checkpointed_variant = benchmark.default_train_variants(CPU)
-    eager = benchmark.measure_train_step(small_model, CPU, eager_variant, size=64, batch=2, iterations=1, warmup=1)
-    checkpointed = benchmark.measure_train_step(
+    eager_variant, checkpointed_variant = default_train_variants(CPU)
+    eager = measure_train_step(small_model, CPU, eager_variant, size=64, batch=2, iterations=1, warmup=1)
+    checkpointed = measure_train_step(
         small_model, CPU, checkpointed_variant, size=64, batch=2, iterations=1, warmup=1, baseline_ms=eager["median_ms"]
     )
     for figure in (eager, checkpointed):
@@ -121,26 +130,26 @@ def test_largest_batch_search():
         calls.append(batch)
         return batch <= 37
 
-    assert benchmark.find_largest_batch(fits, limit=1024) == 37
+    assert find_largest_batch(fits, limit=1024) == 37
     assert calls[:7] == [1, 2, 4, 8, 16, 32, 64] and max(calls) == 64
-    assert benchmark.find_largest_batch(lambda b: b <= 37, limit=20) == 20
-    assert benchmark.find_largest_batch(lambda b: True, limit=16) == 16
-    assert benchmark.find_largest_batch(lambda b: False, limit=16) == 0
-    assert 640 <= benchmark.find_largest_batch(lambda b: b <= 700, limit=1000, tolerance=0.1) <= 700
-    assert benchmark.is_too_large(torch.cuda.OutOfMemoryError("CUDA out of memory"))
-    assert not benchmark.is_too_large(RuntimeError("shape mismatch"))
+    assert find_largest_batch(lambda b: b <= 37, limit=20) == 20
+    assert find_largest_batch(lambda b: True, limit=16) == 16
+    assert find_largest_batch(lambda b: False, limit=16) == 0
+    assert 640 <= find_largest_batch(lambda b: b <= 700, limit=1000, tolerance=0.1) <= 700
+    assert is_too_large(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert not is_too_large(RuntimeError("shape mismatch"))
 
 
 def test_loader_and_evaluator_figures():
     threads = torch.get_num_threads()
-    loader = benchmark.measure_loader(n=2, height=96, width=128, size=64, long_side=96, passes=1, sizes=(64,))
+    loader = measure_loader(n=2, height=96, width=128, size=64, long_side=96, passes=1, sizes=(64,))
     assert torch.get_num_threads() == threads  # one worker's single thread, restored afterwards
     assert [f["name"] for f in loader] == ["full_decode", "reduced_decode", "cached"]
     for figure in loader:
         check_figure(figure)
         assert figure["benchmark"] == "loader" and figure["unit"] == "samples/s per worker"
     assert loader[0]["speedup"] == 1.0
-    evaluator = benchmark.measure_evaluator(CPU, size=64, num_images=3)
+    evaluator = measure_evaluator(CPU, size=64, num_images=3)
     check_figure(evaluator)
     assert evaluator["unit"] == "images/s" and 0 < evaluator["maxFm"] <= 1
 
@@ -152,7 +161,7 @@ def test_cli_quick_run_writes_json(tmp_path, capsys):
     assert code == 0
     report = json.loads(out.read_text())
     assert report["environment"]["device"] == "cpu" and report["environment"]["torch"] == torch.__version__
-    assert report["model"]["swin"] == benchmark.SMALL_MODEL["swin"]
+    assert report["model"]["swin"] == SMALL_MODEL["swin"]
     assert {f["benchmark"] for f in report["figures"]} == {"inference", "train_step", "evaluator"}
     for figure in report["figures"]:
         check_figure(figure)
@@ -176,7 +185,7 @@ def test_a_failing_benchmark_is_reported_and_the_others_still_run(tmp_path, monk
     def broken(*args, **kwargs):
         raise RuntimeError("evaluator broke")
 
-    monkeypatch.setattr(benchmark, "measure_evaluator", broken)
+    monkeypatch.setattr(suite, "measure_evaluator", broken)
     out = tmp_path / "partial.json"
     code = main(["--quick", "--device", "cpu", "--skip-inference", "--skip-train", "--out", str(out)])
     assert code == 1
@@ -203,7 +212,7 @@ def test_gpu_targets_are_judged_from_the_figures():
         made("train_step", "bf16_channels_last", 38.0, "bfloat16", speedup=1.9),
         made("train_step", "bf16_channels_last_swin_checkpointing", None, "bfloat16", True, error="out of memory"),
     ]
-    targets = {t["target"]: t for t in benchmark.summarize(figures, benchmark.BenchmarkOptions(), cuda)["targets"]}
+    targets = {t["target"]: t for t in summarize(figures, BenchmarkOptions(), cuda)["targets"]}
     assert targets["gpu bf16 inference speedup at batch 1"]["met"] is True
     assert targets["gpu bf16 inference speedup at the largest batch"]["measured"] == 2.5
     assert targets["gpu bf16 inference speedup at the largest batch"]["met"] is False
@@ -211,7 +220,82 @@ def test_gpu_targets_are_judged_from_the_figures():
     memory = targets["training step fits in the memory limit (peak GiB reserved)"]
     assert memory["met"] is False and memory["error"] == "out of memory" and memory["applies"]
     figures[-1].update(value=30.0, peak_reserved_mib=9.0 * 1024)
-    options = benchmark.BenchmarkOptions(train_batch=4)
-    targets = {t["target"]: t for t in benchmark.summarize(figures, options, cuda)["targets"]}
+    options = BenchmarkOptions(train_batch=4)
+    targets = {t["target"]: t for t in summarize(figures, options, cuda)["targets"]}
     memory = targets["training step fits in the memory limit (peak GiB reserved)"]
     assert memory["met"] is True and memory["measured"] == 9.0 and not memory["applies"]  # not batch 8
+
+
+def loader_figures(speedup: float) -> list[dict]:
+    return [{"benchmark": "loader", "name": "full_decode", "value": 10.0, "speedup": 1.0},
+            {"benchmark": "loader", "name": "cached", "value": 10.0 * speedup, "speedup": speedup}]
+
+
+def test_the_targets_table_names_each_threshold_and_where_it_comes_from():
+    assert len({target.name for target in TARGETS}) == len(TARGETS)
+    for target in TARGETS:
+        assert target.source and target.unit and (target.threshold is not None) != bool(target.threshold_option)
+    # A figure above the threshold meets the target, one below misses it; both judged at the official sizes.
+    for speedup, met in ((3.5, True), (2.5, False)):
+        (result,) = summarize(loader_figures(speedup), BenchmarkOptions(), CPU)["targets"]
+        assert (result["target"], result["measured"], result["met"], result["applies"]) == (
+            LOADER_SPEEDUP.name, speedup, met, True)
+        assert (result["required"], result["unit"], result["source"]) == (3.0, "x", LOADER_SPEEDUP.source)
+    (result,) = summarize(loader_figures(3.5), BenchmarkOptions.quick(), CPU)["targets"]
+    assert result["met"] and not result["applies"]  # measured at other sizes
+    # The summary reads the thresholds from the table it is given.
+    strict = replace(LOADER_SPEEDUP, threshold=5.0)
+    (result,) = summarize(loader_figures(3.5), BenchmarkOptions(), CPU, targets=(strict,))["targets"]
+    assert result["required"] == 5.0 and result["met"] is False
+    # CPU inference: the fastest path within 1e-4 in probability is judged; GPU rows are not judged on the CPU.
+    figures = [{"benchmark": "inference", "name": name, "batch": 1, "speedup": speedup,
+                "max_abs_diff_probability": diff, "max_abs_diff_logits": diff, "variant": {"amp_dtype": None}}
+               for name, speedup, diff in (("eager_fp32_official", 1.0, 0.0), ("fast_fp32", 1.25, 1e-5),
+                                           ("inexact", 2.0, 1e-2))]
+    (result,) = summarize(figures, BenchmarkOptions(), CPU)["targets"]
+    assert (result["path"], result["measured"], result["met"]) == ("fast_fp32", 1.25, False)
+    figures[1]["speedup"] = 1.4
+    assert summarize(figures, BenchmarkOptions(), CPU)["targets"][0]["met"] is True
+    # A threshold from the options: none given, not judged.
+    memory = [{"benchmark": "train_step", "name": "checkpointed", "value": 1.0, "peak_reserved_mib": 8 * 1024,
+               "variant": {"amp_dtype": "bfloat16", "swin_grad_checkpointing": True}}]
+    cuda = torch.device("cuda")
+    (result,) = summarize(memory, BenchmarkOptions(train_memory_limit_gib=7.5), cuda)["targets"]
+    assert (result["required"], result["measured"], result["met"]) == (7.5, 8.0, False)
+    assert summarize(memory, BenchmarkOptions(train_memory_limit_gib=None), cuda)["targets"] == []
+
+
+def test_benchmark_commands_parse_their_flags():
+    parser = build_parser()
+    args = parser.parse_args(["--device", "cuda", "--profile", "profiles", "--out", "results.json"])
+    assert (args.command, args.device, args.profile, args.out) == (None, "cuda", "profiles", Path("results.json"))
+    args = parser.parse_args(["data", "--n", "2", "--long-side", "96", "--quality", "80"])
+    assert (args.command, args.n, args.long_side, args.quality) == ("data", 2, 96, 80)
+    assert (args.passes, args.width, args.height, args.size, args.batch_size) == (3, 3840, 2160, 1024, 2)
+    args = parser.parse_args(["metrics", "--num-images", "10", "--skip-pysod", "--json", "m.json"])
+    assert (args.command, args.num_images, args.skip_pysod, args.json) == ("metrics", 10, True, Path("m.json"))
+    assert (args.threads, args.device, args.chunk, args.height, args.width, args.seed) == (1, "cpu", 10, 1152, 2048, 0)
+    assert parser.parse_args(["metrics", "--n", "3"]).num_images == 3
+    args = parser.parse_args(["video", "-b", "2", "--skip-video", "--checkpoint", "c.pth"])
+    assert (args.command, args.batch_size, args.skip_video, args.checkpoint) == ("video", 2, True, "c.pth")
+    assert (args.size, args.frames, args.width, args.height) == (1024, 30, 1280, 720)
+    args = parser.parse_args(["cost", "--graft-points", "r5-s2", "r4-s1:window", "--out", "cost.json"])
+    assert (args.command, args.graft_points, args.out) == ("cost", ["r5-s2", "r4-s1:window"], "cost.json")
+    assert (args.window_size, args.size, args.train_size, args.train_batch, args.repetitions) == (8, 1024, 512, 2, 3)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bogus"])
+
+
+def test_data_and_metrics_commands(tmp_path, capsys):
+    code = main(["data", "--n", "2", "--width", "128", "--height", "96", "--size", "64", "--long-side", "96",
+                 "--passes", "1", "--batch-size", "1"])
+    out = capsys.readouterr().out
+    assert "wrote 2 synthetic 128x96 pairs" in out and "one-off cache cost" in out
+    assert f"target: {LOADER_SPEEDUP.name}:" in out and code == (1 if "MISSED" in out else 0)
+    report_path = tmp_path / "metrics.json"
+    assert main(["metrics", "--n", "2", "--height", "48", "--width", "64", "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert [row["implementation"] for row in report["timings"]] == [
+        "pysodmetrics", "pgnet (same metrics)", "pgnet (all, + BIoU, mBA)"]
+    assert max(report["abs_difference_vs_pysodmetrics"].values()) < 1e-6
+    assert {"pgnet_results", "pgnet_full_results", "torch_version", "platform", "processor"} <= report.keys()

@@ -1,36 +1,35 @@
-"""``scripts/benchmark.py``: inference, a training step, the data loader and the evaluator, each fast path
-against the straightforward one; prints a table and writes JSON (see ``pgnet.benchmark``)."""
+"""``pgnet-benchmark`` / ``scripts/benchmark.py``: the benchmark suite (inference, a training step, the data
+loader and the evaluator, each fast path against the straightforward one; a table and JSON), and single
+benchmarks as commands: ``data`` (one loader worker), ``metrics`` (pgnet.metrics against pysodmetrics),
+``video`` (video prediction, smoothing, foreground refinement), ``cost`` (a grafting configuration's
+cost). See ``pgnet.benchmark``.
+
+The handlers import the library (torch, timm) when they run, not at the top, so that ``--help`` is fast.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+
+from pgnet.cli.common import EXIT_NOT_DONE, EXIT_STATUS_HELP, build_command_parser, run_command
+
+PROG = "pgnet-benchmark"
+EXAMPLE = """examples:
+  scripts/benchmark.py --quick
+  scripts/benchmark.py --device cuda --profile profiles --out results.json
+  scripts/benchmark.py --model-config swin=swin_tiny_patch4_window7_224 resnet=resnet18 --skip-train
+  scripts/benchmark.py data --n 6 --passes 3          # one loader worker on 3840x2160 JPEGs
+  scripts/benchmark.py metrics --n 10 --json m.json   # pgnet.metrics against pysodmetrics
+  scripts/benchmark.py video --frames 30              # video prediction, smoothing, foreground refinement
+  scripts/benchmark.py cost --graft-points r5-s2 r4-s1:window --out cost.json"""
 
 
-def _model_overrides(items: Sequence[str]) -> dict[str, Any]:
-    import yaml
-
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, separator, value = item.partition("=")
-        if not separator or not key:
-            raise ValueError(f"--model-config takes KEY=VALUE items, got {item!r}")
-        overrides[key] = yaml.safe_load(value)
-    return overrides
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Benchmark PGNet: inference, a training step, the data loader and the evaluator.",
-        epilog="Examples: scripts/benchmark.py --quick; scripts/benchmark.py --device cuda --out results.json; "
-        "scripts/benchmark.py --model-config swin=swin_tiny_patch4_window7_224 resnet=resnet18 --skip-train",
-    )
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+def _add_suite_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
     parser.add_argument("--size", type=int, help="inference input side (default 1024)")
     parser.add_argument("--batch", type=int, nargs="+", help="inference batch sizes timed path by path (default 1)")
     parser.add_argument("--max-batch", type=int, help="cap of the largest-batch search on CUDA (default 1024)")
@@ -58,37 +57,92 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also profile one call of each inference path and training step (torch.profiler "
                              "operator tables in DIR; on CUDA the kernel count and time go into the JSON)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target that applies is missed")
+
+
+def _add_command(commands: argparse._SubParsersAction, name: str, description: str) -> argparse.ArgumentParser:
+    return commands.add_parser(name, help=description, description=description, epilog=EXIT_STATUS_HELP,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = build_command_parser(
+        PROG, "Benchmark PGNet: inference, a training step, the data loader and the evaluator (the suite, "
+        "without a command), or one benchmark (a command).", EXAMPLE,
+    )
+    # The commands have their own flags (--n, --size, ...): an abbreviation of the suite's must not claim them.
+    parser.allow_abbrev = False
+    _add_suite_arguments(parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands (default: the suite)")
+
+    data = _add_command(commands, "data", "Samples/s of one loader worker (one thread) on the official recipe "
+                        "from synthetic WIDTHxHEIGHT JPEGs: full decode, reduced decode, the cache; exits 1 "
+                        "when the cache is under 3x full decode.")
+    data.add_argument("--n", type=int, default=6, help="number of images")
+    data.add_argument("--passes", type=int, default=3, help="timed passes over the images")
+    data.add_argument("--width", type=int, default=3840)
+    data.add_argument("--height", type=int, default=2160)
+    data.add_argument("--size", type=int, default=1024, help="training size of the recipe")
+    data.add_argument("--long-side", type=int, default=1280, help="long side of the cache")
+    data.add_argument("--batch-size", type=int, default=2)
+    data.add_argument("--quality", type=int, default=90, help="JPEG quality of the test images")
+
+    metrics = _add_command(commands, "metrics", "Time pgnet.metrics against pysodmetrics on synthetic "
+                           "high-resolution masks, side by side, and compare their results.")
+    metrics.add_argument("--n", "--num-images", dest="num_images", type=int, default=200, help="masks (200)")
+    metrics.add_argument("--height", type=int, default=1152)
+    metrics.add_argument("--width", type=int, default=2048)
+    metrics.add_argument("--seed", type=int, default=0)
+    metrics.add_argument("--chunk", type=int, default=10, help="masks made and scored per round (10)")
+    metrics.add_argument("--threads", type=int, default=1,
+                         help="torch and OpenCV threads (default 1, as pysodmetrics; 0: the libraries' defaults)")
+    metrics.add_argument("--device", default="cpu", help="device for pgnet.metrics (pysodmetrics: CPU)")
+    metrics.add_argument("--skip-pysod", action="store_true", help="time pgnet only")
+    metrics.add_argument("--json", type=Path, default=None, help="write the figures here")
+
+    video = _add_command(commands, "video", "Measure video prediction, temporal smoothing and foreground "
+                         "refinement on synthetic data (on the CPU).")
+    video.add_argument("--checkpoint", help="a checkpoint (default: the official architecture, random weights)")
+    video.add_argument("--size", type=int, default=1024)
+    video.add_argument("--frames", type=int, default=30)
+    video.add_argument("--width", type=int, default=1280)
+    video.add_argument("--height", type=int, default=720)
+    video.add_argument("-b", "--batch-size", type=int, default=1)
+    video.add_argument("--skip-video", action="store_true", help="only the foreground refinement figures")
+
+    cost = _add_command(commands, "cost", "Cost of one grafting configuration on the CPU: parameters, inference "
+                        "GFLOPs and fast-path seconds at SIZE², resident-memory growth of a training step "
+                        "(one configuration per process: see pgnet.cost).")
+    cost.add_argument("--graft-points", nargs="+", default=["r5-s2"], help="model.graft_points (default r5-s2)")
+    cost.add_argument("--window-size", type=int, default=8)
+    cost.add_argument("--size", type=int, default=1024, help="inference size (default 1024)")
+    cost.add_argument("--train-size", type=int, default=512)
+    cost.add_argument("--train-batch", type=int, default=2)
+    cost.add_argument("--repetitions", type=int, default=3)
+    cost.add_argument("--out", help="also write the figures to this JSON file")
     return parser
 
 
-def format_table(figures: Sequence[dict[str, Any]]) -> str:
-    """One line per figure: what, value and unit, median time, peak memory, speedup, difference."""
-    lines = [f"{'benchmark':24s} {'path':44s} {'batch':>5s} {'value':>10s} {'unit':22s} {'median ms':>10s} "
-             f"{'peak MiB':>9s} {'speedup':>8s} {'max |Δp|':>9s}"]
-    for f in figures:
-        value = "-" if f["value"] is None else f"{f['value']:.2f}"
-        median = f"{f['median_ms']:.1f}" if "median_ms" in f else "-"
-        peak = f"{f['peak_memory_mib']:.0f}" if f.get("peak_memory_mib") is not None else "-"
-        speedup = f"{f['speedup']:.2f}x" if f.get("speedup") is not None else "-"
-        diff = f"{f['max_abs_diff_probability']:.1e}" if "max_abs_diff_probability" in f else "-"
-        batch = str(f.get("batch", "-"))
-        lines.append(f"{f['benchmark']:24s} {f['name']:44s} {batch:>5s} {value:>10s} {f['unit']:22s} {median:>10s} "
-                     f"{peak:>9s} {speedup:>8s} {diff:>9s}")
-    return "\n".join(lines)
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+def _write_json(path: Path, value: object) -> None:
+    from pgnet.outputs import write_text  # here: keeps --help fast (OpenCV)
+
+    write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    """The suite: prints the table and the targets, writes the JSON after every benchmark."""
+    # here: keeps --help fast (torch, timm)
     import torch
 
     from pgnet.benchmark import BenchmarkOptions, run_benchmarks
+    from pgnet.benchmark.suite import format_table
+    from pgnet.benchmark.targets import format_target, missed
+    from pgnet.config import apply_overrides
 
-    try:
-        model = _model_overrides(args.model_config)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    model = apply_overrides({}, args.model_config)
     if args.threads:
         torch.set_num_threads(args.threads)
     given = {
@@ -102,8 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train_iterations": args.train_iterations,
         "compile_mode": args.compile_mode,
         "profile_dir": args.profile,
+        "compile": args.compile,
+        "model": model or None,
     }
-    values: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
+    values = {key: value for key, value in given.items() if value is not None}
     values.update(
         device=args.device,
         tf32={"default": None, "on": True, "off": False}[args.tf32],
@@ -113,43 +169,91 @@ def main(argv: Sequence[str] | None = None) -> int:
         loader=not args.skip_loader,
         evaluator=not args.skip_eval,
     )
-    if args.compile is not None:
-        values["compile"] = args.compile
-    if model:
-        values["model"] = model
     options = BenchmarkOptions.quick(**values) if args.quick else BenchmarkOptions(**values)
 
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+    def save(report: dict) -> None:  # after every benchmark: a run cut short keeps its figures
+        _write_json(args.out, report)
 
-    def save(report: dict[str, Any]) -> None:  # after every benchmark: a run cut short keeps its figures
-        from pgnet.outputs import write_text
-
-        write_text(args.out, json.dumps(report, indent=2) + "\n")
-
-    try:
-        report = run_benchmarks(options, log=log, progress=save)
-    except (KeyError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    report = run_benchmarks(options, log=_log, progress=save)
     env = report["environment"]
     print(f"\n{env['device_name']} ({env['device']}), torch {env['torch']}, timm {env['timm']}, "
           f"{env['torch_threads']} threads, {report['seconds']:.0f} s")
     print(format_table(report["figures"]))
-    missed = []
     for target in report["summary"]["targets"]:
-        verdict = {True: "met", False: "MISSED", None: "-"}[target["met"]]
-        if not target["applies"]:
-            verdict = "not judged: measured at other sizes than the target names"
-        measured = "-" if target["measured"] is None else f"{target['measured']:.2f}"
-        print(f"target: {target['target']}: {measured} (required {target['required']}): {verdict}")
-        if target["applies"] and target["met"] is False:
-            missed.append(target["target"])
+        print(format_target(target))
     for error in report["errors"]:
         print(f"failed: {error['benchmark']}: {error['error']}")
     save(report)
     print(f"wrote {args.out}")
-    return 1 if report["errors"] or (args.check and missed) else 0
+    return EXIT_NOT_DONE if report["errors"] or (args.check and missed(report["summary"]["targets"])) else 0
+
+
+def run_data(args: argparse.Namespace) -> int:
+    """One loader worker's samples/s; exits 1 when the cache misses its target."""
+    # here: keeps --help fast (torch)
+    import torch
+
+    from pgnet.benchmark.loader import format_loader_figures, measure_loader
+    from pgnet.benchmark.targets import LOADER_SPEEDUP, format_target, judge
+
+    figures = measure_loader(args.n, args.height, args.width, args.size, args.long_side, args.batch_size,
+                             args.passes, quality=args.quality, log=print)
+    print("\n" + format_loader_figures(figures))
+    # The command's gate: judged whatever the sizes, as scripts/bench_data.py always did.
+    result = judge(LOADER_SPEEDUP, LOADER_SPEEDUP.select(figures), LOADER_SPEEDUP.threshold, True, torch.device("cpu"))
+    print(format_target(result))
+    return 0 if result["met"] else EXIT_NOT_DONE
+
+
+def run_metrics(args: argparse.Namespace) -> int:
+    """pgnet.metrics against pysodmetrics; the figures also as JSON with --json."""
+    # here: keeps --help fast (torch, OpenCV)
+    from pgnet.benchmark.evaluator import compare_with_pysodmetrics, format_comparison
+    from pgnet.benchmark.timing import set_threads
+    from pgnet.runtime import resolve_device
+
+    if args.threads > 0:
+        set_threads(args.threads)
+    device = resolve_device(args.device, key="--device")
+    report = compare_with_pysodmetrics(device, args.num_images, args.height, args.width, args.seed, args.chunk,
+                                       pysod=not args.skip_pysod, log=_log)
+    print("\n" + format_comparison(report))
+    if args.json is not None:
+        _write_json(args.json, report)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def run_video(args: argparse.Namespace) -> int:
+    """Video prediction, smoothing and foreground refinement figures, printed."""
+    # here: keeps --help fast (torch, timm)
+    from pgnet.benchmark.video import measure_foreground_refinement, measure_video, video_predictor
+
+    if not args.skip_video:
+        predictor = video_predictor(args.checkpoint, args.size, args.batch_size)
+        measure_video(predictor, args.frames, args.height, args.width)
+    measure_foreground_refinement()
+    return 0
+
+
+def run_cost(args: argparse.Namespace) -> int:
+    """A grafting configuration's cost, printed as JSON (and written with --out)."""
+    from pgnet.cost import measure_graft_cost  # here: keeps --help fast (torch, timm)
+
+    figures = measure_graft_cost(args.graft_points, args.window_size, args.size, args.train_size, args.train_batch,
+                                 args.repetitions)
+    print(json.dumps(figures, indent=2))
+    if args.out:
+        _write_json(Path(args.out), figures)
+    return 0
+
+
+COMMANDS = {None: run_suite, "data": run_data, "metrics": run_metrics, "video": run_video, "cost": run_cost}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(PROG, lambda: COMMANDS[args.command](args))
 
 
 if __name__ == "__main__":  # python -m pgnet.cli.benchmark
