@@ -23,26 +23,9 @@ from typing import Any, Literal
 import yaml
 
 from pgnet.config_ranges import ConfigError, check_config, check_value
+from pgnet.data.entry import DatasetEntry  # the schema of data.train/data.val items, re-exported
 from pgnet.models.grafting import GRAFT_POINTS
 from pgnet.models.pgnet import ModelConfig
-
-
-@dataclass
-class DatasetEntry:
-    """One dataset: a known name (or ``folder`` with ``root``), or ``synthetic`` generated on the fly."""
-
-    name: str
-    root: str | None = None
-    repeat: int = 1
-    label: str | None = None  # validation sets: the name in logs and summary (default: name, + root if repeated)
-    # synthetic only
-    n: int = 200
-    size: int = 512
-    seed: int = 0
-    # files only: hold out a fraction for validation, no file moved (see pgnet.data.split)
-    split: Literal["all", "train", "val"] = "all"
-    val_fraction: float = 0.1
-    split_seed: int = 0
 
 
 @dataclass

@@ -11,8 +11,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from pgnet.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config that does not fit the schema; the message names the key."""
 
 

@@ -4,6 +4,8 @@
   over it (then the folder is synced), so a kill or a full disk leaves the old file or the new one,
   never a truncated one. The file gets the usual permissions (0666 less the umask). A full disk is
   :class:`NoSpaceError`: "no space left on device while writing PATH", with nothing left behind.
+  :func:`atomic_create` does the same for a file made otherwise (a hard link, a copy), and
+  :func:`move_into_place` is its last step, for a file a third party wrote under a temporary name.
 - :func:`write_image` encodes an RGB, RGBA or gray uint8 picture by the path's suffix and writes it
   with :func:`atomic_write`; predictions, cut-outs and cache copies all go through it.
 - :func:`check_overwrites` is run by every command before any work: no output may land on an input
@@ -32,6 +34,8 @@ _NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSP
 class NoSpaceError(OSError, UserError):
     """The disk (or quota) filled up while a file was written; the message names the file."""
 
+    exit_status = 1  # met while working: nothing (or not everything) done (see pgnet.cli.common)
+
     def __init__(self, path: str | Path) -> None:
         super().__init__(errno.ENOSPC, f"no space left on device while writing {path}")
         self.path = Path(path)
@@ -53,15 +57,21 @@ class OverwriteError(FileExistsError, UserError):
         return self.args[0]
 
 
-def _open_temporary(path: Path) -> tuple[int, Path]:
-    """A new file beside ``path`` opened for writing, created 0666 less the umask (mkstemp would give 0600)."""
+def _temporary_path(path: Path) -> Path:
+    """A name beside ``path`` that no file has: ``.NAME.RANDOM.tmp`` (what ``remove_temporaries`` cleans)."""
     while True:
         temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-            return os.open(temporary, flags, 0o666), temporary
-        except FileExistsError:
-            continue
+        if not os.path.lexists(temporary):
+            return temporary
+
+
+def _sync_file(path: Path) -> None:
+    """Flush a file's data to disk (opened for writing: Windows flushes only such handles)."""
+    descriptor = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _sync_folder(folder: Path) -> None:
@@ -78,8 +88,20 @@ def _sync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(stream)`` on a temporary binary file, then rename it to ``path``; returns ``path``.
+def move_into_place(temporary: str | Path, path: str | Path) -> Path:
+    """Flush the finished file ``temporary`` to disk and rename it over ``path`` (same folder), then
+    sync the folder: a kill leaves the old ``path`` or the new one. For files a third party writes (a
+    video writer); :func:`atomic_create` and :func:`atomic_write` end with it."""
+    temporary, path = Path(temporary), Path(path)
+    _sync_file(temporary)
+    os.replace(temporary, path)
+    _sync_folder(path.parent)
+    return path
+
+
+def atomic_create(path: str | Path, create: Callable[[Path], None]) -> Path:
+    """Have ``create(temporary)`` make the new file at a free temporary path beside ``path`` (written,
+    hard-linked or copied there), then :func:`move_into_place` it; returns ``path``.
 
     Parents are created. On any error the temporary file is removed and ``path`` is untouched; a full
     disk raises :class:`NoSpaceError` naming ``path``.
@@ -88,21 +110,29 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     temporary: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = _open_temporary(path)
-        with os.fdopen(descriptor, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-        temporary = None
+        temporary = _temporary_path(path)
+        create(temporary)
+        move_into_place(temporary, path)
     except BaseException as error:
         if temporary is not None:
             temporary.unlink(missing_ok=True)
         if _is_no_space(error) or (isinstance(error, (OSError, RuntimeError)) and _folder_is_full(path.parent)):
             raise NoSpaceError(path) from error
         raise
-    _sync_folder(path.parent)
     return path
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(stream)`` on a new temporary binary file beside ``path``, then move it into place
+    (see :func:`atomic_create`); returns ``path``. The file gets the usual permissions (0666 less the
+    umask; mkstemp would give 0600)."""
+
+    def create(temporary: Path) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        with os.fdopen(os.open(temporary, flags, 0o666), "wb") as stream:
+            write(stream)
+
+    return atomic_create(path, create)
 
 
 def _folder_is_full(folder: Path) -> bool:

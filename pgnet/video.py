@@ -29,8 +29,9 @@ import numpy as np
 
 from pgnet.compose import Composer
 from pgnet.data.io import list_files
+from pgnet.errors import UserError
 from pgnet.inference import PredictionReport, Predictor, resize_for_network
-from pgnet.outputs import write_image
+from pgnet.outputs import move_into_place, write_image
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 VIDEO_SUFFIX = ".mp4"  # outputs: MPEG-4 part 2 ("mp4v"), which OpenCV's pip wheels can write
@@ -39,7 +40,7 @@ DEFAULT_FPS = 30.0  # when the source does not tell (many webcams)
 _END = object()
 
 
-class VideoReadError(OSError, ValueError):
+class VideoReadError(OSError, UserError):
     """A video (or camera) that cannot be opened or yields no frame; ``path`` names it."""
 
     def __init__(self, path: str | Path | int, reason: str) -> None:
@@ -309,7 +310,7 @@ class FrameWriter:
         if self.writer is not None:
             self.writer.release()
             if keep and self.error is None and self.frames:
-                os.replace(self.partial, self.output)
+                move_into_place(self.partial, self.output)
             else:
                 self.partial.unlink(missing_ok=True)
         if self.error is not None:

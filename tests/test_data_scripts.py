@@ -1,7 +1,7 @@
-"""datasets/verify.py, datasets/cache.py and datasets/make_synthetic.py: exit codes, summaries, round trips."""
+"""The dataset check (pgnet.data.verify) and the entry points datasets/verify.py, datasets/cache.py and
+datasets/make_synthetic.py: exit codes, summaries, round trips."""
 
-import importlib.util
-import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -11,33 +11,35 @@ import numpy as np
 import pytest
 
 from pgnet.data.datasets import build_dataset
-from pgnet.data.synthetic import make_sample, sample_seed
+from pgnet.data.registry import find_datasets
+from pgnet.data.synthetic import make_sample, sample_seed, write_synthetic_dataset
 from pgnet.data.transforms import build_train_transform
+from pgnet.data.verify import check_dataset, format_report, format_summary
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"datasets_{name}_script", REPO / "datasets" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script runs
-    spec.loader.exec_module(module)
-    return module
+def script(name: str) -> dict:
+    """The names a datasets/ script defines (its main, build_parser ...), without running it."""
+    return runpy.run_path(str(REPO / "datasets" / f"{name}.py"), run_name=f"datasets_{name}")
 
 
-verify = load_script("verify")
-cache_script = load_script("cache")
-make_synthetic = load_script("make_synthetic")
+def verify(root: Path, name: str | None = None, strict_counts: bool = False) -> tuple[bool, str]:
+    """What ``datasets/verify.py ROOT [--name NAME]`` checks and prints: (errors found, the printout)."""
+    reports = [check_dataset(spec, strict_counts=strict_counts) for spec in find_datasets(root, name and [name])]
+    text = "\n".join([*(format_report(report) for report in reports), format_summary(reports)])
+    return any(report.errors for report in reports), text
 
 
 @pytest.fixture
 def synthetic_root(tmp_path) -> Path:
-    root = tmp_path / "synthetic"
-    assert make_synthetic.main([str(root), "--n", "5", "--size", "80x60", "--jobs", "1"]) == 0
-    return root
+    return write_synthetic_dataset(tmp_path / "synthetic", 5, (60, 80), jobs=1)
 
 
-def test_make_synthetic_writes_the_generic_layout(synthetic_root):
+def test_make_synthetic_writes_the_generic_layout(tmp_path):
+    make_synthetic = script("make_synthetic")
+    synthetic_root = tmp_path / "synthetic"
+    assert make_synthetic["main"]([str(synthetic_root), "--n", "5", "--size", "80x60", "--jobs", "1"]) == 0
     images = sorted((synthetic_root / "image").iterdir())
     masks = sorted((synthetic_root / "mask").iterdir())
     assert [p.name for p in images] == [f"synthetic_{i:06d}.jpg" for i in range(5)]
@@ -45,25 +47,26 @@ def test_make_synthetic_writes_the_generic_layout(synthetic_root):
     _, expected_mask = make_sample(sample_seed(0, 3), (60, 80))
     assert np.array_equal(cv2.imread(str(masks[3]), cv2.IMREAD_UNCHANGED), expected_mask)
     assert cv2.imread(str(images[3])).shape == (60, 80, 3)
-    assert make_synthetic.parse_size("3840x2160") == (2160, 3840) and make_synthetic.parse_size("64") == (64, 64)
+    parse_size = make_synthetic["parse_size"]
+    assert parse_size("3840x2160") == (2160, 3840) and parse_size("64") == (64, 64)
 
 
-def test_verify_passes_a_clean_dataset(synthetic_root, capsys):
-    assert verify.main([str(synthetic_root), "--jobs", "1"]) == 0
-    out = capsys.readouterr().out
+def test_verify_passes_a_clean_dataset(synthetic_root):
+    errors, out = verify(synthetic_root)
+    assert not errors
     assert "generic" in out and "pairs: 5" in out and "-> OK" in out
     assert "1 dataset(s) checked, 0 with errors" in out
 
 
-def test_verify_reports_every_problem_and_fails(synthetic_root, capsys):
+def test_verify_reports_every_problem_and_fails(synthetic_root):
     images, masks = synthetic_root / "image", synthetic_root / "mask"
     (images / "synthetic_000000.jpg").write_bytes(b"broken")
     (masks / "synthetic_000001.png").unlink()
     (masks / "extra.png").write_bytes(cv2.imencode(".png", np.zeros((60, 80), np.uint8))[1].tobytes())
     cv2.imwrite(str(masks / "synthetic_000002.png"), np.zeros((61, 80), np.uint8))
     cv2.imwrite(str(masks / "synthetic_000003.png"), np.full((60, 80), 100, np.uint8))  # soft: a note only
-    assert verify.main([str(synthetic_root), "--jobs", "1"]) == 1
-    out = capsys.readouterr().out
+    errors, out = verify(synthetic_root)
+    assert errors
     for expected in (
         "ERROR: unreadable: 1",
         "synthetic_000000.jpg",
@@ -80,47 +83,45 @@ def test_verify_reports_every_problem_and_fails(synthetic_root, capsys):
         assert expected in out, expected
 
 
-def test_verify_checks_the_count_of_a_named_release(tmp_path, capsys):
-    root = tmp_path / "ECSSD"
-    assert make_synthetic.main([str(root), "--n", "2", "--size", "32", "--jobs", "1"]) == 0
+def test_verify_checks_the_count_of_a_named_release(tmp_path):
+    root = write_synthetic_dataset(tmp_path / "ECSSD", 2, 32, jobs=1)
     (root / "image").rename(root / "images")
     (root / "mask").rename(root / "ground_truth_mask")
-    assert verify.main([str(root), "--name", "ECSSD", "--jobs", "1"]) == 0  # a clean partial copy passes
-    out = capsys.readouterr().out
+    errors, out = verify(root, "ECSSD")
+    assert not errors  # a clean partial copy passes
     assert "warning: partial copy: 1" in out and "2 of the release's 1000 pairs" in out and "-> OK" in out
-    assert verify.main([str(root), "--name", "ECSSD", "--jobs", "1", "--strict-counts"]) == 1
-    assert "ERROR: pair count: 1" in capsys.readouterr().out
-    assert verify.main([str(root), "--jobs", "1", "--strict-counts"]) == 1  # detected by its folder names
-    assert "ECSSD" in capsys.readouterr().out
+    errors, out = verify(root, "ECSSD", strict_counts=True)
+    assert errors and "ERROR: pair count: 1" in out
+    errors, out = verify(root, strict_counts=True)  # detected by its folder names
+    assert errors and "ECSSD" in out
 
 
-def test_verify_compares_full_size_headers_and_prints_real_sizes(synthetic_root, capsys):
+def test_verify_compares_full_size_headers_and_prints_real_sizes(synthetic_root):
     # A JPEG exactly 4x its mask decodes reduced to the mask's size: only its header tells.
     image, _ = make_sample(sample_seed(0, 9), (240, 320))
     cv2.imwrite(str(synthetic_root / "image" / "synthetic_000001.jpg"), image)
-    assert verify.main([str(synthetic_root), "--jobs", "1"]) == 1
-    out = capsys.readouterr().out
+    errors, out = verify(synthetic_root)
+    assert errors
     assert "ERROR: size mismatch: 1" in out and "synthetic_000001.jpg is 320x240 but its mask" in out
     assert "80x60" in out and "reduced" not in out
 
 
 def test_verify_cannot_check_a_missing_root_or_unknown_name(tmp_path, capsys):
-    assert verify.main([str(tmp_path / "absent")]) == 2
+    main = script("verify")["main"]
+    assert main([str(tmp_path / "absent")]) == 2
     assert "absent" in capsys.readouterr().err
-    assert verify.main([str(tmp_path), "--name", "NOPE"]) == 2
+    assert main([str(tmp_path), "--name", "NOPE"]) == 2
     assert "known datasets" in capsys.readouterr().err
-    assert verify.main([str(tmp_path)]) == 2  # exists, but holds no dataset
+    assert main([str(tmp_path)]) == 2  # exists, but holds no dataset
     assert "no known dataset layout" in capsys.readouterr().err
 
 
 def test_verify_exit_code_from_the_command_line(synthetic_root):
     (synthetic_root / "image" / "synthetic_000004.jpg").unlink()
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
     result = subprocess.run(
         [sys.executable, str(REPO / "datasets" / "verify.py"), str(synthetic_root), "--jobs", "1"],
         capture_output=True,
         text=True,
-        env=env,
         timeout=120,
     )
     assert result.returncode == 1, result.stderr
@@ -128,7 +129,8 @@ def test_verify_exit_code_from_the_command_line(synthetic_root):
 
 
 def test_cache_script_round_trip(synthetic_root, capsys):
-    assert cache_script.main([str(synthetic_root), "--long-side", "40", "--jobs", "1"]) == 0
+    cache_main = script("cache")["main"]
+    assert cache_main([str(synthetic_root), "--long-side", "40", "--jobs", "1"]) == 0
     assert "5 written" in capsys.readouterr().out
     cache_dir = synthetic_root / ".pgnet_cache" / "long40"
     assert len(list((cache_dir / "image").iterdir())) == 5 and (cache_dir / "manifest.json").is_file()
@@ -138,9 +140,9 @@ def test_cache_script_round_trip(synthetic_root, capsys):
     assert image.shape == (30, 40, 3) and mask.shape == (30, 40) and original == (60, 80)
     item = dataset[1]
     assert item["size"] == (60, 80) and item["image"].shape[1] <= 32
-    assert cache_script.main([str(synthetic_root), "--long-side", "40", "--jobs", "1"]) == 0
+    assert cache_main([str(synthetic_root), "--long-side", "40", "--jobs", "1"]) == 0
     assert "0 written, 5 already cached" in capsys.readouterr().out
     (synthetic_root / "image" / "synthetic_000002.jpg").write_bytes(b"broken")
-    assert cache_script.main([str(synthetic_root), "--long-side", "40", "--jobs", "1"]) == 1
+    assert cache_main([str(synthetic_root), "--long-side", "40", "--jobs", "1"]) == 1
     assert "failed: " in capsys.readouterr().out
-    assert cache_script.main([str(synthetic_root / "absent")]) == 2
+    assert cache_main([str(synthetic_root / "absent")]) == 2

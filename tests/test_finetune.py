@@ -309,7 +309,7 @@ def readme_commands(section: str) -> list[list[str]]:
 
 
 def test_readme_fine_tuning_commands_run(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    from test_data_scripts import verify
+    from test_data_scripts import script
 
     from pgnet.cli import predict, train
 
@@ -323,7 +323,7 @@ def test_readme_fine_tuning_commands_run(tiny_checkpoint, tmp_path, monkeypatch,
     (tmp_path / "new" / "image").rename(tmp_path / "new_pictures")
     (tmp_path / "pgnet_dh.pth").write_bytes(tiny_checkpoint.read_bytes())
 
-    assert verify.main(commands[0][2:]) == 0
+    assert script("verify")["main"](commands[0][2:]) == 0
     assert train.main([*commands[1][1:], *README_TINY_TRAIN]) == 0
     log = (tmp_path / "runs" / "mine" / "log.txt").read_text()
     assert "weights from pgnet_dh.pth (model weights):" in log and "9 train samples" in log

@@ -1,8 +1,8 @@
 """What every command shares: its parser's epilog with the exit statuses, and the error-to-exit mapping.
 
 A command module has ``build_parser()`` and ``main(argv) -> int``; ``main`` parses, then hands its body
-to :func:`run_command`, which turns the errors a user can fix into one plain line on stderr and an
-exit status:
+to :func:`run_command`, which turns the errors a user can fix into one plain line on stderr
+(``error: MESSAGE``) and an exit status:
 
 - 0: done;
 - 1: nothing (or not everything) done, for a reason met while working (a full disk, an unreadable
@@ -10,20 +10,26 @@ exit status:
 - 2: usage error, found before any work: a bad option, file, folder or value (argparse's own errors
   exit 2 too).
 
-Anything else is a bug and keeps its traceback.
+An error may declare its own status as an integer ``exit_status`` attribute (``NoSpaceError`` 1, the
+trainer's ``NonFiniteLossError`` 3, ``TrainingInterrupted`` 128 + the signal). Anything else is a bug
+and keeps its traceback; a command turns the third-party errors it expects into one of these with
+:func:`errors_as`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from pgnet.errors import UserError
 
 EXIT_DONE = 0
 EXIT_NOT_DONE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 EXIT_STATUS_HELP = (
     "exit status: 0 done; 1 nothing (or not everything) done, for a reason met while working "
@@ -43,9 +49,12 @@ class NothingDoneError(UserError):
     exit_status = EXIT_NOT_DONE
 
 
-def build_command_parser(prog: str, description: str, example: str | None = None,
+def build_command_parser(prog: str | None, description: str, example: str | None = None,
                          exit_statuses: str = EXIT_STATUS_HELP) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` whose epilog gives an example (optional) and the exit statuses."""
+    """An ``ArgumentParser`` whose epilog gives an example (optional) and the exit statuses.
+
+    ``prog`` None: the name the program was started by (a script's file name).
+    """
     epilog = "\n\n".join(part for part in (example, exit_statuses) if part)
     return argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,7 +64,7 @@ def error_message(error: BaseException) -> str:
     """The one line printed for ``error``: its message, without the quotes ``KeyError`` adds."""
     if isinstance(error, OSError) and error.strerror and error.filename and not isinstance(error, UserError):
         return f"{error.filename}: {error.strerror}"
-    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return str(error.args[0]) if type(error) is KeyError and error.args else str(error)
 
 
 def exit_status_of(error: BaseException) -> int:
@@ -66,25 +75,39 @@ def exit_status_of(error: BaseException) -> int:
     return EXIT_USAGE if isinstance(error, _USAGE_ERRORS) else EXIT_NOT_DONE
 
 
-def run_command(prog: str, body: Callable[[], int | None]) -> int:
-    """Run ``body`` and map the errors a user can fix to a message on stderr and an exit status.
+@contextmanager
+def errors_as(error_class: type[UserError], *types: type[BaseException]) -> Iterator[None]:
+    """Re-raise the ``types`` raised inside as ``error_class``, same message, e.g. torch's
+    ``RuntimeError`` on an unloadable checkpoint as a usage error, or a user error met halfway through
+    the work as :class:`NothingDoneError`."""
+    try:
+        yield
+    except types as error:
+        raise error_class(error_message(error)) from error
 
-    An exception with an integer ``exit_status`` attribute (``TrainingInterrupted``, ...) exits with
-    it, printing its message if it has one. Ctrl-C exits 130.
+
+def run_command(prog: str | None, body: Callable[[], int | None]) -> int:
+    """Run ``body`` and map the errors a user can fix to ``error: MESSAGE`` on stderr and an exit status.
+
+    ``body`` returns the status (None: 0). An exception with an integer ``exit_status`` attribute exits
+    with it, printing its message. An interruption that declares its status (``TrainingInterrupted``,
+    which has logged its own line) exits with it silently; a plain Ctrl-C prints ``PROG: interrupted``
+    (``prog`` None: the program's file name) instead of a traceback and exits 130.
     """
     try:
         status = body()
     except KeyboardInterrupt as error:
-        status = getattr(error, "exit_status", 130)
-        if str(error):
-            print(f"{prog}: {error}", file=sys.stderr)
-        return status
+        status = getattr(error, "exit_status", None)
+        if isinstance(status, int):
+            return status
+        print(f"{prog or Path(sys.argv[0]).name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (*_USAGE_ERRORS, OSError) as error:
-        print(f"{prog}: error: {error_message(error)}", file=sys.stderr)
+        print(f"error: {error_message(error)}", file=sys.stderr)
         return exit_status_of(error)
     except Exception as error:
         if not isinstance(getattr(error, "exit_status", None), int):
             raise
-        print(f"{prog}: error: {error_message(error)}", file=sys.stderr)
+        print(f"error: {error_message(error)}", file=sys.stderr)
         return error.exit_status
     return EXIT_DONE if status is None else status

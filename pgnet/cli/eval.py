@@ -9,6 +9,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pgnet.cli.common import NothingDoneError, build_command_parser, errors_as, run_command
+from pgnet.errors import UserError
+
+PROG = "pgnet-eval"
+
 EPILOG = """examples:
   checkpoint on registered datasets, saving its predictions:
     scripts/eval.py -c runs/dh/checkpoints/best.pth --datasets DUTS-TE HRSOD-TE --data-root data \\
@@ -28,20 +33,20 @@ def _named_paths(values: Sequence[str] | None, option: str) -> dict[str, Path]:
     for value in values or []:
         name, separator, path = value.partition("=")
         if not separator or not name or not path:
-            raise ValueError(f"{option} expects NAME=PATH, got {value!r}")
+            raise UserError(f"{option} expects NAME=PATH, got {value!r}")
         if name in named:
-            raise ValueError(f"{option}: {name!r} given twice")
+            raise UserError(f"{option}: {name!r} given twice")
         named[name] = Path(path).expanduser()
     return named
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pgnet-eval",
-        description="Evaluate saliency predictions: MAE, S-measure, E-measure, F-measure and weighted F-measure "
+    """Checkpoints and/or prediction folders against ground truth; the options by group."""
+    parser = build_command_parser(
+        PROG,
+        "Evaluate saliency predictions: MAE, S-measure, E-measure, F-measure and weighted F-measure "
         "(pysodmetrics' definitions), BIoU and mBA (their papers' code).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        EPILOG.rstrip(),
     )
     sources = parser.add_argument_group("what to evaluate")
     sources.add_argument("-c", "--checkpoint", help="a project checkpoint or an official one")
@@ -96,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit status: 0 on success, 2 for a usage or data error (the message names the path), 1 otherwise."""
+    """Parse ``argv`` and evaluate; the exit statuses are in ``--help``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not (args.checkpoint or args.preds or args.pred_root):
@@ -110,13 +115,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    return run_command(PROG, lambda: _evaluate(args))
 
+
+def _evaluate(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: --help and argument errors stay fast without torch.
     from pgnet.data.io import set_max_pixels
     from pgnet.engine.evaluator import EvalDataset, ModelMethod, config_datasets, evaluate, resolve_datasets
     from pgnet.metrics import ALL_METRICS, resolve_metric_groups
     from pgnet.metrics.report import format_table
 
-    try:
+    with errors_as(NothingDoneError, RuntimeError):  # a method or dataset that failed while working: exit 1
         if args.max_pixels is not None:
             set_max_pixels(int(args.max_pixels))
         metrics = resolve_metric_groups(args.metrics) if args.metrics else ALL_METRICS
@@ -126,17 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, mask_dir in _named_paths(args.gt, "--gt").items():
             datasets.append(EvalDataset(name, mask_dir, images.pop(name, None)))
         if images:
-            raise ValueError(f"--images names datasets not given with --gt: {', '.join(images)}")
+            raise UserError(f"--images names datasets not given with --gt: {', '.join(images)}")
         prediction_dirs = _named_paths(args.preds, "--preds")
         if args.pred_root:
-            root = Path(args.pred_root).expanduser()
-            if not root.is_dir():
-                raise FileNotFoundError(f"--pred-root {root} does not exist or is not a folder")
-            methods = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-            if not methods:
-                raise FileNotFoundError(f"--pred-root {root} has no method subfolders")
-            for folder in methods:
-                prediction_dirs.setdefault(folder.name, folder)
+            for name, folder in _method_folders(Path(args.pred_root).expanduser()).items():
+                prediction_dirs.setdefault(name, folder)
         model_method = None
         if args.checkpoint:
             model_method = ModelMethod(
@@ -151,18 +154,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device, allow_missing=args.allow_missing, workers=args.workers,
             progress=not args.no_progress,
         )
-    except (FileNotFoundError, KeyError, ValueError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    except (RuntimeError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
     if len(report.datasets()) > 1:  # each dataset's table was printed as it finished; now all of them
         print()
         print(format_table(report.results))
     print(f"results: {report.folder / 'results.md'}, results.csv, results.json, plots/")
     return 0
+
+
+def _method_folders(root: Path) -> dict[str, Path]:
+    """``--pred-root``: its subfolders by method name."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"--pred-root {root} does not exist or is not a folder")
+    methods = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not methods:
+        raise FileNotFoundError(f"--pred-root {root} has no method subfolders")
+    return {folder.name: folder for folder in methods}
 
 
 if __name__ == "__main__":  # python -m pgnet.cli.eval

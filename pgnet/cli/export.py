@@ -6,13 +6,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from pgnet.cli.common import EXIT_STATUS_HELP, NothingDoneError, build_command_parser, errors_as, run_command
+from pgnet.errors import UserError
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``scripts/export_onnx.py CHECKPOINT OUT.onnx [--logits] [--static-size H W] [--verify]``."""
-    parser = argparse.ArgumentParser(
-        description="Export PGNet to ONNX: input 'image' float32 Bx3xHxW RGB 0-255, output 'mask' float32 "
+PROG = "pgnet-export"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``CHECKPOINT OUT.onnx [--logits] [--static-size H W] [--verify]``."""
+    parser = build_command_parser(
+        PROG,
+        "Export PGNet to ONNX: input 'image' float32 Bx3xHxW RGB 0-255, output 'mask' float32 "
         "Bx1xHxW probabilities; batch, height and width dynamic.",
-        epilog="Example: scripts/export_onnx.py runs/dh/best.pth pgnet.onnx --verify",
+        "Example: scripts/export_onnx.py runs/dh/best.pth pgnet.onnx --verify",
+        f"{EXIT_STATUS_HELP}; --verify: 1 when onnxruntime and PyTorch differ by more than the tolerance",
     )
     parser.add_argument("checkpoint", help="project checkpoint, or an official one")
     parser.add_argument("output", help="the .onnx file to write")
@@ -27,12 +34,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--no-optimize", action="store_true", help="skip the exporter's graph optimisation")
     parser.add_argument("--verify", action="store_true", help="run the file in onnxruntime and compare with PyTorch")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and export; the exit statuses are in ``--help``."""
+    args = build_parser().parse_args(argv)
+    return run_command(PROG, lambda: _export(args))
+
+
+def _export(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: --help and argument errors stay fast without torch.
     from pgnet.checkpoint import load_model_and_preprocessing
     from pgnet.export import compare_onnx, export_onnx
 
-    try:
+    with errors_as(UserError, ImportError):  # onnx not installed: a usage error naming the module
         model, preprocessing = load_model_and_preprocessing(args.checkpoint, "cpu", weights=args.weights)
         path = export_onnx(
             model,
@@ -43,9 +59,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             optimize=not args.no_optimize,
             preprocessing=preprocessing,
         )
-    except (FileNotFoundError, KeyError, ValueError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     if args.verify:
         shapes = ((1, 3, *args.static_size), (2, 3, *args.static_size)) if args.static_size else None
@@ -56,8 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         tolerance = 1e-2 if args.logits else 1e-3
         if max(differences) > tolerance:
-            print(f"error: difference above {tolerance}", file=sys.stderr)
-            return 1
+            raise NothingDoneError(f"difference above {tolerance}")
     return 0
 
 

@@ -6,20 +6,26 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from pgnet.choices import OUTPUT_MODES, PRECISIONS
+from pgnet.cli.common import NothingDoneError, build_command_parser, errors_as, run_command
+from pgnet.compose import DEFAULT_BLUR, Composer
+from pgnet.errors import UserError
+
+PROG = "pgnet-predict"
+EXIT_STATUSES = (
+    "exit status: 0 at least one output written; 1 none could be (unreadable inputs, a full disk, no input "
+    "found); 2 usage error (a bad option or checkpoint, inputs not found, an output over an input)"
+)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``scripts/predict.py INPUT [INPUT ...] --checkpoint CKPT --output DIR [options]``.
-
-    Exit status: 0 when at least one output was written, 1 when none could be, 2 for a usage error
-    (bad checkpoint, inputs not found, an output that would overwrite an input).
-    """
-    from pgnet.choices import OUTPUT_MODES, PRECISIONS
-    from pgnet.compose import DEFAULT_BLUR
-
-    parser = argparse.ArgumentParser(
-        description="Predict saliency masks for pictures (files, folders or globs) with a PGNet checkpoint.",
-        epilog="Example: scripts/predict.py photos/ -r --checkpoint runs/dh/best.pth -o masks --mode rgba --flip",
+def build_parser() -> argparse.ArgumentParser:
+    """``INPUT [INPUT ...] --checkpoint CKPT --output DIR [options]``."""
+    parser = build_command_parser(
+        PROG, "Predict saliency masks for pictures (files, folders or globs) with a PGNet checkpoint.",
+        "Example: scripts/predict.py photos/ -r --checkpoint runs/dh/best.pth -o masks --mode rgba --flip",
+        EXIT_STATUSES,
     )
     parser.add_argument("inputs", nargs="*", help="pictures, videos, folders, or glob patterns (quote them)")
     parser.add_argument("-o", "--output", required=True,
@@ -71,6 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-pixels", type=float, metavar="N",
                         help="skip pictures over N pixels without decoding them (default 100e6; 0: no limit)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and predict; the exit statuses are in ``--help``."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.inputs and args.webcam is None:
         parser.error("give pictures, videos or folders, or --webcam N")
@@ -81,27 +93,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--smooth must be in [0, 1), got {args.smooth:g}")
     if args.max_frames is not None and args.max_frames < 1:
         parser.error(f"--max-frames must be positive, got {args.max_frames}")
+    return run_command(PROG, lambda: _predict(args, mode))
 
-    from pgnet.compose import Composer
+
+def _predict(args: argparse.Namespace, mode: str) -> int:
+    # Imported here, not at the top: --help and argument errors stay fast without torch.
     from pgnet.data.io import set_max_pixels
     from pgnet.inference import Predictor, plan_outputs, predict_files
-    from pgnet.video import is_video_file, plan_video_outputs, predict_videos, source_name, write_video
+    from pgnet.video import VIDEO_SUFFIX, is_video_file, plan_video_outputs, predict_videos, source_name, write_video
 
-    try:
-        if args.max_pixels is not None:
-            set_max_pixels(int(args.max_pixels))
-        composer = Composer(mode, args.color, background=args.background, blur=args.blur,
-                            refine_foreground=args.refine_foreground)
-        picture_inputs = [source for source in args.inputs if not is_video_file(source)]
-        jobs = plan_outputs(picture_inputs, args.output, recursive=args.recursive) if picture_inputs else []
-        video_jobs = plan_video_outputs(args.inputs, args.output, mode, recursive=args.recursive)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:  # UserError is a ValueError
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.max_pixels is not None:
+        set_max_pixels(int(args.max_pixels))
+    composer = Composer(mode, args.color, background=args.background, blur=args.blur,
+                        refine_foreground=args.refine_foreground)
+    picture_inputs = [source for source in args.inputs if not is_video_file(source)]
+    jobs = plan_outputs(picture_inputs, args.output, recursive=args.recursive) if picture_inputs else []
+    video_jobs = plan_video_outputs(args.inputs, args.output, mode, recursive=args.recursive)
     if not jobs and not video_jobs and args.webcam is None:
-        print(f"error: no pictures or videos found in {' '.join(args.inputs)}", file=sys.stderr)
-        return 1
-    try:
+        raise NothingDoneError(f"no pictures or videos found in {' '.join(args.inputs)}")
+    with errors_as(UserError, RuntimeError):  # torch's errors loading a checkpoint: a usage error
         predictor = Predictor.from_checkpoint(
             args.checkpoint,
             device=args.device,
@@ -115,21 +125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             compile=args.compile,
             cuda_graphs=False if args.no_cuda_graphs else None,
         )
-    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     print(f"{len(jobs)} pictures, {len(video_jobs)} videos, {predictor}", file=sys.stderr)
     if args.compile:
         print("compiling (the first call of each size can take a minute)", file=sys.stderr, flush=True)
     written = 0
     if jobs:
-        try:
+        with errors_as(NothingDoneError, ValueError):  # a UserError such as NoSpaceError: stop, exit 1
             report = predict_files(predictor, jobs, workers=args.workers, progress=not args.no_progress,
                                    mode=composer.mode, color=composer.color, background=composer.background,
                                    blur=composer.blur, refine_foreground=composer.refine_foreground)
-        except ValueError as error:  # a UserError such as NoSpaceError: stop with its message
-            print(f"error: {error}", file=sys.stderr)
-            return 1
         print(f"wrote {len(report.written)} {mode} pictures to {args.output}; skipped {len(report.skipped)}")
         written += len(report.written)
     if video_jobs:
@@ -138,18 +142,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {len(report.written)} {mode} videos to {args.output}; skipped {len(report.skipped)}")
         written += len(report.written)
     if args.webcam is not None:
-        from pathlib import Path
-
-        from pgnet.video import VIDEO_SUFFIX, VideoReadError
-
         output = Path(args.output) / f"webcam{args.webcam}{'' if mode == 'rgba' else VIDEO_SUFFIX}"
         try:
             result = write_video(predictor, args.webcam, output, composer, smooth=args.smooth,
                                  max_frames=args.max_frames, progress=not args.no_progress,
                                  workers=args.workers)
-        except (VideoReadError, OSError) as error:
-            print(f"error: {source_name(args.webcam)}: {getattr(error, 'reason', error)}", file=sys.stderr)
-            return 1
+        except OSError as error:  # VideoReadError included
+            raise NothingDoneError(f"{source_name(args.webcam)}: {getattr(error, 'reason', error)}") from error
         print(f"wrote {result.frames} frames of {source_name(args.webcam)} to {result.output}")
         written += 1
     return 0 if written else 1

@@ -8,7 +8,10 @@ Public API (import from the submodules; this package imports nothing itself):
   ``MASK_EXTENSIONS``; ``list_images(file_folder_or_glob, recursive=False)``.
 - ``pgnet.data.registry``: ``resolve_dataset(name, root)`` -> ``DatasetSpec`` (image_dir, mask_dir,
   expected_count); ``pair_files(image_dir, mask_dir)`` -> ``Pairing`` (pairs, unpaired_images,
-  unpaired_masks, duplicates); ``detect_datasets(root)``; ``known_dataset_names()``.
+  unpaired_masks, duplicates); ``detect_datasets(root)``; ``find_datasets(root, names=None)`` (the
+  names, or every layout detected); ``dataset_pairs(specs)``; ``known_dataset_names()``.
+- ``pgnet.data.entry``: ``DatasetEntry``, the one schema of a config's dataset entry (fields and
+  defaults), ``ENTRY_DEFAULTS``.
 - ``pgnet.data.datasets``: ``SODDataset`` (items: ``image`` 3×H×W, ``mask`` 1×H×W in [0, 1],
   ``name``, ``size`` original (H, W); None for a bad file), ``build_dataset(config, transform)``,
   ``build_train_dataset(configs, transform)`` (``repeat`` factors), name ``synthetic`` for
@@ -25,7 +28,10 @@ Public API (import from the submodules; this package imports nothing itself):
   ``set_loader_epoch(loader, epoch)``, ``SkipCounter``; train batches carry ``skipped`` (int).
 - ``pgnet.data.synthetic``: ``make_sample(seed, size)`` -> (image H×W×3 uint8, mask H×W uint8 0/255),
   ``SyntheticDataset(n, size, seed, transform)``.
-- ``pgnet.data.cache``: ``build_cache(root, pairs, long_side)``, ``find_cache(root, min_long_side)``.
+- ``pgnet.data.cache``: ``build_cache(root, pairs, long_side)`` -> ``CacheReport`` (``describe()``),
+  ``find_cache(root, min_long_side)``.
+- ``pgnet.data.verify``: ``check_dataset(spec, jobs, strict_counts)`` -> ``DatasetReport``,
+  ``format_report(report)``, ``format_summary(reports)`` (``datasets/verify.py``).
 
 Config shape the builders accept (``data:`` section of a training config)::
 

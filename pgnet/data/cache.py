@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from pgnet.data.io import ImageReadError, read_image, read_mask
+from pgnet.errors import UserError
 from pgnet.outputs import check_overwrites, write_image, write_text
 
 CACHE_DIR_NAME = ".pgnet_cache"
@@ -137,6 +138,15 @@ class CacheReport:
     small: int = 0  # long side already at most the cache's: read from the source
     failed: list[str] = field(default_factory=list)  # "path: reason"
 
+    def describe(self, directory: str | Path, max_listed: int = 20) -> str:
+        """What was done to the cache in ``directory``, listing at most ``max_listed`` failures."""
+        lines = [f"{directory}: {self.written} written, {self.fresh} already cached, {self.small} small enough "
+                 f"to read as they are, {len(self.failed)} failed"]
+        lines.extend(f"  failed: {message}" for message in self.failed[:max_listed])
+        if len(self.failed) > max_listed:
+            lines.append(f"  ... and {len(self.failed) - max_listed} more (run datasets/verify.py)")
+        return "\n".join(lines)
+
 
 def _cache_pair(job: tuple[Path, Path, Path, int]) -> tuple[str, dict | None, str]:
     """Cache one pair in a worker: returns (status, manifest entries by kind or None, message)."""
@@ -175,7 +185,7 @@ def build_cache(root: str | Path, pairs: Iterable[tuple[Path, Path]], long_side:
     a source file or on another copy.
     """
     if long_side < 16:
-        raise ValueError(f"long side must be at least 16, got {long_side}")
+        raise UserError(f"long side must be at least 16, got {long_side}")
     cache = ImageCache.load(root, long_side)
     pairs = list(dict.fromkeys((Path(image), Path(mask)) for image, mask in pairs))
     check_overwrites(

@@ -18,17 +18,19 @@ import numpy as np
 from torch.utils.data import ConcatDataset, Dataset
 
 from pgnet.data.cache import ImageCache, find_cache
+from pgnet.data.entry import ENTRY_DEFAULTS, SPLIT_KEYS, SYNTHETIC_KEYS
 from pgnet.data.io import ImageReadError, PairMismatchError, binarize_mask, read_image, read_mask, read_pair
 from pgnet.data.registry import SYNTHETIC_NAME, DatasetSpec, known_dataset_names, pair_files, resolve_dataset
 from pgnet.data.split import split_pairs
 from pgnet.data.synthetic import SyntheticDataset
 from pgnet.data.transforms import PairTransform, build_eval_transform, to_sample
+from pgnet.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 
 
-class EmptyDatasetError(ValueError):
+class EmptyDatasetError(UserError):
     """A dataset with no usable sample."""
 
 
@@ -159,7 +161,7 @@ def build_dataset(
     ``reduced_decode`` (default True). With ``check``, a dataset whose pairs are all unreadable
     raises here instead of during training.
     """
-    use_cache, reduced_decode, split = True, True, ("all", 0.1, 0)
+    use_cache, reduced_decode, split = True, True, tuple(ENTRY_DEFAULTS[key] for key in SPLIT_KEYS)
     if isinstance(config, DatasetSpec):
         spec = config
     else:
@@ -169,18 +171,16 @@ def build_dataset(
         if repeat != 1:
             raise ValueError(f"dataset {name}: repeat={repeat!r} only applies to a training mix (build_train_dataset)")
         if name is not None and name.lower() == SYNTHETIC_NAME:
-            synthetic = SyntheticDataset(
-                n=options.pop("n", 100), size=options.pop("size", 512), seed=options.pop("seed", 0), transform=transform
-            )
-            _reject_unknown(options, SYNTHETIC_NAME, ("name", "n", "size", "seed", "repeat"))
-            return synthetic
+            n, size, seed = (options.pop(key, ENTRY_DEFAULTS[key]) for key in SYNTHETIC_KEYS)
+            _reject_unknown(options, SYNTHETIC_NAME, ("name", *SYNTHETIC_KEYS, "repeat"))
+            return SyntheticDataset(n=n, size=size, seed=seed, transform=transform)
         use_cache = bool(options.pop("cache", True))
         reduced_decode = bool(options.pop("reduced_decode", True))
-        split = (options.pop("split", "all"), options.pop("val_fraction", 0.1), options.pop("split_seed", 0))
+        split = tuple(options.pop(key, ENTRY_DEFAULTS[key]) for key in SPLIT_KEYS)
         spec = _spec_from_config(options, name)
         _reject_unknown(
             options, spec.name, ("name", "root", "image_dir", "mask_dir", "repeat", "cache", "reduced_decode",
-                                 "split", "val_fraction", "split_seed")
+                                 *SPLIT_KEYS)
         )
 
     pairing = pair_files(spec.image_dir, spec.mask_dir)

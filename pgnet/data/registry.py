@@ -7,10 +7,12 @@ finds the image and mask folders under that root from the layout registered for 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pgnet.data.io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, list_files
+from pgnet.errors import UnknownNameError, UserError
 
 # (image folder, mask folder) names used by many releases and re-packagings.
 GENERIC_PAIR_DIRS: tuple[tuple[str, str], ...] = (
@@ -22,6 +24,10 @@ GENERIC_PAIR_DIRS: tuple[tuple[str, str], ...] = (
     ("img", "gt"),
     ("im", "gt"),
 )
+
+
+class DatasetNotFoundError(FileNotFoundError, UserError):
+    """A dataset root that does not exist or holds no known layout; the message names the folders."""
 
 
 @dataclass(frozen=True)
@@ -140,10 +146,10 @@ def known_dataset_names() -> list[str]:
 
 
 def get_layout(name: str) -> DatasetLayout:
-    """The registered layout for ``name``; raises KeyError listing the known names."""
+    """The registered layout for ``name``; raises UnknownNameError (a KeyError) listing the known names."""
     layout = _LAYOUTS_BY_KEY.get(_name_key(name))
     if layout is None:
-        raise KeyError(f"unknown dataset {name!r}; known datasets: {', '.join(LAYOUTS)}")
+        raise UnknownNameError(f"unknown dataset {name!r}; known datasets: {', '.join(LAYOUTS)}")
     return layout
 
 
@@ -153,13 +159,14 @@ def resolve_dataset(name: str, root: str | Path) -> DatasetSpec:
     ``root`` is the dataset's own root (``data/DUTS`` for DUTS-TE, as configs give it) or a folder
     holding the releases by name as ``datasets/README.md`` lays them out (``data``, holding ``DUTS/``,
     ``HRSOD/``, ``UHRSD/``, ``DAVIS-S/``, ...): the layout's release folder under it is tried second.
-    Raises KeyError for an unknown name and FileNotFoundError, naming the root and the folders
-    looked for, when the root does not exist or holds no matching layout.
+    Raises UnknownNameError (a KeyError) for an unknown name and DatasetNotFoundError (a
+    FileNotFoundError), naming the root and the folders looked for, when the root does not exist or
+    holds no matching layout.
     """
     layout = get_layout(name)
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset root {root} (for {layout.name}) does not exist or is not a folder")
+        raise DatasetNotFoundError(f"dataset root {root} (for {layout.name}) does not exist or is not a folder")
     roots = [root]
     for release in (layout.source, layout.name):
         if release and release != root.name and (root / release).is_dir() and root / release not in roots:
@@ -171,7 +178,7 @@ def resolve_dataset(name: str, root: str | Path) -> DatasetSpec:
     looked_for = "; ".join(
         f"{image_dir.relative_to(root)} + {mask_dir.relative_to(root)}" for _, (image_dir, mask_dir) in candidates[:6]
     )
-    raise FileNotFoundError(
+    raise DatasetNotFoundError(
         f"no {layout.name} image/mask folders under {root}; looked for {looked_for}; ... "
         "(see datasets/README.md for the expected layouts)"
     )
@@ -191,6 +198,26 @@ def detect_datasets(root: str | Path) -> list[DatasetSpec]:
                 found[image_dir, mask_dir] = DatasetSpec(layout.name, root, image_dir, mask_dir, layout.expected_count)
                 break
     return list(found.values())
+
+
+def find_datasets(root: str | Path, names: Sequence[str] | None = None) -> list[DatasetSpec]:
+    """The datasets ``names`` under ``root`` (see :func:`resolve_dataset`), or without names every
+    registered layout found there (:func:`detect_datasets`); raises DatasetNotFoundError when the root
+    is missing or holds none."""
+    if names:
+        return [resolve_dataset(name, root) for name in names]
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"dataset root {root} does not exist or is not a folder")
+    specs = detect_datasets(root)
+    if not specs:
+        raise DatasetNotFoundError(f"no known dataset layout under {root}; pass --name or see datasets/README.md")
+    return specs
+
+
+def dataset_pairs(specs: Iterable[DatasetSpec]) -> list[tuple[Path, Path]]:
+    """The (image, mask) pairs of every dataset in ``specs``, in order."""
+    return [pair for spec in specs for pair in pair_files(spec.image_dir, spec.mask_dir).pairs]
 
 
 def _index_by_stem(files: list[Path], extensions: tuple[str, ...]) -> tuple[dict[str, Path], list[Path]]:

@@ -13,10 +13,12 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from pgnet.errors import UserError
+
 SPLITS = ("all", "train", "val")
 
 
-class SplitError(ValueError):
+class SplitError(UserError):
     """A split that cannot be made; the message names the dataset and the setting."""
 
 

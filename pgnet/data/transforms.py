@@ -9,8 +9,13 @@ the official statistics. The batch-level multi-scale resize lives in the collate
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
+
+# albumentations looks for a newer release online when imported, unless this is set (also a slow
+# start and a warning offline): set here, the one module that imports it, for every entry point.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A
 import cv2

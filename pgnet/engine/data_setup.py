@@ -13,6 +13,7 @@ from torch.utils.data import ConcatDataset
 
 from pgnet.config import DataConfig, DatasetEntry
 from pgnet.data.datasets import build_dataset, build_train_dataset
+from pgnet.data.entry import SPLIT_KEYS, SYNTHETIC_KEYS
 from pgnet.data.loader import build_eval_loader, build_train_loader, set_loader_epoch
 from pgnet.data.preprocessing import Preprocessing
 from pgnet.data.split import shared_images
@@ -25,10 +26,10 @@ def dataset_options(entry: DatasetEntry) -> dict[str, Any]:
     options = asdict(entry)
     options.pop("label")
     if entry.split == "all" or entry.name.lower() == "synthetic":
-        for key in ("split", "val_fraction", "split_seed"):
+        for key in SPLIT_KEYS:
             options.pop(key)
     if entry.name.lower() != "synthetic":
-        for key in ("n", "size", "seed"):
+        for key in SYNTHETIC_KEYS:
             options.pop(key)
         if options["root"] is None:
             raise ValueError(f"data: dataset {entry.name} needs a root")

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from pgnet.data.io import MASK_EXTENSIONS, list_files, read_mask
 from pgnet.data.preprocessing import Preprocessing, normalization_stats
+from pgnet.errors import UserError
 from pgnet.inference import predict_probabilities
 from pgnet.metrics import ALL_METRICS, SODMetrics, quantize_prediction
 from pgnet.metrics.report import EvaluationReport, MethodResult
@@ -43,7 +44,7 @@ PREDICTION_EXTENSIONS = MASK_EXTENSIONS
 _SHOWN_NAMES = 10  # names listed in messages about missing files
 
 
-class MissingPredictionsError(FileNotFoundError):
+class MissingPredictionsError(FileNotFoundError, UserError):
     """Masks without a prediction (evaluate the rest with ``allow_missing``)."""
 
 

@@ -25,6 +25,7 @@ import torch
 
 from pgnet.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from pgnet.config import Config
+from pgnet.errors import UserError
 from pgnet.models.official import convert_official_state_dict, is_official_state_dict
 from pgnet.models.pgnet import ModelConfig, PGNet
 from pgnet.models.weights import LoadReport, account_weights, load_weights_with_report
@@ -33,7 +34,7 @@ HEAD_MODULES = ("head_pred", "head_side_cnn", "head_side_swin", "attention_heads
 BACKBONE_FILE_KEYS = ("swin_pretrained", "resnet_pretrained")
 
 
-class FineTuneError(ValueError):
+class FineTuneError(UserError):
     """A fine-tuning setting that cannot work; the message names the key and the value."""
 
 

@@ -16,10 +16,12 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from pgnet.errors import UserError
+from pgnet.outputs import atomic_create
 
 LOCK_NAME = ".lock"
 TEMPORARY_PATTERN = ".*.*.tmp"  # what the atomic writers write before their rename (".last.pth.x8f3.tmp")
@@ -35,7 +37,7 @@ def new_run_dir(config: Any) -> Path:
     return candidate
 
 
-class RunFolderBusyError(ValueError):
+class RunFolderBusyError(UserError):
     """Another live process writes this run folder."""
 
 
@@ -99,22 +101,14 @@ def remove_temporaries(run_dir: str | Path) -> list[Path]:
 def link_checkpoint(source: str | Path, destination: str | Path) -> Path:
     """Make ``destination`` the same file as ``source`` (a hard link; a copy where links are not
     possible), atomically: a kill leaves the old ``destination`` or the new one."""
-    source, destination = Path(source), Path(destination)
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-    os.close(handle)
+    return atomic_create(destination, lambda temporary: _link_or_copy(Path(source), temporary))
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
     try:
-        os.unlink(temporary)
-        try:
-            os.link(source, temporary)
-        except OSError:  # no hard links here (some network and FAT file systems)
-            shutil.copyfile(source, temporary)
-            with open(temporary, "rb+") as stream:
-                os.fsync(stream.fileno())
-        os.replace(temporary, destination)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return destination
+        os.link(source, target)
+    except OSError:  # no hard links here (some network and FAT file systems)
+        shutil.copyfile(source, target)
 
 
 def epoch_checkpoint_name(epoch: int) -> str:

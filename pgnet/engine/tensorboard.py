@@ -24,12 +24,12 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from pgnet.data.transforms import denormalize
+from pgnet.outputs import encode_image
 from pgnet.visualize import (
     agl_picture,
     attention_query_picture,
@@ -247,9 +247,7 @@ class TrainingBoard:
         from tensorboard.plugins.image.metadata import create_summary_metadata
         from tensorboard.util.tensor_util import make_tensor_proto
 
-        encoded, png = cv2.imencode(".png", np.ascontiguousarray(picture[..., ::-1]))
-        if not encoded:
-            raise ValueError(f"cannot encode the picture of {tag} ({picture.shape}) as PNG")
+        png = encode_image(np.ascontiguousarray(picture), ".png")
         height, width = picture.shape[:2]
         value = Summary.Value(tag=tag, metadata=create_summary_metadata(display_name="", description=""),
                               tensor=make_tensor_proto([str(width).encode(), str(height).encode(), png.tobytes()]))

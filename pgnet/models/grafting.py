@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from pgnet.errors import UserError
 from pgnet.models.cmgm import CMGM
 from pgnet.models.layers import conv_bn_relu, resize_to
 from pgnet.models.window_cmgm import WindowCMGM, WindowLayout
@@ -40,7 +41,7 @@ class GraftSpec(NamedTuple):
     kind: str  # one of GRAFT_KINDS
 
 
-class GraftPointError(ValueError):
+class GraftPointError(UserError):
     """A ``graft_points`` entry that names no grafting point or kind."""
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pgnet.errors import UnknownNameError
 from pgnet.models.backbones import ResNetBranch, SwinBranch, load_pretrained
 from pgnet.models.decoder import Decoder
 from pgnet.models.layers import init_decoder_weights
@@ -51,7 +52,7 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise KeyError(f"unknown model config keys {unknown}; valid keys: {sorted(known)}")
+            raise UnknownNameError(f"unknown model config keys {unknown}; valid keys: {sorted(known)}")
         return cls(**values)
 
     def to_dict(self) -> dict:

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from pgnet.errors import UserError
+
 MAX_LISTED_MISMATCHES = 20
 
 
-class WeightsMismatchError(ValueError):
+class WeightsMismatchError(UserError):
     """Checkpoint tensors whose shapes differ from the model's; the message names each one."""
 
 
