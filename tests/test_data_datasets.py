@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from pgnet import config
 from pgnet.data.cache import build_cache, find_cache
 from pgnet.data.datasets import EmptyDatasetError, SODDataset, build_dataset, build_train_dataset
+from pgnet.data.entry import DatasetEntry
 from pgnet.data.loader import build_train_loader
 from pgnet.data.registry import pair_files
 from pgnet.data.synthetic import SyntheticDataset, make_sample
@@ -167,6 +169,17 @@ def test_synthetic_by_name():
     assert isinstance(dataset, SyntheticDataset) and len(dataset) == 5 and dataset.seed == 3
     with pytest.raises(ValueError, match="root"):
         build_dataset({"name": "synthetic", "root": "x"})
+
+
+def test_dict_entries_take_the_config_schema_defaults(tmp_path):
+    entry = DatasetEntry("synthetic")
+    assert config.DatasetEntry is DatasetEntry  # one schema, re-exported by the config loader
+    synthetic = build_dataset({"name": "synthetic"})
+    assert (len(synthetic), synthetic.size, synthetic.seed) == (entry.n, (entry.size, entry.size), entry.seed)
+    root = make_folder(tmp_path, count=10)
+    held_out = build_dataset(generic(root, split="val"))
+    explicit = build_dataset(generic(root, split="val", val_fraction=entry.val_fraction, split_seed=entry.split_seed))
+    assert held_out.pairs == explicit.pairs and 0 < len(held_out) < 10
 
 
 def test_reduced_decode_keeps_the_original_size_and_alignment(tmp_path):
