@@ -122,6 +122,6 @@ def test_converter_cli_reports_errors(tmp_path):
         text=True,
         timeout=300,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2  # a bad source: a usage error (issue 14)
     assert "missing" in result.stderr
     assert not (tmp_path / "out.pth").exists()
