@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from pgnet.data.preprocessing import Preprocessing
-from pgnet.inference import normalize
 from pgnet.models.pgnet import PGNet
 from pgnet.outputs import write_bytes
+from pgnet.prediction import normalize
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "mask"

@@ -1,11 +1,11 @@
-"""Where ``pgnet-predict`` writes each picture's output, checked before any work.
+"""Where ``pgnet-predict`` writes each picture's and each video's output, checked before any work.
 
 An output keeps its picture's name (suffix ``.png``) and its path under the folder, or the glob's
 folder, it was found in. Pictures of one folder whose names differ only by suffix (``a.jpg``,
 ``a.png``) keep it (``a.jpg.png``). When pictures from different inputs would still land on the same
 output (``d1/a.jpg`` and ``d2/a.jpg``), every output keeps its path relative to the inputs' common
 folder instead (``out/d1/a.png``, ``out/d2/a.png``). No output may land on an input
-(``pgnet.outputs.check_overwrites``).
+(``pgnet.outputs.check_overwrites``). Videos are found and named alike (``plan_video_outputs``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgnet.data.io import list_images
+from pgnet.data.io import list_files, list_images
 from pgnet.outputs import check_overwrites
+
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+VIDEO_SUFFIX = ".mp4"  # video outputs: MPEG-4 part 2 (see ``pgnet.video``)
 
 
 @dataclass
@@ -81,4 +84,61 @@ def plan_outputs(sources: Iterable[str | Path], output_dir: str | Path, recursiv
         jobs = _outputs({key: (path, Path(os.path.abspath(path)).relative_to(common))
                          for key, (path, _) in found.items()}, output_dir)
     check_overwrites(((job.output, job.source) for job in jobs), found, what="output")
+    return sorted(jobs, key=lambda job: str(job.source))
+
+
+# --------------------------------------------------------------------------------------------------
+# Videos
+
+
+@dataclass
+class VideoJob:
+    """One input video and its output (an mp4 file, or a folder of PNGs for rgba)."""
+
+    source: Path
+    output: Path
+
+
+def is_video_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS and Path(path).is_file()
+
+
+def list_videos(source: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Video files named by ``source`` (a video, a folder, a glob); pictures and other files ignored."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return list_files(path, VIDEO_EXTENSIONS, recursive=recursive)
+    if path.is_file():
+        return [path] if is_video_file(path) else []
+    return sorted(Path(m) for m in glob.glob(str(path), recursive=recursive) if is_video_file(m))
+
+
+def plan_video_outputs(
+    sources: Iterable[str | os.PathLike], output_dir: str | os.PathLike, mode: str, recursive: bool = False
+) -> list[VideoJob]:
+    """The videos named by ``sources`` and their outputs under ``output_dir``.
+
+    ``clip.avi`` gives ``clip.mp4`` (for rgba, the folder ``clip/``), keeping its path under the
+    folder it was found in; two videos whose outputs would collide keep their suffix
+    (``clip.avi.mp4``). Raises FileExistsError when an output would replace an input.
+    """
+    output_dir = Path(output_dir)
+    suffix = "" if mode == "rgba" else VIDEO_SUFFIX
+    found: dict[Path, tuple[Path, Path]] = {}  # resolved source -> (source, path under its folder)
+    for source in sources:
+        source_path = Path(source).expanduser()
+        root = source_path if source_path.is_dir() else source_path.parent
+        for path in list_videos(source, recursive):
+            relative = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
+            found.setdefault(path.resolve(), (path, relative))
+    stems: dict[Path, int] = {}
+    for _, relative in found.values():
+        stems[relative.with_suffix("")] = stems.get(relative.with_suffix(""), 0) + 1
+    jobs = []
+    for path, relative in found.values():
+        stem = relative.with_suffix("") if stems[relative.with_suffix("")] == 1 else relative
+        output = output_dir / (str(stem) + suffix)
+        if output.resolve() in found:
+            raise FileExistsError(f"the output for {path} would overwrite the input {output}; choose another folder")
+        jobs.append(VideoJob(path, output))
     return sorted(jobs, key=lambda job: str(job.source))

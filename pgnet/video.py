@@ -22,20 +22,23 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from pgnet.compose import Composer
-from pgnet.data.io import list_files
 from pgnet.errors import UserError
-from pgnet.inference import PredictionReport, Predictor, resize_for_network
+from pgnet.file_prediction import PredictionReport
+from pgnet.output_plan import VIDEO_SUFFIX, VideoJob
 from pgnet.outputs import move_into_place, write_image
+from pgnet.prediction import resize_for_network
 
-VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
-VIDEO_SUFFIX = ".mp4"  # outputs: MPEG-4 part 2 ("mp4v"), which OpenCV's pip wheels can write
-VIDEO_FOURCC = "mp4v"
+if TYPE_CHECKING:  # annotations only: Predictor.predict_video calls this module
+    from pgnet.inference import Predictor
+
+VIDEO_FOURCC = "mp4v"  # MPEG-4 part 2, which OpenCV's pip wheels can write
 DEFAULT_FPS = 30.0  # when the source does not tell (many webcams)
 _END = object()
 
@@ -336,8 +339,6 @@ def write_video(
     or Ctrl-C, and the video written so far is kept. Raises ``VideoReadError`` for a source that
     cannot be opened or yields no frame.
     """
-    from tqdm import tqdm
-
     composer = composer or Composer("mask")
     depth = 2 * predictor.batch_size + 2
     with FrameReader(source, _reader_size(predictor), capture_factory, max_frames, depth=depth) as reader:
@@ -372,65 +373,6 @@ def write_video(
 def _chain(first: VideoFrame, rest: Iterator[VideoFrame]) -> Iterator[VideoFrame]:
     yield first
     yield from rest
-
-
-# --------------------------------------------------------------------------------------------------
-# Files
-
-
-@dataclass
-class VideoJob:
-    """One input video and its output (an mp4 file, or a folder of PNGs for rgba)."""
-
-    source: Path
-    output: Path
-
-
-def is_video_file(path: str | os.PathLike) -> bool:
-    return Path(path).suffix.lower() in VIDEO_EXTENSIONS and Path(path).is_file()
-
-
-def list_videos(source: str | os.PathLike, recursive: bool = False) -> list[Path]:
-    """Video files named by ``source`` (a video, a folder, a glob); pictures and other files ignored."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return list_files(path, VIDEO_EXTENSIONS, recursive=recursive)
-    if path.is_file():
-        return [path] if is_video_file(path) else []
-    import glob
-
-    return sorted(Path(m) for m in glob.glob(str(path), recursive=recursive) if is_video_file(m))
-
-
-def plan_video_outputs(
-    sources: Iterable[str | os.PathLike], output_dir: str | os.PathLike, mode: str, recursive: bool = False
-) -> list[VideoJob]:
-    """The videos named by ``sources`` and their outputs under ``output_dir``.
-
-    ``clip.avi`` gives ``clip.mp4`` (for rgba, the folder ``clip/``), keeping its path under the
-    folder it was found in; two videos whose outputs would collide keep their suffix
-    (``clip.avi.mp4``). Raises FileExistsError when an output would replace an input.
-    """
-    output_dir = Path(output_dir)
-    suffix = "" if mode == "rgba" else VIDEO_SUFFIX
-    found: dict[Path, tuple[Path, Path]] = {}  # resolved source -> (source, path under its folder)
-    for source in sources:
-        source_path = Path(source).expanduser()
-        root = source_path if source_path.is_dir() else source_path.parent
-        for path in list_videos(source, recursive):
-            relative = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
-            found.setdefault(path.resolve(), (path, relative))
-    stems: dict[Path, int] = {}
-    for _, relative in found.values():
-        stems[relative.with_suffix("")] = stems.get(relative.with_suffix(""), 0) + 1
-    jobs = []
-    for path, relative in found.values():
-        stem = relative.with_suffix("") if stems[relative.with_suffix("")] == 1 else relative
-        output = output_dir / (str(stem) + suffix)
-        if output.resolve() in found:
-            raise FileExistsError(f"the output for {path} would overwrite the input {output}; choose another folder")
-        jobs.append(VideoJob(path, output))
-    return sorted(jobs, key=lambda job: str(job.source))
 
 
 def predict_videos(

@@ -17,8 +17,10 @@ import torch
 import pgnet
 from pgnet.checkpoint import model_checkpoint, save_checkpoint
 from pgnet.cli.eval import main as eval_main
+from pgnet.data.io import read_image
 from pgnet.data.synthetic import make_sample
 from pgnet.engine import evaluator
+from pgnet.inference import Predictor
 from pgnet.metrics import SOD_METRICS, SODMetrics
 from pgnet.metrics.report import MethodResult, format_table
 
@@ -228,6 +230,31 @@ def test_batches_and_flip_in_accumulate_model(setup):
     expected = load_json(out)["results"]["ECSSD"]["tiny"]["metrics"]
     assert results[0] == pytest.approx({key: expected[key] for key in results[0]}, abs=1e-4)
     assert results[1]["MAE"] != pytest.approx(results[0]["MAE"], abs=1e-9)
+
+
+def test_the_predictor_and_the_evaluator_share_the_prediction_step(setup, tmp_path, monkeypatch):
+    """pgnet-eval scores, for each picture, the probabilities the Predictor gives it (one runtime, one
+    prediction step), with flip TTA and the optimised network; only the float rounding of the two
+    preprocessing implementations (the loader's ``build_eval_transform``, ``prepare_batch``) differs."""
+    root, checkpoint, _, _ = setup
+    images, masks, _ = DATASETS["ECSSD"]
+    scored = []
+
+    class Recording(SODMetrics):
+        def update(self, pred, gt):
+            scored.append(pred.clone())
+            return super().update(pred, gt)
+
+    monkeypatch.setattr(evaluator, "SODMetrics", Recording)
+    method = evaluator.ModelMethod(checkpoint, size=SIZE, flip=True, num_workers=0)
+    evaluator.evaluate([evaluator.EvalDataset("ECSSD", root / masks, root / images)], tmp_path, model_method=method,
+                       metrics=["MAE"], device="cpu", progress=False, echo=None)
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", size=SIZE, flip=True)
+    pictures = sorted((root / images).glob("*.jpg"))
+    assert len(scored) == len(pictures) == 2
+    for picture, probabilities in zip(pictures, scored):
+        assert probabilities.shape == read_image(picture).shape[:2]
+        np.testing.assert_allclose(probabilities.numpy(), predictor(picture), rtol=0, atol=1e-4)
 
 
 def test_markdown_table_marks_the_best_method():

@@ -10,20 +10,14 @@ import torch
 import pgnet
 from pgnet.checkpoint import model_checkpoint, save_checkpoint
 from pgnet.cli.predict import main as predict_main
+from pgnet.compose import compose, mask_to_uint8, parse_color
 from pgnet.data.io import ImageReadError, read_image, read_mask
 from pgnet.data.preprocessing import normalize_then_resize
 from pgnet.data.transforms import build_eval_transform
-from pgnet.inference import (
-    Predictor,
-    compose,
-    mask_to_uint8,
-    normalize,
-    parse_color,
-    plan_outputs,
-    read_for_network,
-    resize_for_network,
-    select_device,
-)
+from pgnet.inference import Predictor, read_for_network
+from pgnet.output_plan import plan_outputs
+from pgnet.prediction import normalize, resize_for_network
+from pgnet.runtime import resolve_device as select_device
 
 Image = pytest.importorskip("PIL.Image")
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-import pgnet
 from pgnet.checkpoint import load_checkpoint, load_model_and_preprocessing, save_checkpoint
 from pgnet.config import load_config
 from pgnet.data.preprocessing import (
@@ -24,6 +23,7 @@ from pgnet.engine.evaluator import ModelMethod, method_preprocessing
 from pgnet.engine.trainer import Trainer
 from pgnet.export import SaliencyModel
 from pgnet.inference import Predictor
+from pgnet.prediction import normalize
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def test_evaluation_and_export_read_the_checkpoint_statistics(imagenet_run):
     image = torch.rand(1, 3, 64, 64) * 255
     exported = SaliencyModel(model, preprocessing=recorded)
     with torch.no_grad():
-        expected = torch.sigmoid(model(pgnet.inference.normalize(image, IMAGENET_MEAN, IMAGENET_STD)).pred)
+        expected = torch.sigmoid(model(normalize(image, IMAGENET_MEAN, IMAGENET_STD)).pred)
         torch.testing.assert_close(exported(image), expected)
 
 

@@ -24,7 +24,9 @@ from pgnet.cli.predict import main as predict_main
 from pgnet.data.io import ImageTooLargeError, probe_image_size, read_image, read_mask, set_max_pixels
 from pgnet.data.registry import known_dataset_names
 from pgnet.data.synthetic import make_sample
-from pgnet.inference import Predictor, plan_outputs, predict_files
+from pgnet.file_prediction import predict_files
+from pgnet.inference import Predictor
+from pgnet.output_plan import plan_outputs
 from pgnet.outputs import NoSpaceError, OverwriteError, write_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -343,13 +345,14 @@ def test_an_unreadable_path_in_a_list_gives_none_and_a_warning(predictor, tmp_pa
 
 
 def test_compile_says_it_is_compiling(tmp_path, monkeypatch, capsys):
-    from pgnet import inference
+    from pgnet import file_prediction, inference
 
     class Fake:
         batch_size, size = 1, SIZE
 
     monkeypatch.setattr(inference.Predictor, "from_checkpoint", classmethod(lambda cls, *a, **k: Fake()))
-    monkeypatch.setattr(inference, "predict_files", lambda *a, **k: inference.PredictionReport([Path("x")]))
+    monkeypatch.setattr(file_prediction, "predict_files",
+                        lambda *a, **k: file_prediction.PredictionReport([Path("x")]))
     write_image(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
     assert predict_main([str(tmp_path / "a.png"), "-c", "x.pth", "-o", str(tmp_path / "o"), "--compile"]) == 0
     assert "compiling (the first call of each size can take a minute)" in capsys.readouterr().err

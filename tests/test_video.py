@@ -10,12 +10,12 @@ from pgnet.checkpoint import model_checkpoint, save_checkpoint
 from pgnet.cli.predict import main as predict_main
 from pgnet.compose import Composer, compose, mask_to_uint8
 from pgnet.inference import Predictor
+from pgnet.output_plan import plan_video_outputs
 from pgnet.video import (
     DEFAULT_FPS,
     FrameReader,
     TemporalSmoother,
     mean_consecutive_change,
-    plan_video_outputs,
     predict_video,
     write_video,
 )

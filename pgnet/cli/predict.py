@@ -99,8 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _predict(args: argparse.Namespace, mode: str) -> int:
     # Imported here, not at the top: --help and argument errors stay fast without torch.
     from pgnet.data.io import set_max_pixels
-    from pgnet.inference import Predictor, plan_outputs, predict_files
-    from pgnet.video import VIDEO_SUFFIX, is_video_file, plan_video_outputs, predict_videos, source_name, write_video
+    from pgnet.file_prediction import predict_files
+    from pgnet.inference import Predictor
+    from pgnet.output_plan import VIDEO_SUFFIX, is_video_file, plan_outputs, plan_video_outputs
+    from pgnet.video import predict_videos, source_name, write_video
 
     if args.max_pixels is not None:
         set_max_pixels(int(args.max_pixels))

@@ -333,6 +333,20 @@ def _reduced(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return -(-size[0] // factor), -(-size[1] // factor)
 
 
+def original_image_size(path: str | Path, decoded: tuple[int, int], max_side: int) -> tuple[int, int] | None:
+    """The full (H, W), after EXIF rotation, of a picture ``read_image(path, max_side)`` decoded to ``decoded``.
+
+    Only JPEGs are decoded reduced; their header (``probe_image_size``) gives the full size. None when
+    the header does not account for ``decoded``: then decode at full size.
+    """
+    if min(decoded) < max_side:
+        return decoded  # a reduced decode keeps both sides at least max_side long
+    full = probe_image_size(path)
+    if full is None or decoded == full:  # no header found: read_image decoded it at full size
+        return decoded
+    return full if decoded == _reduced(full, max_side) else None
+
+
 def read_pair(
     image_path: str | Path, mask_path: str | Path, max_side: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:

@@ -18,9 +18,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,15 +27,24 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
+from pgnet.checkpoint import load_model_and_preprocessing
+from pgnet.config import load_config
+from pgnet.data.datasets import build_dataset
 from pgnet.data.io import MASK_EXTENSIONS, list_files, read_mask
+from pgnet.data.loader import build_eval_loader
 from pgnet.data.preprocessing import Preprocessing, normalization_stats
+from pgnet.data.registry import SYNTHETIC_NAME, DatasetSpec, pair_files, resolve_dataset
+from pgnet.data.transforms import build_eval_transform
 from pgnet.errors import UserError
-from pgnet.inference import predict_probabilities
 from pgnet.metrics import ALL_METRICS, SODMetrics, quantize_prediction
-from pgnet.metrics.report import EvaluationReport, MethodResult
+from pgnet.metrics.report import EvaluationReport, MethodResult, format_table
 from pgnet.outputs import check_overwrites, write_image
+from pgnet.prediction import predict_probabilities
+from pgnet.prefetch import prefetch
+from pgnet.runtime import InferenceRuntime, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +177,6 @@ def accumulate_model(
     The model is used as it is (put it in eval mode first); ``channels_last`` feeds it channels_last
     images (for a model prepared by ``pgnet.acceleration``).
     """
-    from tqdm import tqdm
-
     device = torch.device(device)
     save_dir = Path(save_dir) if save_dir is not None else None
     total = len(loader.dataset) if hasattr(loader.dataset, "__len__") else None
@@ -181,10 +187,9 @@ def accumulate_model(
             if batch["image"].shape[0] == 0:
                 continue
             images = batch["image"].to(device, non_blocking=True)  # B×3×S×S
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
             sizes = [tuple(mask.shape[-2:]) for mask in batch["mask"]]
-            predictions = predict_probabilities(model, images, sizes, flip=flip, autocast=autocast)
+            predictions = predict_probabilities(model, images, sizes, flip=flip, autocast=autocast,
+                                                channels_last=channels_last)
             for name, mask, pred in zip(batch["name"], batch["mask"], predictions):
                 metrics.update(pred, mask[0].to(device))
                 if save_dir is not None:
@@ -207,28 +212,16 @@ def _read_pair(prediction: Path, mask: Path) -> tuple[np.ndarray, np.ndarray, tu
     return resized, gt, (int(pred.shape[0]), int(pred.shape[1]))
 
 
-def _prefetch(pairs: Sequence[tuple[str, Path, Path]], workers: int
-              ) -> Iterator[tuple[str, Path, tuple[np.ndarray, np.ndarray, tuple[int, int] | None]]]:
-    """Read pairs in background threads, at most ``2·workers`` ahead (decoding releases the GIL)."""
+def _read_pairs(pairs: Sequence[tuple[str, Path, Path]], workers: int
+                ) -> Iterator[tuple[Path, tuple[np.ndarray, np.ndarray, tuple[int, int] | None]]]:
+    """(prediction file, ``_read_pair``) of each pair in order, read by ``workers`` threads at most
+    ``2·workers`` ahead (decoding releases the GIL); in this thread when ``workers`` is 0."""
     if workers <= 0:
-        for name, prediction, mask in pairs:
-            yield name, prediction, _read_pair(prediction, mask)
+        yield from ((prediction, _read_pair(prediction, mask)) for _, prediction, mask in pairs)
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="pgnet-eval-read") as pool:
-        items = iter(pairs)
-        pending: deque[tuple[str, Path, Future]] = deque()
-
-        def submit_next() -> None:
-            item = next(items, None)
-            if item is not None:
-                pending.append((item[0], item[1], pool.submit(_read_pair, item[1], item[2])))
-
-        for _ in range(2 * workers):
-            submit_next()
-        while pending:
-            name, prediction, future = pending.popleft()
-            submit_next()
-            yield name, prediction, future.result()
+        for (_, prediction, _), future in prefetch(pool, lambda pair: _read_pair(*pair[1:]), pairs, 2 * workers + 1):
+            yield prediction, future.result()
 
 
 def accumulate_folder(
@@ -245,13 +238,11 @@ def accumulate_folder(
     A prediction whose size differs from its mask's is resized to it (bilinear) and noted.
     Unreadable files raise ``ImageReadError`` naming the file.
     """
-    from tqdm import tqdm
-
     device = torch.device(device)
     resized: list[str] = []
     count = 0
-    for _name, prediction, (pred, gt, original) in tqdm(
-        _prefetch(pairs, workers), total=len(pairs), desc=description, unit="img", disable=not progress, leave=False
+    for prediction, (pred, gt, original) in tqdm(
+        _read_pairs(pairs, workers), total=len(pairs), desc=description, unit="img", disable=not progress, leave=False
     ):
         if original is not None:
             resized.append(f"{prediction.name} {original[1]}x{original[0]} -> {gt.shape[1]}x{gt.shape[0]}")
@@ -266,8 +257,6 @@ def accumulate_folder(
 
 def resolve_datasets(names: Sequence[str], root: str | Path) -> list[EvalDataset]:
     """Registered datasets by name under ``root`` (errors name the root and the dataset)."""
-    from pgnet.data.registry import resolve_dataset
-
     datasets = []
     for name in names:
         spec = resolve_dataset(name, root)
@@ -277,9 +266,6 @@ def resolve_datasets(names: Sequence[str], root: str | Path) -> list[EvalDataset
 
 def config_datasets(config_path: str | Path) -> list[EvalDataset]:
     """The ``data.val`` datasets of a training config (each ``name`` + ``root``), resolved on disk."""
-    from pgnet.config import load_config
-    from pgnet.data.registry import SYNTHETIC_NAME
-
     entries = load_config(config_path).data.val
     if not entries:
         raise ValueError(f"{config_path}: data.val lists no dataset")
@@ -295,8 +281,6 @@ def check_saved_predictions(datasets: Sequence[EvalDataset], method: ModelMethod
                             prediction_dirs: Mapping[str, Path]) -> None:
     """Refuse ``method.save_dir`` outputs that would overwrite an image, a mask or a prediction file
     read by this evaluation, or each other (``pgnet.outputs.check_overwrites``), before any work."""
-    from pgnet.data.registry import pair_files
-
     if method.save_dir is None:
         return
     inputs: list[Path] = []
@@ -324,12 +308,8 @@ def method_preprocessing(method: ModelMethod, recorded: Preprocessing) -> Prepro
     return Preprocessing(mean, std, recorded.eval_size if method.size is None else int(method.size))
 
 
-def _load_dataset(dataset: EvalDataset, method: ModelMethod, preprocessing: Preprocessing):
+def _load_dataset(dataset: EvalDataset, method: ModelMethod, preprocessing: Preprocessing) -> Dataset:
     """The dataset of images at the test size (masks at their size), warning about unpaired masks."""
-    from pgnet.data.datasets import build_dataset
-    from pgnet.data.registry import DatasetSpec, pair_files
-    from pgnet.data.transforms import build_eval_transform
-
     if dataset.image_dir is None:
         raise ValueError(f"dataset {dataset.name}: a model needs images, but only masks ({dataset.mask_dir}) are known")
     spec = dataset.spec or DatasetSpec(dataset.name, dataset.mask_dir.parent, dataset.image_dir, dataset.mask_dir)
@@ -342,20 +322,16 @@ def _load_dataset(dataset: EvalDataset, method: ModelMethod, preprocessing: Prep
     return build_dataset(spec, transform)
 
 
-def _evaluate_model(network: Any, autocast: Callable[[], contextlib.AbstractContextManager], dataset: EvalDataset,
-                    method: ModelMethod, preprocessing: Preprocessing, device: torch.device,
-                    metric_names: Sequence[str], progress: bool) -> MethodResult:
-    """Score ``network`` (from ``inference_network``: a prepared channels_last copy, or graph-replayed),
-    called in ``autocast()``."""
-    from pgnet.data.loader import build_eval_loader
-
+def _evaluate_model(runtime: InferenceRuntime, dataset: EvalDataset, method: ModelMethod,
+                    preprocessing: Preprocessing, metric_names: Sequence[str], progress: bool) -> MethodResult:
+    """Score ``method`` on ``dataset`` with the network, device and precision of ``runtime``."""
     data = _load_dataset(dataset, method, preprocessing)
     loader = build_eval_loader(data, batch_size=method.batch_size, num_workers=method.num_workers)
     save_dir = method.save_dir / method.method_name / dataset.name if method.save_dir is not None else None
-    metrics = SODMetrics(metric_names, device=device)
-    count = accumulate_model(network, loader, device, metrics, autocast=autocast, flip=method.flip,
-                             channels_last=method.optimize, save_dir=save_dir, progress=progress,
-                             description=f"{method.method_name} {dataset.name}")
+    metrics = SODMetrics(metric_names, device=runtime.device)
+    count = accumulate_model(runtime.network, loader, runtime.device, metrics, autocast=runtime.autocast,
+                             flip=method.flip, channels_last=runtime.channels_last, save_dir=save_dir,
+                             progress=progress, description=f"{method.method_name} {dataset.name}")
     notes = []
     skipped = len(data) - count
     if skipped:
@@ -413,9 +389,6 @@ def evaluate(
     and its table is passed to ``echo``. Missing predictions raise ``MissingPredictionsError``
     unless ``allow_missing``; then the masks that have one are scored, and the report says so.
     """
-    from pgnet.inference import select_device
-    from pgnet.metrics.report import format_table
-
     prediction_dirs = {name: Path(folder) for name, folder in (prediction_dirs or {}).items()}
     if model_method is None and not prediction_dirs:
         raise ValueError("nothing to evaluate: give a checkpoint or prediction folders")
@@ -427,21 +400,15 @@ def evaluate(
     methods = ([model_method.method_name] if model_method else []) + list(prediction_dirs)
     if len(set(methods)) != len(methods):
         raise ValueError(f"method names must be unique, got {methods}")
-    device = select_device(device)
+    device = resolve_device(device)
     meta: dict[str, Any] = {"datasets": names, "methods": methods, "device": str(device), "metrics": list(metrics)}
     if model_method is not None:
         check_saved_predictions(datasets, model_method, prediction_dirs)
-    model = None
+    runtime = None
     if model_method is not None:
-        from pgnet.acceleration import autocast_for, inference_network
-        from pgnet.checkpoint import load_model_and_preprocessing
-        from pgnet.inference import resolve_precision
-
-        amp_dtype = torch.bfloat16 if resolve_precision(model_method.precision, device) == "bf16" else None
         loaded, recorded = load_model_and_preprocessing(model_method.checkpoint, "cpu", weights=model_method.weights)
         preprocessing = method_preprocessing(model_method, recorded)
-        model = inference_network(loaded, device, optimize=model_method.optimize, autocast_dtype=amp_dtype)
-        autocast = autocast_for(model, device, amp_dtype)
+        runtime = InferenceRuntime.create(loaded, device, model_method.precision, optimize=model_method.optimize)
         meta["checkpoint"] = str(model_method.checkpoint)
         meta.update(size=preprocessing.eval_size, mean=list(preprocessing.mean), std=list(preprocessing.std),
                     fast_decode=model_method.fast_decode, flip=model_method.flip, weights=model_method.weights,
@@ -451,9 +418,8 @@ def evaluate(
 
     single = len(datasets) == 1
     for dataset in datasets:
-        if model is not None:
-            report.add(_evaluate_model(model, autocast, dataset, model_method, preprocessing, device, metrics,
-                                       progress))
+        if runtime is not None:
+            report.add(_evaluate_model(runtime, dataset, model_method, preprocessing, metrics, progress))
         for method, folder in prediction_dirs.items():
             report.add(_evaluate_folder(method, prediction_folder(folder, dataset.name, single), dataset, device,
                                         metrics, allow_missing, workers, progress))

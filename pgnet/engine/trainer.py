@@ -69,7 +69,7 @@ class Position:
 
 def resolve_device(name: str) -> torch.device:
     """``train.device`` on this machine; a device it lacks is a ConfigError naming the key."""
-    from pgnet.inference import select_device
+    from pgnet.runtime import resolve_device as select_device
 
     try:
         device = select_device(name)

@@ -1,0 +1,117 @@
+"""Prediction over picture files: a ``Predictor`` run over ``FileJob``s, one output picture written each.
+
+``predict_files`` is what ``pgnet-predict`` does with pictures (``pgnet.output_plan`` decides where
+each output goes, ``pgnet.compose`` what it shows); ``pgnet.video`` does videos and reports in the
+same ``PredictionReport``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from pgnet.compose import Composer
+from pgnet.data.io import ImageReadError, read_image_with_alpha
+from pgnet.output_plan import FileJob
+from pgnet.outputs import NoSpaceError, write_image
+from pgnet.prefetch import prefetch
+
+if TYPE_CHECKING:  # annotations only: pgnet.inference imports pgnet.video, which imports this module
+    from pgnet.inference import Predictor
+
+
+@dataclass
+class PredictionReport:
+    """What ``predict_files`` (or ``pgnet.video.predict_videos``) did: the outputs written and the
+    inputs skipped, with the reason."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _write_output(job: FileJob, mask: np.ndarray, composer: Composer) -> Path:
+    image = None if composer.mode == "mask" else read_image_with_alpha(job.source)  # RGB or RGBA
+    if image is not None and image.shape[:2] != mask.shape:
+        raise ImageReadError(job.source, f"decoded at {image.shape[:2]}, expected {mask.shape}")
+    return write_image(job.output, composer(image, mask))
+
+
+def predict_files(
+    predictor: Predictor,
+    jobs: Sequence[FileJob],
+    mode: str = "mask",
+    color: Sequence[int] | str | None = None,
+    workers: int = 4,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    **compose_options: Any,
+) -> PredictionReport:
+    """Predict every job's picture and write its output picture (see ``pgnet.compose.compose`` for
+    ``mode``, ``color`` and the ``compose_options`` background, blur and refine_foreground).
+
+    Pictures are read (``predictor.load``) and outputs written by ``workers`` threads while the
+    network runs; with fast decode each picture is resized to the network's input as soon as it is
+    decoded, so at most ``batch_size + workers`` pictures (each under the pixel limit, see
+    ``pgnet.data.io.max_pixels_limit``) wait at once. A picture that cannot be read or written is
+    skipped, and ``log`` (default: print to stderr above the progress bar) gets a line naming it. A
+    full disk stops the run with ``NoSpaceError`` (outputs are written atomically: nothing truncated
+    is left).
+    """
+    composer = Composer(mode, color, **compose_options)
+    report = PredictionReport()
+    bar = tqdm(total=len(jobs), unit="img", disable=not progress, dynamic_ncols=True)
+    log = log or (lambda message: tqdm.write(message, file=sys.stderr))
+    workers = max(1, int(workers))
+
+    def skip(job: FileJob, error: BaseException) -> None:
+        reason = error.reason if isinstance(error, ImageReadError) else str(error)
+        report.skipped.append((job.source, reason))
+        log(f"skipped {job.source}: {reason}")
+        bar.update(1)
+
+    writes: deque[tuple[FileJob, Future]] = deque()
+
+    def finish_writes(keep: int) -> None:
+        while len(writes) > keep:
+            job, future = writes.popleft()
+            try:
+                report.written.append(future.result())
+                bar.update(1)
+            except NoSpaceError:
+                raise  # every later write would fail too: stop
+            except (OSError, ValueError, cv2.error) as error:
+                skip(job, error)
+
+    def flush(batch: list[tuple[FileJob, np.ndarray, tuple[int, int]]]) -> None:
+        masks = predictor.predict_arrays([image for _, image, _ in batch], [size for _, _, size in batch])
+        for (job, _, _), mask in zip(batch, masks):
+            writes.append((job, pool.submit(_write_output, job, mask, composer)))
+        batch.clear()
+        finish_writes(keep=2 * workers)
+
+    with ThreadPoolExecutor(workers) as pool:
+        batch: list[tuple[FileJob, np.ndarray, tuple[int, int]]] = []
+        depth = predictor.batch_size + workers
+        for job, future in prefetch(pool, lambda job: predictor.load(job.source, shrink=True), jobs, depth):
+            try:
+                image, size = future.result()
+            except (OSError, ValueError, cv2.error) as error:
+                skip(job, error)
+                continue
+            batch.append((job, image, size))
+            if len(batch) == predictor.batch_size:
+                flush(batch)
+        if batch:
+            flush(batch)
+        finish_writes(keep=0)
+    bar.close()
+    return report
