@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from pgnet.choices import OUTPUT_MODES
+from pgnet.data.io import read_image
 from pgnet.foreground import estimate_foreground
 
 DEFAULT_COLORS = {"overlay": (255, 0, 0), "color": (255, 255, 255)}  # overlay tint; plain background
@@ -154,8 +155,6 @@ class Composer:
             if self.background is None:
                 raise ValueError("background mode needs a background picture")
             if isinstance(self.background, (str, os.PathLike)):
-                from pgnet.data.io import read_image
-
                 self.background = read_image(self.background)
             self.background = split_alpha(self.background)[0]
 

@@ -85,7 +85,7 @@ def export_onnx(
         optimize: let the exporter optimise the graph (constant folding, fusions).
         preprocessing: the statistics the graph normalises with (the checkpoint's; official when None).
     """
-    try:
+    try:  # lazy: onnx and onnxscript are an optional extra, needed only here
         import onnxscript  # noqa: F401
     except ImportError as error:
         raise ImportError("ONNX export needs onnx and onnxscript: pip install -c constraints.txt '.[onnx]'") from error
@@ -138,7 +138,7 @@ def compare_onnx(
     preprocessing: Preprocessing | None = None,
 ) -> list[float]:
     """Largest absolute difference between onnxruntime (CPU) and PyTorch outputs, per input shape."""
-    import onnxruntime
+    import onnxruntime  # lazy: an optional extra, needed only to compare
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     wrapper = SaliencyModel(model.float().cpu().eval(), logits=logits, preprocessing=preprocessing).eval()
