@@ -1,6 +1,7 @@
 """Predictor API, output pictures and the ``pgnet-predict`` command line, on a tiny model at 128 px."""
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -17,6 +18,7 @@ from pgnet.data.transforms import build_eval_transform
 from pgnet.inference import Predictor, read_for_network
 from pgnet.output_plan import plan_outputs
 from pgnet.prediction import normalize, resize_for_network
+from pgnet.prefetch import prefetch
 from pgnet.runtime import resolve_device as select_device
 
 Image = pytest.importorskip("PIL.Image")
@@ -169,6 +171,26 @@ def test_bad_inputs_are_named(predictor, tmp_path):
         predictor(missing)
     with pytest.raises(ValueError, match="size"):
         Predictor(pgnet.create_model(**SMALL), size=8, device="cpu")
+
+
+def test_prefetch_keeps_the_order_bounds_the_work_ahead_and_hands_over_errors():
+    started = []
+
+    def work(item):
+        started.append(item)
+        if item == 3:
+            raise ValueError("three")
+        return item * 10
+
+    results = []
+    with ThreadPoolExecutor(4) as pool:
+        for item, future in prefetch(pool, work, range(6), depth=2):
+            assert len(started) <= item + 2  # never more than ``depth`` calls ahead, the current one included
+            try:
+                results.append(future.result())
+            except ValueError as error:
+                results.append(str(error))
+    assert results == [0, 10, 20, "three", 40, 50]
 
 
 # ---------------------------------------------------------------------------------------------

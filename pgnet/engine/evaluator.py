@@ -4,8 +4,8 @@
   validation uses it too): images at the test size through the network, the logits taken at the
   head's stride-4 resolution and resized once, straight to each mask's original size, then the
   sigmoid; every prediction is scored as its 8-bit PNG would be, and can be saved as that PNG.
-- :func:`accumulate_folder` scores prediction files against mask files (``match_predictions`` pairs
-  them by file stem and reports the missing ones).
+- :func:`~pgnet.engine.folder_scoring.accumulate_folder` scores prediction files against mask files
+  (``match_predictions`` pairs them by file stem and reports the missing ones).
 - :func:`evaluate` runs either or both over several datasets and methods and writes an
   :class:`~pgnet.metrics.report.EvaluationReport` after every dataset.
 
@@ -18,14 +18,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -33,22 +30,21 @@ from tqdm import tqdm
 from pgnet.checkpoint import load_model_and_preprocessing
 from pgnet.config import load_config
 from pgnet.data.datasets import build_dataset
-from pgnet.data.io import MASK_EXTENSIONS, list_files, read_mask
+from pgnet.data.io import MASK_EXTENSIONS, list_files
 from pgnet.data.loader import build_eval_loader
 from pgnet.data.preprocessing import Preprocessing, normalization_stats
 from pgnet.data.registry import SYNTHETIC_NAME, DatasetSpec, pair_files, resolve_dataset
 from pgnet.data.transforms import build_eval_transform
+from pgnet.engine.folder_scoring import PREDICTION_EXTENSIONS, accumulate_folder, match_predictions, prediction_folder
 from pgnet.errors import UserError
 from pgnet.metrics import ALL_METRICS, SODMetrics, quantize_prediction
 from pgnet.metrics.report import EvaluationReport, MethodResult, format_table
 from pgnet.outputs import check_overwrites, write_image
 from pgnet.prediction import predict_probabilities
-from pgnet.prefetch import prefetch
 from pgnet.runtime import InferenceRuntime, resolve_device
 
 logger = logging.getLogger(__name__)
 
-PREDICTION_EXTENSIONS = MASK_EXTENSIONS
 _SHOWN_NAMES = 10  # names listed in messages about missing files
 
 
@@ -95,54 +91,9 @@ class ModelMethod:
         return path.stem
 
 
-@dataclass
-class FolderMatch:
-    """Prediction files matched to masks by stem."""
-
-    pairs: list[tuple[str, Path, Path]] = field(default_factory=list)  # (name, prediction, mask)
-    missing: list[str] = field(default_factory=list)  # masks without a prediction
-    extra: list[str] = field(default_factory=list)  # predictions without a mask
-
-
 def _shorten(names: Sequence[str]) -> str:
     shown = ", ".join(names[:_SHOWN_NAMES])
     return shown + (f", ... ({len(names) - _SHOWN_NAMES} more)" if len(names) > _SHOWN_NAMES else "")
-
-
-def _files_by_stem(folder: Path, what: str) -> dict[str, Path]:
-    """Image files in ``folder`` by stem (the earlier extension of MASK_EXTENSIONS wins); errors name
-    the folder when it is missing or holds no image file."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{what} folder {folder} does not exist or is not a folder")
-    files = list_files(folder, PREDICTION_EXTENSIONS)
-    if not files:
-        raise FileNotFoundError(f"{what} folder {folder} holds no image files ({', '.join(PREDICTION_EXTENSIONS)})")
-    preference = {extension: rank for rank, extension in enumerate(PREDICTION_EXTENSIONS)}
-    by_stem: dict[str, Path] = {}
-    for path in sorted(files, key=lambda p: (p.stem, preference[p.suffix.lower()])):
-        by_stem.setdefault(path.stem, path)
-    return by_stem
-
-
-def match_predictions(prediction_dir: str | Path, mask_dir: str | Path) -> FolderMatch:
-    """Pair ``prediction_dir``'s files with ``mask_dir``'s masks by file stem (sorted by name)."""
-    masks = _files_by_stem(Path(mask_dir), "mask")
-    predictions = _files_by_stem(Path(prediction_dir), "prediction")
-    return FolderMatch(
-        pairs=[(name, predictions[name], masks[name]) for name in sorted(masks) if name in predictions],
-        missing=[name for name in sorted(masks) if name not in predictions],
-        extra=[name for name in sorted(predictions) if name not in masks],
-    )
-
-
-def prediction_folder(method_dir: str | Path, dataset: str, single_dataset: bool) -> Path:
-    """Where a method's predictions for ``dataset`` are: ``method_dir/dataset``, or ``method_dir``
-    itself when it has no such subfolder and only one dataset is evaluated."""
-    method_dir = Path(method_dir)
-    nested = method_dir / dataset
-    if nested.is_dir() or not single_dataset:
-        return nested
-    return method_dir
 
 
 # --------------------------------------------------------------------------------------------------
@@ -196,59 +147,6 @@ def accumulate_model(
                     save_prediction_png(save_dir / f"{name}.png", pred)
                 count += 1
     return count
-
-
-# --------------------------------------------------------------------------------------------------
-# Scoring prediction files
-
-
-def _read_pair(prediction: Path, mask: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int] | None]:
-    """(prediction resized to the mask if needed, mask, the prediction's original (H, W) if resized)."""
-    gt = read_mask(mask)
-    pred = read_mask(prediction)
-    if pred.shape == gt.shape:
-        return pred, gt, None
-    resized = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return resized, gt, (int(pred.shape[0]), int(pred.shape[1]))
-
-
-def _read_pairs(pairs: Sequence[tuple[str, Path, Path]], workers: int
-                ) -> Iterator[tuple[Path, tuple[np.ndarray, np.ndarray, tuple[int, int] | None]]]:
-    """(prediction file, ``_read_pair``) of each pair in order, read by ``workers`` threads at most
-    ``2·workers`` ahead (decoding releases the GIL); in this thread when ``workers`` is 0."""
-    if workers <= 0:
-        yield from ((prediction, _read_pair(prediction, mask)) for _, prediction, mask in pairs)
-        return
-    with ThreadPoolExecutor(workers, thread_name_prefix="pgnet-eval-read") as pool:
-        for (_, prediction, _), future in prefetch(pool, lambda pair: _read_pair(*pair[1:]), pairs, 2 * workers + 1):
-            yield prediction, future.result()
-
-
-def accumulate_folder(
-    pairs: Sequence[tuple[str, Path, Path]],
-    metrics: SODMetrics,
-    device: torch.device | str = "cpu",
-    *,
-    workers: int = 2,
-    progress: bool = False,
-    description: str | None = None,
-) -> tuple[int, list[str]]:
-    """Score (name, prediction file, mask file) pairs; returns (images scored, resize notes).
-
-    A prediction whose size differs from its mask's is resized to it (bilinear) and noted.
-    Unreadable files raise ``ImageReadError`` naming the file.
-    """
-    device = torch.device(device)
-    resized: list[str] = []
-    count = 0
-    for prediction, (pred, gt, original) in tqdm(
-        _read_pairs(pairs, workers), total=len(pairs), desc=description, unit="img", disable=not progress, leave=False
-    ):
-        if original is not None:
-            resized.append(f"{prediction.name} {original[1]}x{original[0]} -> {gt.shape[1]}x{gt.shape[0]}")
-        metrics.update(torch.from_numpy(pred).to(device), torch.from_numpy(gt).to(device))
-        count += 1
-    return count, resized
 
 
 # --------------------------------------------------------------------------------------------------
