@@ -40,8 +40,8 @@ def _mps_available() -> bool:
     return mps is not None and mps.is_available()
 
 
-def resolve_device(name: str | torch.device | None = "auto", key: str = "device") -> torch.device:
-    """``name`` as a torch.device this machine has; ``key`` names the option in errors.
+def resolve_device(name: str | torch.device | None = "auto", key: str | None = None) -> torch.device:
+    """``name`` as a torch.device this machine has; ``key`` (e.g. "train.device") starts error messages.
 
     None or "auto" picks CUDA (the current device), then MPS, then the CPU. "cuda" without an index
     becomes the current CUDA device, so a device compares equal to the tensors placed on it.
@@ -50,22 +50,23 @@ def resolve_device(name: str | torch.device | None = "auto", key: str = "device"
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("mps") if _mps_available() else torch.device("cpu")
+    prefix = f"{key}: " if key else ""
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise DeviceError(f"{key}: unknown device {str(name)!r} (auto, cpu, cuda, cuda:N or mps)") from None
+        raise DeviceError(f"{prefix}unknown device {str(name)!r} (auto, cpu, cuda, cuda:N or mps)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"{key}: {str(device)!r} requested but CUDA is not available")
+            raise DeviceError(f"{prefix}device {str(device)!r} requested but CUDA is not available")
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise DeviceError(f"{key}: {str(device)!r} requested but only {count} CUDA devices exist")
+            raise DeviceError(f"{prefix}device {str(device)!r} requested but only {count} CUDA devices exist")
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
     elif device.type == "mps" and not _mps_available():
-        raise DeviceError(f"{key}: {str(device)!r} requested but MPS is not available")
+        raise DeviceError(f"{prefix}device {str(device)!r} requested but MPS is not available")
     elif device.type not in ("cpu", "cuda", "mps"):
-        raise DeviceError(f"{key}: device type {device.type!r} is not supported (cpu, cuda or mps)")
+        raise DeviceError(f"{prefix}device type {device.type!r} is not supported (cpu, cuda or mps)")
     return device
 
 
