@@ -125,7 +125,7 @@ def _time_train_steps(
     # The official SGD, at a learning rate of the warm-up's first steps: random weights stay finite.
     # The step is the trainer's own (pgnet.engine.step.TrainStep).
     train_step = TrainStep(model, PGNetLoss(LossConfig()), build_optimizer(model, OptimConfig(lr=1e-4)),
-                           network=network, amp_dtype=variant.autocast_dtype, memory_format=memory_format)
+                           network=network, autocast_dtype=variant.autocast_dtype, memory_format=memory_format)
     image, mask = synthetic_batch(batch, size, seed)
     image, mask = image.to(device), mask.to(device)
     losses: list[torch.Tensor] = []

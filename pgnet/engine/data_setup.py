@@ -19,6 +19,8 @@ from pgnet.data.preprocessing import Preprocessing
 from pgnet.data.split import shared_images
 from pgnet.data.transforms import build_eval_transform, build_train_transform
 from pgnet.engine.distributed import DistInfo
+from pgnet.engine.evaluator import accumulate_model
+from pgnet.metrics import SODMetrics
 
 
 def dataset_options(entry: DatasetEntry) -> dict[str, Any]:
@@ -94,9 +96,6 @@ class Validation:
     def run(self, model: torch.nn.Module, device: torch.device, autocast: Callable) -> tuple[dict, dict | None]:
         """(metrics, mean curves and pixel counts) of ``model`` (in eval mode) on this set, predicted by
         the evaluator."""
-        from pgnet.engine.evaluator import accumulate_model
-        from pgnet.metrics import SODMetrics
-
         metrics = SODMetrics(device=device)
         if accumulate_model(model, self.loader, device, metrics, autocast=autocast) == 0:
             raise RuntimeError(f"validation set {self.name}: no image could be scored")
@@ -128,6 +127,8 @@ class TrainingData:
             world_size=dist.world_size if dist.enabled else None,
             rank=dist.rank if dist.enabled else None,
         )
+        self.micro_batch = micro_batch
+        self.skipped = 0  # unreadable samples left out of the batches of the current epoch so far
         self.num_samples = len(self.dataset)
         self.batches_per_epoch = len(self.loader)
         eval_transform = build_eval_transform(config.eval_size, mean=self.mean, std=self.std,
@@ -145,10 +146,38 @@ class TrainingData:
     def has_validation(self) -> bool:
         return bool(self._validation)
 
+    def steps_per_epoch(self, grad_accum: int, limit: int = 0) -> int:
+        """Optimiser steps in an epoch of ``grad_accum`` batches each, at most ``limit`` (0: no limit)."""
+        steps = self.batches_per_epoch // grad_accum
+        if limit:
+            steps = min(steps, limit)
+        if steps < 1:
+            raise ValueError(
+                f"an epoch has no optimiser step: {self.batches_per_epoch} batches of {self.micro_batch} "
+                f"per process with train.grad_accum={grad_accum}"
+            )
+        return steps
+
     def epoch_batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, Any]]:
         """The batches of ``epoch`` from ``start_batch`` on (the same batches a whole epoch has there)."""
         set_loader_epoch(self.loader, epoch, start_batch)
         yield from self.loader
+
+    def epoch_steps(self, epoch: int, start_step: int, grad_accum: int) -> Iterator[list[dict[str, Any]]]:
+        """The micro-batches of each optimiser step of ``epoch`` from ``start_step`` on, without the
+        empty ones; counts the unreadable samples left out in ``skipped``.
+
+        A batch whose files were all unreadable still takes its place in its step (an empty list for a
+        step of such batches), so that every step consumes ``grad_accum`` batches and a resume starts
+        at the right one."""
+        self.skipped = 0
+        step: list[dict[str, Any]] = []
+        for batch in self.epoch_batches(epoch, start_batch=start_step * grad_accum):
+            self.skipped += int(batch.get("skipped", 0))
+            step.append(batch)
+            if len(step) == grad_accum:
+                yield [micro_batch for micro_batch in step if micro_batch["image"].shape[0] > 0]
+                step = []
 
     def shard(self, epoch: int) -> list[int]:
         """The dataset indices this rank trains on in ``epoch``."""
@@ -157,7 +186,6 @@ class TrainingData:
     def validation_sets(self) -> Iterator[tuple[str, Validation]]:
         for name, dataset in self._validation:
             yield name, Validation(name, dataset, self.config.num_workers)
-
 
     def picture_samples(self, count: int) -> list[tuple[str, dict[str, Any]]]:
         """Up to ``count`` samples of the first validation set, evenly spaced over it and chosen once,

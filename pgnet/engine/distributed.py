@@ -60,6 +60,14 @@ def all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value
 
 
+def every_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """Whether ``flag`` holds on every process (``flag`` itself for a single process)."""
+    if not info.enabled:
+        return flag
+    missing = torch.tensor(0.0 if flag else 1.0, device=device)
+    return all_reduce_sum(missing, info).item() == 0
+
+
 def broadcast_object(value, info: DistInfo):
     """Rank 0's ``value`` on every rank."""
     if not info.enabled:
@@ -70,6 +78,7 @@ def broadcast_object(value, info: DistInfo):
 
 
 def cleanup(info: DistInfo) -> None:
+    """Leave the process group of a DDP run (nothing for a single process, or when already left)."""
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -86,6 +95,13 @@ def shards_disjoint(shard: list[int], info: DistInfo) -> bool:
             return False
         seen |= set(indices)
     return True
+
+
+def self_checks(model: torch.nn.Module, shard: list[int], info: DistInfo) -> dict[str, bool]:
+    """The summary's DDP checks: whether every rank holds the same weights, and whether the ranks'
+    ``shard`` index lists are disjoint (both true for a single process)."""
+    return {"weights_identical_across_ranks": weights_identical(model, info),
+            "shards_disjoint_across_ranks": shards_disjoint(shard, info)}
 
 
 def weights_identical(model: torch.nn.Module, info: DistInfo) -> bool:

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pgnet.checkpoint import load_checkpoint
 from pgnet.config import Config, ConfigError, load_config
+from pgnet.engine.run_dir import check_not_busy
 
 # train.epochs also stretches the LR schedule to the new length from the resume step on.
 # train.device, train.compile and train.channels_last keep the maths but not bitwise equality.
@@ -70,8 +72,6 @@ def changed_keys(before: Config, after: Config) -> dict[str, tuple[Any, Any]]:
 
 def read_position(run_dir: Path) -> dict[str, int]:
     """``{"epoch", "step_in_epoch", "global_step"}`` of ``run_dir/checkpoints/last.pth``."""
-    from pgnet.checkpoint import load_checkpoint
-
     path = run_dir / "checkpoints" / "last.pth"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no checkpoints/last.pth to resume from")
@@ -85,8 +85,6 @@ def plan_resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> ResumePla
     """Check ``overrides`` against the policy and return the config to resume ``run_dir`` with.
 
     Raises ResumeOverrideError naming the first key that may not change; reads, never writes."""
-    from pgnet.engine.run_dir import check_not_busy
-
     run_dir = Path(run_dir)
     check_not_busy(run_dir)
     config_path = run_dir / "config.yaml"

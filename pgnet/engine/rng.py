@@ -41,3 +41,8 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002
     torch.manual_seed(seed)
+
+
+def fork_rank_stream(rank: int) -> None:
+    """Give DDP rank ``rank`` its own torch stream, drawn from the state every rank restored (rank 0's)."""
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,)).item()) + rank)

@@ -1,5 +1,20 @@
-"""The run folder's integrity: one writer at a time, no leftovers of a killed save, checkpoints
-that share storage.
+"""The run folder: its layout and its integrity (one writer at a time, no leftovers of a killed
+save, checkpoints that share storage).
+
+Layout::
+
+    RUN/config.yaml            the resolved config
+    RUN/log.txt                text log
+    RUN/tb/                    TensorBoard events
+    RUN/checkpoints/last.pth   written every epoch (and every ``checkpoint_every_steps``)
+    RUN/checkpoints/best.pth   best validation ``best_metric``
+    RUN/checkpoints/epoch_NNNN.pth   the ``keep_recent`` most recent epochs
+    RUN/summary.json           final figures
+    RUN/.lock                  held by the live trainer
+
+``last.pth`` holds everything needed to continue exactly where it was written (see
+:mod:`pgnet.engine.run_state`). ``best`` and ``epoch_NNNN`` are hard links to the ``last.pth`` of
+their epoch's end (no extra disk).
 
 - :class:`RunFolderLock`: an advisory ``flock`` on ``RUN/.lock``, held for the life of the process.
   The kernel drops it when the process ends, however it ends (a SIGKILL leaves no stale lock); a
@@ -8,7 +23,8 @@ that share storage.
 - :func:`link_checkpoint`: ``best.pth`` and ``epoch_NNNN.pth`` as hard links to ``last.pth`` when
   they hold the same state (a copy where the file system has no hard links), replaced atomically.
 - :func:`rotate_epoch_checkpoints`: ``epoch_NNNN.pth`` for a finished epoch, and only the
-  ``keep_recent`` most recent kept.
+  ``keep_recent`` most recent kept; :func:`link_epoch_end_checkpoints` adds ``best.pth``.
+- :func:`new_run_dir`: the name of a new run's folder.
 """
 
 from __future__ import annotations
@@ -130,3 +146,14 @@ def rotate_epoch_checkpoints(checkpoint_dir: str | Path, finished_epochs: int, k
     recent = sorted(checkpoint_dir.glob("epoch_*.pth"))
     for old in recent[:-keep_recent]:
         old.unlink()
+
+
+def link_epoch_end_checkpoints(checkpoint_dir: str | Path, finished_epochs: int, keep_recent: int,
+                               is_best: bool) -> None:
+    """After ``last.pth`` of epoch ``finished_epochs``: ``best.pth`` (when ``is_best``) and
+    ``epoch_NNNN.pth`` as links to it; called again on resume, it completes what a kill left."""
+    checkpoint_dir = Path(checkpoint_dir)
+    last, best = checkpoint_dir / "last.pth", checkpoint_dir / "best.pth"
+    if is_best and not (best.exists() and best.samefile(last)):
+        link_checkpoint(last, best)
+    rotate_epoch_checkpoints(checkpoint_dir, finished_epochs, keep_recent)

@@ -17,6 +17,7 @@ from torch import nn
 
 from pgnet.losses import PGNetLoss
 from pgnet.models.pgnet import PGNetOutput
+from pgnet.runtime import autocast
 
 
 class MicroBatchResult(NamedTuple):
@@ -34,7 +35,7 @@ class TrainStep:
         network: what to call for the forward pass: ``model`` itself, or it wrapped by DDP and/or
             ``torch.compile`` (default ``model``).
         criterion, optimizer: the PGNet loss and the optimiser.
-        amp_dtype: autocast dtype (None: float32).
+        autocast_dtype: autocast dtype (None: float32; see ``pgnet.runtime.autocast_dtype``).
         scaler: the fp16 gradient scaler (None: a disabled one).
         memory_format: layout the images are given (the model's: channels_last on GPU by default).
         clip_grad: largest gradient norm (0: no clipping).
@@ -47,7 +48,7 @@ class TrainStep:
         optimizer: torch.optim.Optimizer,
         *,
         network: nn.Module | None = None,
-        amp_dtype: torch.dtype | None = None,
+        autocast_dtype: torch.dtype | None = None,
         scaler: torch.amp.GradScaler | None = None,
         memory_format: torch.memory_format = torch.contiguous_format,
         clip_grad: float = 0.0,
@@ -56,16 +57,15 @@ class TrainStep:
         self.network = network if network is not None else model
         self.criterion = criterion
         self.optimizer = optimizer
-        self.amp_dtype = amp_dtype
-        self.device_type = next(model.parameters()).device.type
-        self.scaler = scaler if scaler is not None else torch.amp.GradScaler(self.device_type, enabled=False)
+        self.autocast_dtype = autocast_dtype
+        self.device = next(model.parameters()).device
+        self.scaler = scaler if scaler is not None else torch.amp.GradScaler(self.device.type, enabled=False)
         self.memory_format = memory_format
         self.clip_grad = clip_grad
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.amp_dtype)
+        """The autocast context of the forward passes (a no-op for float32)."""
+        return autocast(self.device, self.autocast_dtype)
 
     def forward_backward(self, image: torch.Tensor, mask: torch.Tensor, micro_batches: int = 1) -> MicroBatchResult:
         """Forward, loss and backward for one micro-batch (B×3×H×W images, B×1×H×W masks on the device);

@@ -14,14 +14,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from torch.utils.tensorboard import SummaryWriter
+
 logger = logging.getLogger(__name__)
 
 
 def logged_steps(log_dir: str | Path) -> dict[str, int]:
     """The last step logged for each tag in the event files of ``log_dir`` (truncated files: what
     is readable)."""
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-
     last: dict[str, int] = {}
     for path in sorted(Path(log_dir).glob("events.out.tfevents.*")):
         try:
@@ -36,8 +37,6 @@ def logged_steps(log_dir: str | Path) -> dict[str, int]:
 def open_summary_writer(log_dir: str | Path, resume: bool) -> Any:
     """A SummaryWriter for ``log_dir``; when resuming, one that skips the (tag, step) pairs the
     folder already holds."""
-    from torch.utils.tensorboard import SummaryWriter
-
     already = logged_steps(log_dir) if resume else {}
     writer = SummaryWriter(str(log_dir))
     if already:

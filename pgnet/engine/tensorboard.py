@@ -26,9 +26,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.image.metadata import create_summary_metadata
+from tensorboard.util.tensor_util import make_tensor_proto
 from torch import nn
+from torch.utils.tensorboard.summary import pr_curve_raw
 
 from pgnet.data.transforms import denormalize
+from pgnet.engine.tb_history import open_summary_writer
 from pgnet.outputs import encode_image
 from pgnet.visualize import (
     agl_picture,
@@ -119,8 +124,6 @@ class TrainingBoard:
 
     def __init__(self, log_dir: str | Path, *, resume: bool, graft_points: Sequence[str],
                  mean: Sequence[float], std: Sequence[float], fresh: bool):
-        from pgnet.engine.tb_history import open_summary_writer
-
         self.writer = open_summary_writer(log_dir, resume)
         self.graft_points = tuple(graft_points)
         self.mean, self.std = tuple(mean), tuple(std)
@@ -158,8 +161,6 @@ class TrainingBoard:
     def _pr_curve(self, step: int, tag: str, curves: Mapping[str, np.ndarray]) -> None:
         """Mean precision/recall with the pixel counts summed over the set (float32 in the event file, so
         counts above 2²⁴ are rounded). Thresholds ascend in TensorBoard: the curves are reversed."""
-        from torch.utils.tensorboard.summary import pr_curve_raw
-
         order = np.argsort(curves["threshold"])
         columns = [np.asarray(curves[key], dtype=np.float64)[order]
                    for key in ("true_pos", "false_pos", "true_neg", "false_neg", "precision", "recall")]
@@ -243,10 +244,6 @@ class TrainingBoard:
     def _image(self, tag: str, picture: np.ndarray, step: int, description: str) -> None:
         """An H×W×3 uint8 RGB picture as a PNG in TensorBoard's tensor format (the legacy image format
         loses the description in TensorBoard's fast loader)."""
-        from tensorboard.compat.proto.summary_pb2 import Summary
-        from tensorboard.plugins.image.metadata import create_summary_metadata
-        from tensorboard.util.tensor_util import make_tensor_proto
-
         png = encode_image(np.ascontiguousarray(picture), ".png")
         height, width = picture.shape[:2]
         value = Summary.Value(tag=tag, metadata=create_summary_metadata(display_name="", description=""),

@@ -1,0 +1,104 @@
+"""Where a training run happens, set up before any data or model: the device, the DDP process
+group, the run folder (named, locked, checked), the run's log, the determinism flags and the seeds.
+
+:func:`open_run` does it in that order, so that a bad config fails before the run folder exists;
+:meth:`RunContext.close` undoes it (log files closed, folder released, process group left).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pgnet.config import Config, ConfigError
+from pgnet.engine import distributed, run_log
+from pgnet.engine.distributed import DistInfo
+from pgnet.engine.rng import seed_everything
+from pgnet.engine.run_dir import RunFolderLock, new_run_dir, remove_temporaries
+from pgnet.runtime import resolve_device
+
+
+@dataclass
+class RunContext:
+    """A run's ``device``, processes (``dist``), folder, per-process batch (``micro_batch``), the
+    folder's lock (rank 0 only) and ``logger`` (``RUN/log.txt`` on rank 0, and stderr)."""
+
+    device: torch.device
+    dist: DistInfo
+    run_dir: Path
+    micro_batch: int
+    lock: RunFolderLock | None
+    logger: logging.Logger
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def close(self) -> None:
+        """Close the log files, release the run folder and leave the process group; again: nothing."""
+        for handler in list(self.logger.handlers):
+            handler.close()
+            self.logger.removeHandler(handler)
+        if self.lock is not None:
+            self.lock.release()
+        distributed.cleanup(self.dist)
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    """The most CUDA memory allocated on ``device`` so far, in GiB; None elsewhere."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def micro_batch_size(config: Config, world_size: int) -> int:
+    """The batch each process computes in one forward pass: ``data.batch_size`` shared out over the
+    ``train.grad_accum`` micro-batches of each of the ``world_size`` processes."""
+    per_step = config.train.grad_accum * world_size
+    if config.data.batch_size % per_step:
+        raise ConfigError(
+            f"data.batch_size ({config.data.batch_size}) must be divisible by train.grad_accum × processes "
+            f"({config.train.grad_accum} × {world_size})"
+        )
+    return config.data.batch_size // per_step
+
+
+def set_determinism(deterministic: bool, device: torch.device) -> None:
+    """Deterministic kernels when asked; otherwise cuDNN picks the fastest ones on CUDA."""
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def open_run(config: Config, run_dir: str | Path | None, resume: bool, log_name: str) -> RunContext:
+    """Set up the run of ``config`` in ``run_dir`` (None: a new ``output_dir/name-DATE-TIME``);
+    ``resume``: the folder holds the run to continue. The log is the logger ``log_name``."""
+    train = config.train
+    device = resolve_device(train.device, key="train.device")
+    dist = distributed.init_distributed(device.type)
+    try:
+        if device.type == "cuda" and dist.enabled:  # each process drives the GPU of its local rank
+            device = torch.device("cuda", dist.local_rank)
+        if run_dir is None:
+            if resume:
+                raise ValueError("resuming needs the run folder")
+            run_dir = distributed.broadcast_object(new_run_dir(config) if dist.is_main else None, dist)
+        run_dir = Path(run_dir)
+        micro_batch = micro_batch_size(config, dist.world_size)
+        # One writer per run folder: the lock comes before anything is written there.
+        lock = RunFolderLock(run_dir) if dist.is_main else None
+        if not resume and (run_dir / "checkpoints" / "last.pth").exists():
+            raise FileExistsError(f"{run_dir} already holds a run: resume it with --resume, or pick another folder")
+        logger = run_log.open_run_log(run_dir, log_name, dist.is_main)
+        if resume and dist.is_main:
+            for leftover in remove_temporaries(run_dir):
+                logger.info("removed %s, left by an interrupted save", leftover)
+    except BaseException:
+        distributed.cleanup(dist)
+        raise
+    set_determinism(train.deterministic, device)
+    seed_everything(train.seed + dist.rank)
+    return RunContext(device, dist, run_dir, micro_batch, lock, logger)

@@ -1,0 +1,150 @@
+"""Where a training run stands, as ``last.pth`` records it.
+
+:class:`RunState` is what a run has done so far: its :class:`Position` (epoch, step in the epoch,
+global step), its best validation score (by the :class:`BestRule`), the non-finite steps it skipped
+and its validation history. :func:`training_checkpoint` adds the model, optimiser, schedule, scaler
+and EMA (:class:`pgnet.engine.model_setup.TrainingParts`) and every RNG state
+(:mod:`pgnet.engine.rng`): everything a resumed run needs to continue exactly where it was written,
+which :func:`restore_training_checkpoint` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pgnet.checkpoint import load_checkpoint, model_checkpoint, require_fields
+from pgnet.config import Config
+from pgnet.data.preprocessing import Preprocessing
+from pgnet.engine.model_setup import TrainingParts
+from pgnet.engine.rng import fork_rank_stream, restore_rng_state, rng_state
+from pgnet.engine.run_dir import link_epoch_end_checkpoints
+from pgnet.engine.run_setup import RunContext, peak_memory_gib
+
+# What a training checkpoint holds beyond the model's config and preprocessing.
+TRAINING_FIELDS = ("model", "optimizer", "scheduler", "scaler", "position", "best", "nonfinite_steps", "history",
+                   "rng")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss more often than allowed (the command exits 3)."""
+
+    exit_status = 3
+
+
+@dataclass
+class Position:
+    """Where training stands: ``epoch`` in progress and optimiser steps already done in it."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+
+
+@dataclass
+class RunState:
+    """What a run has done: its position, best score (and the global step of ``best.pth``), the
+    non-finite steps it skipped and one history entry per validation."""
+
+    position: Position = field(default_factory=Position)
+    best: float | None = None
+    best_step: int | None = None
+    nonfinite_steps: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def count_nonfinite(self, message: str, allowed: int) -> None:
+        """Count a step skipped for a non-finite loss (``message`` says which); beyond ``allowed``
+        such steps, raise NonFiniteLossError."""
+        self.nonfinite_steps += 1
+        if self.nonfinite_steps > allowed:
+            raise NonFiniteLossError(message + "; stopping, last.pth is the last good checkpoint")
+
+    def checkpoint_fields(self) -> dict[str, Any]:
+        """The checkpoint entries of this state (plain values only)."""
+        return {"position": vars(self.position).copy(), "best": self.best, "best_step": self.best_step,
+                "nonfinite_steps": self.nonfinite_steps, "history": self.history}
+
+    @classmethod
+    def from_checkpoint(cls, state: Mapping[str, Any]) -> RunState:
+        """The state ``checkpoint_fields`` wrote (``best_step`` may be missing in older checkpoints)."""
+        return cls(Position(**state["position"]), state["best"], state.get("best_step"), state["nonfinite_steps"],
+                   list(state["history"]))
+
+
+@dataclass(frozen=True)
+class BestRule:
+    """What ``best.pth`` is the best of: ``metric`` averaged over the ``sets`` validation sets,
+    highest (``mode`` "max") or lowest ("min")."""
+
+    metric: str
+    mode: str
+    sets: int
+
+    def __str__(self) -> str:
+        """E.g. "mean Sm over 2 sets", or just "Sm" for one set."""
+        return f"mean {self.metric} over {self.sets} sets" if self.sets > 1 else self.metric
+
+    def score(self, results: Mapping[str, Mapping[str, float]]) -> float | None:
+        """The mean ``metric`` over ``{set: metrics}``; None when no set has it."""
+        values = [metrics[self.metric] for metrics in results.values() if self.metric in metrics]
+        return float(np.mean(values)) if values else None
+
+    def beats(self, score: float, best: float | None) -> bool:
+        """Whether ``score`` is better than ``best`` (anything beats None)."""
+        return best is None or (score > best if self.mode == "max" else score < best)
+
+
+def training_checkpoint(parts: TrainingParts, preprocessing: Preprocessing, state: RunState) -> dict[str, Any]:
+    """The checkpoint of a run: model, ``preprocessing``, ``parts``' states, ``state`` and every RNG state."""
+    return model_checkpoint(parts.model, preprocessing=preprocessing, **parts.checkpoint_fields(),
+                            **state.checkpoint_fields(), rng=rng_state())
+
+
+def resume_run(run: RunContext, parts: TrainingParts, config: Config, steps_per_epoch: int) -> RunState:
+    """Continue the run in ``run``'s folder: load its ``last.pth`` into ``parts`` and the RNGs, log where
+    it resumes (and the overrides of ``config`` that take effect there), finish the epoch-end links a
+    kill left; returns the run's state. A CheckpointError names the fields ``last.pth`` lacks."""
+    path = run.checkpoint_dir / "last.pth"
+    checkpoint = load_checkpoint(path, map_location=run.device)
+    require_fields(checkpoint, path, TRAINING_FIELDS)
+    parts.load(checkpoint, path)
+    state = RunState.from_checkpoint(checkpoint)
+    restore_rng_state(checkpoint["rng"])
+    if run.dist.enabled:  # each rank continues its own stream from the saved rank-0 state
+        fork_rank_stream(run.dist.rank)
+    position = state.position
+    run.logger.info("resumed from %s at epoch %d, step %d of %d in the epoch (global step %d)", path,
+                    position.epoch + 1, position.step_in_epoch, steps_per_epoch, position.global_step)
+    for change in config.resume_changes:
+        if change["step"] == position.global_step:
+            run.logger.info("resume override %s: %r -> %r", change["key"], change["old"], change["new"])
+    if run.dist.is_main and position.step_in_epoch == 0:  # finish what a kill at epoch end left
+        link_epoch_end_checkpoints(run.checkpoint_dir, position.epoch, config.train.keep_recent,
+                                   state.best_step == position.global_step)
+    return state
+
+
+def run_summary(run: RunContext, state: RunState, rule: BestRule, validation_sets: Sequence[str], seconds: float,
+                checks: Mapping[str, bool]) -> dict[str, Any]:
+    """The final figures of a run (``summary.json``); ``checks``: :func:`pgnet.engine.distributed.self_checks`."""
+    summary = {
+        "run_dir": str(run.run_dir),
+        "epochs": state.position.epoch,
+        "global_step": state.position.global_step,
+        "seconds": round(seconds, 1),
+        "best_metric": rule.metric,
+        "best_rule": f"{rule.mode} of {rule}",
+        "validation_sets": list(validation_sets),
+        "best": state.best,
+        "last_validation": state.history[-1] if state.history else None,
+        "nonfinite_steps": state.nonfinite_steps,
+        "world_size": run.dist.world_size,
+        **checks,
+    }
+    peak = peak_memory_gib(run.device)
+    if peak is not None:
+        summary["peak_gpu_memory_gib"] = round(peak, 2)
+    return summary
