@@ -1,0 +1,117 @@
+"""The pieces the training loop stands on: run set-up and close (the DDP process group included),
+run state and best rule, stop signals."""
+
+import signal
+
+import pytest
+import torch
+import torch.distributed as dist
+from test_trainer import REPO, TINY
+
+from pgnet.config import ConfigError, load_config
+from pgnet.engine import distributed
+from pgnet.engine.interrupt import TrainingInterrupted, requested_signal, stop_signals_to
+from pgnet.engine.run_dir import check_not_busy
+from pgnet.engine.run_setup import open_run
+from pgnet.engine.run_state import BestRule, NonFiniteLossError, Position, RunState
+from pgnet.engine.trainer import Trainer
+
+
+def tiny_config(*extra):
+    return load_config(REPO / "configs" / "demo.yaml", [*TINY, "data.val=[]", "train.device=cpu", *extra])
+
+
+@pytest.fixture
+def two_rank_group(tmp_path, monkeypatch):
+    """A process group already joined, as torchrun's rank 0 of 2 would see it (a one-process gloo
+    group, so that no second process is needed)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def test_cleanup_leaves_the_process_group(two_rank_group):
+    info = distributed.init_distributed("cpu")
+    assert info.enabled and dist.is_initialized()
+    distributed.cleanup(info)
+    assert not dist.is_initialized()
+    distributed.cleanup(info)  # again: nothing to do
+    distributed.cleanup(distributed.DistInfo())  # a single process has none
+
+
+def test_a_setup_error_leaves_the_process_group(two_rank_group, tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.batch_size \(3\) must be divisible by .* \(1 × 2\)"):
+        open_run(tiny_config("data.batch_size=3"), tmp_path / "run", resume=False, log_name="pgnet.test.setup")
+    assert not dist.is_initialized()
+    assert not (tmp_path / "run").exists()
+
+
+def test_trainer_close_leaves_the_process_group_and_frees_the_folder(two_rank_group, tmp_path):
+    trainer = Trainer(tiny_config("data.batch_size=4"), tmp_path / "run")
+    assert trainer.dist.enabled and isinstance(trainer.network, torch.nn.parallel.DistributedDataParallel)
+    trainer.close()
+    assert not dist.is_initialized()
+    assert not trainer.logger.handlers
+    check_not_busy(tmp_path / "run")  # the folder is free
+    trainer.close()  # again: nothing more
+
+
+@pytest.mark.parametrize("ending", [None, NonFiniteLossError("nan"), TrainingInterrupted(signal.SIGTERM)])
+def test_fit_closes_the_run_however_it_ends(tmp_path, monkeypatch, ending):
+    trainer = Trainer(tiny_config("train.epochs=1"), tmp_path / "run")
+    left = []
+    monkeypatch.setattr(distributed, "cleanup", left.append)
+
+    def train_all_epochs():
+        if ending is not None:
+            raise ending
+
+    monkeypatch.setattr(trainer, "_train_all_epochs", train_all_epochs)
+    if ending is None:
+        trainer.fit()
+    else:
+        with pytest.raises(type(ending)):
+            trainer.fit()
+    assert left == [trainer.dist]
+    assert not trainer.logger.handlers
+
+
+def test_run_state_round_trips_through_checkpoint_fields():
+    state = RunState(Position(2, 3, 15), best=0.5, best_step=12, nonfinite_steps=1,
+                     history=[{"epoch": 2, "step": 12, "metrics": {}}])
+    fields = state.checkpoint_fields()
+    assert fields["position"] == {"epoch": 2, "step_in_epoch": 3, "global_step": 15}
+    assert RunState.from_checkpoint(fields) == state
+    state.position.global_step += 1
+    assert fields["position"]["global_step"] == 15  # a copy, not the live position
+
+
+def test_nonfinite_steps_are_counted_up_to_the_limit():
+    state = RunState()
+    state.count_nonfinite("non-finite loss at global step 3", allowed=1)
+    with pytest.raises(NonFiniteLossError, match=r"global step 4; stopping, last\.pth is the last good checkpoint"):
+        state.count_nonfinite("non-finite loss at global step 4", allowed=1)
+    assert state.nonfinite_steps == 2 and NonFiniteLossError.exit_status == 3
+
+
+def test_best_rule():
+    two = BestRule("MAE", "min", sets=2)
+    assert str(two) == "mean MAE over 2 sets" and str(BestRule("Sm", "max", 1)) == "Sm"
+    assert two.score({"a": {"MAE": 0.1}, "b": {"MAE": 0.3}}) == pytest.approx(0.2)
+    assert two.score({"a": {"Sm": 0.9}}) is None
+    assert two.beats(0.1, None) and two.beats(0.1, 0.2) and not two.beats(0.2, 0.1)
+    assert BestRule("Sm", "max", 1).beats(0.9, 0.8)
+
+
+def test_stop_signals_reach_the_handler_and_are_restored():
+    received = []
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_signals_to(lambda signum, frame: received.append(signum)):
+        signal.raise_signal(signal.SIGTERM)
+    assert received == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is before
+    assert requested_signal(True) == signal.SIGINT and requested_signal(signal.SIGTERM) == signal.SIGTERM
+    assert TrainingInterrupted(signal.SIGTERM).exit_status == 128 + signal.SIGTERM
