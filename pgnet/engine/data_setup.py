@@ -11,15 +11,15 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset
 
-from pgnet.config import DataConfig, DatasetEntry
+from pgnet.config import ConfigError, DataConfig, DatasetEntry
 from pgnet.data.datasets import build_dataset, build_train_dataset
 from pgnet.data.entry import SPLIT_KEYS, SYNTHETIC_KEYS
 from pgnet.data.loader import build_eval_loader, build_train_loader, set_loader_epoch
 from pgnet.data.preprocessing import Preprocessing
 from pgnet.data.split import shared_images
 from pgnet.data.transforms import build_eval_transform, build_train_transform
+from pgnet.engine import evaluator
 from pgnet.engine.distributed import DistInfo
-from pgnet.engine.evaluator import accumulate_model
 from pgnet.metrics import SODMetrics
 
 
@@ -34,10 +34,10 @@ def dataset_options(entry: DatasetEntry) -> dict[str, Any]:
         for key in SYNTHETIC_KEYS:
             options.pop(key)
         if options["root"] is None:
-            raise ValueError(f"data: dataset {entry.name} needs a root")
+            raise ConfigError(f"data: dataset {entry.name} needs a root")
     else:
         if entry.split != "all":
-            raise ValueError("data: synthetic data has no split; give the validation set another seed")
+            raise ConfigError("data: synthetic data has no split; give the validation set another seed")
         options.pop("root")
     return options
 
@@ -48,7 +48,7 @@ def check_held_out(train_dataset: ConcatDataset, validation: list[tuple[str, Any
     for name, dataset in validation:
         shared = shared_images(training, [dataset.pairs]) if hasattr(dataset, "pairs") else []
         if shared:
-            raise ValueError(
+            raise ConfigError(
                 f"data.val {name}: {len(shared)} of its pictures are also in data.train (e.g. {shared[0]}); "
                 "validation needs held-out pictures (a split of one folder: the same val_fraction and "
                 "split_seed in both entries)"
@@ -97,7 +97,7 @@ class Validation:
         """(metrics, mean curves and pixel counts) of ``model`` (in eval mode) on this set, predicted by
         the evaluator."""
         metrics = SODMetrics(device=device)
-        if accumulate_model(model, self.loader, device, metrics, autocast=autocast) == 0:
+        if evaluator.accumulate_model(model, self.loader, device, metrics, autocast=autocast) == 0:
             raise RuntimeError(f"validation set {self.name}: no image could be scored")
         return metrics.compute(), {**metrics.curves(), **metrics.pixel_counts()}
 
@@ -113,7 +113,7 @@ class TrainingData:
         self.preprocessing = Preprocessing.from_data_config(config)  # saved in every checkpoint
         self.mean, self.std = self.preprocessing.mean, self.preprocessing.std
         if not config.train:
-            raise ValueError("data.train lists no dataset")
+            raise ConfigError("data.train lists no dataset")
         augment = {key: value for key, value in asdict(config.augment).items() if value is not None}
         transform = build_train_transform(config.preset, size=config.size, mean=self.mean, std=self.std, **augment)
         self.dataset = build_train_dataset([dataset_options(e) for e in config.train], transform)
@@ -152,7 +152,7 @@ class TrainingData:
         if limit:
             steps = min(steps, limit)
         if steps < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"an epoch has no optimiser step: {self.batches_per_epoch} batches of {self.micro_batch} "
                 f"per process with train.grad_accum={grad_accum}"
             )

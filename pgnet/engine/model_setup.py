@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pgnet.checkpoint import CheckpointError
 from pgnet.config import Config
 from pgnet.engine.distributed import DistInfo
 from pgnet.engine.ema import ModelEma
@@ -55,7 +56,7 @@ class TrainingParts:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             if state.get("ema") is None:
-                raise ValueError(f"{path}: train.ema_decay is set but the checkpoint has no EMA weights")
+                raise CheckpointError(f"{path}: train.ema_decay is set but the checkpoint has no EMA weights")
             self.ema.module.load_state_dict(state["ema"])
 
 

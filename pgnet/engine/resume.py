@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgnet.checkpoint import load_checkpoint
+from pgnet.checkpoint import CheckpointError, load_checkpoint
 from pgnet.config import Config, ConfigError, load_config
 from pgnet.engine.run_dir import check_not_busy
 
@@ -77,7 +77,7 @@ def read_position(run_dir: Path) -> dict[str, int]:
         raise FileNotFoundError(f"{run_dir} has no checkpoints/last.pth to resume from")
     state = load_checkpoint(path)
     if "position" not in state:
-        raise ValueError(f"{path} is not a training checkpoint (no position): start a new run instead")
+        raise CheckpointError(f"{path} is not a training checkpoint (no position): start a new run instead")
     return dict(state["position"])
 
 

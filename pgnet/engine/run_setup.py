@@ -18,6 +18,7 @@ from pgnet.engine import distributed, run_log
 from pgnet.engine.distributed import DistInfo
 from pgnet.engine.rng import seed_everything
 from pgnet.engine.run_dir import RunFolderLock, new_run_dir, remove_temporaries
+from pgnet.outputs import OverwriteError
 from pgnet.runtime import resolve_device
 
 
@@ -91,7 +92,7 @@ def open_run(config: Config, run_dir: str | Path | None, resume: bool, log_name:
         # One writer per run folder: the lock comes before anything is written there.
         lock = RunFolderLock(run_dir) if dist.is_main else None
         if not resume and (run_dir / "checkpoints" / "last.pth").exists():
-            raise FileExistsError(f"{run_dir} already holds a run: resume it with --resume, or pick another folder")
+            raise OverwriteError(f"{run_dir} already holds a run: resume it with --resume, or pick another folder")
         logger = run_log.open_run_log(run_dir, log_name, dist.is_main)
         if resume and dist.is_main:
             for leftover in remove_temporaries(run_dir):
