@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 from test_trainer import REPO, TINY
 
+from pgnet.cli.common import run_command
 from pgnet.config import ConfigError, load_config
 from pgnet.engine import distributed
 from pgnet.engine.interrupt import TrainingInterrupted, requested_signal, stop_signals_to
@@ -90,12 +91,18 @@ def test_run_state_round_trips_through_checkpoint_fields():
     assert fields["position"]["global_step"] == 15  # a copy, not the live position
 
 
-def test_nonfinite_steps_are_counted_up_to_the_limit():
+def test_nonfinite_steps_are_counted_up_to_the_limit_then_exit_3(capsys):
     state = RunState()
     state.count_nonfinite("non-finite loss at global step 3", allowed=1)
     with pytest.raises(NonFiniteLossError, match=r"global step 4; stopping, last\.pth is the last good checkpoint"):
         state.count_nonfinite("non-finite loss at global step 4", allowed=1)
-    assert state.nonfinite_steps == 2 and NonFiniteLossError.exit_status == 3
+    assert state.nonfinite_steps == 2
+
+    def stopped():
+        raise NonFiniteLossError("non-finite loss at global step 4; stopping")
+
+    assert run_command("pgnet-train", stopped) == 3
+    assert "error: non-finite loss at global step 4; stopping" in capsys.readouterr().err
 
 
 def test_best_rule():
