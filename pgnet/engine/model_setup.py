@@ -39,10 +39,6 @@ class TrainingParts:
     network: nn.Module
     train_step: TrainStep
 
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        return self.train_step.autocast_dtype
-
     def checkpoint_fields(self) -> dict[str, Any]:
         """The optimiser, schedule, scaler and EMA states for a checkpoint (the model goes in whole)."""
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),

@@ -5,7 +5,7 @@ global step), its best validation score (by the :class:`BestRule`), the non-fini
 and its validation history. :func:`training_checkpoint` adds the model, optimiser, schedule, scaler
 and EMA (:class:`pgnet.engine.model_setup.TrainingParts`) and every RNG state
 (:mod:`pgnet.engine.rng`): everything a resumed run needs to continue exactly where it was written,
-which :func:`restore_training_checkpoint` does.
+which :func:`resume_run` does. :func:`run_summary`: the figures of a finished run.
 """
 
 from __future__ import annotations
