@@ -60,6 +60,14 @@ def build_command_parser(prog: str | None, description: str, example: str | None
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def add_reading_options(group: argparse._ActionsContainer, workers: int, workers_help: str) -> None:
+    """``--workers``, ``--max-pixels`` and ``--no-progress``: how a command that reads many pictures reads them."""
+    group.add_argument("--workers", type=int, default=workers, help=f"{workers_help} (default {workers})")
+    group.add_argument("--max-pixels", type=float, metavar="N",
+                       help="skip pictures over N pixels without decoding them (default 100e6; 0: no limit)")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def error_message(error: BaseException) -> str:
     """The one line printed for ``error``: its message, without the quotes ``KeyError`` adds."""
     if isinstance(error, OSError) and error.strerror and error.filename and not isinstance(error, UserError):

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pgnet.cli.common import NothingDoneError, build_command_parser, errors_as, run_command
+from pgnet.cli.common import NothingDoneError, add_reading_options, build_command_parser, errors_as, run_command
 from pgnet.errors import UserError
 
 PROG = "pgnet-eval"
@@ -93,10 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--allow-missing", action="store_true",
                         help="score the masks that have a prediction when some have none (default: stop)")
     output.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1")
-    output.add_argument("--workers", type=int, default=2, help="threads reading prediction files (default 2)")
-    output.add_argument("--max-pixels", type=float, metavar="N",
-                        help="skip pictures over N pixels without decoding them (default 100e6; 0: no limit)")
-    output.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_reading_options(output, workers=2, workers_help="threads reading prediction files")
     return parser
 
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pgnet.choices import OUTPUT_MODES, PRECISIONS
-from pgnet.cli.common import NothingDoneError, build_command_parser, errors_as, run_command
+from pgnet.cli.common import NothingDoneError, add_reading_options, build_command_parser, errors_as, run_command
 from pgnet.compose import DEFAULT_BLUR, Composer
 from pgnet.errors import UserError
 
@@ -72,11 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (each new size compiles)")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="on CUDA, launch kernels eagerly")
     parser.add_argument("-r", "--recursive", action="store_true", help="search folders (and ** globs) recursively")
-    parser.add_argument("--workers", type=int, default=4,
-                        help="threads reading and writing pictures; at most this many are decoded at once (default 4)")
-    parser.add_argument("--max-pixels", type=float, metavar="N",
-                        help="skip pictures over N pixels without decoding them (default 100e6; 0: no limit)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_reading_options(parser, workers=4,
+                        workers_help="threads reading and writing pictures; at most this many are decoded at once")
     return parser
 
 
