@@ -1,1 +1,99 @@
-import pgnet._compat  # noqa: F401  (before anything imports torchvision or timm)
+"""Settings and fixtures shared by the whole test run.
+
+One torch thread (unless OMP_NUM_THREADS says otherwise): the tests run tiny models, where a second
+thread buys next to nothing, and on a shared 2-core machine two threads stall each other's parallel
+regions (the suite took several times longer). Subprocesses inherit the setting.
+
+Session fixtures, built once and only when a test asks for them:
+- ``tiny_run``: one tiny training run (2 optimiser steps at 64 px, with EMA weights); its
+  ``tiny_trained_checkpoint`` (model, EMA, optimiser, RNG: what the trainer writes) and
+  ``tiny_checkpoint`` (the same trained network as a model-only checkpoint, as ``model_checkpoint``
+  writes it) serve every test that needs a small checkpoint;
+- ``official_state``: the official PGNet weights rebuilt from the reference manifest (read only);
+- ``official_model``: the default PGNet (its recomputed buffers are what conversions compare).
+"""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
+
+import pgnet._compat  # noqa: E402, F401  (before anything imports torchvision or timm)
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from official_weights import official_pgnet_state_dict  # noqa: E402
+
+from pgnet.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from pgnet.config import load_config  # noqa: E402
+from pgnet.engine.trainer import Trainer  # noqa: E402
+from pgnet.models import PGNet  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The tiny network of the shared checkpoint (the trainer tests' TINY model): Swin-T at 64 px, ResNet-18.
+TINY_MODEL = {"swin": "swin_tiny_patch4_window7_224", "resnet": "resnet18", "swin_input_size": 64}
+TINY_RUN = [
+    "name=shared_tiny",
+    *(f"model.{key}={value}" for key, value in TINY_MODEL.items()),
+    "model.drop_path_rate=0.2",
+    "data.train=[{name: synthetic, n: 4, size: 64, seed: 0}]",
+    "data.val=[]",
+    "data.size=64",
+    "data.multiscale=[64]",
+    "data.eval_size=64",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "optim.name=adamw",
+    "optim.lr=0.001",
+    "train.epochs=1",
+    "train.ema_decay=0.5",
+    "train.image_every=0",
+    "train.log_every=0",
+    "train.keep_recent=0",
+]
+MODEL_ONLY = ("format", "version", "model_config", "model", "preprocessing")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The run folder of one tiny training (2 optimiser steps on 4 synthetic pictures, EMA kept)."""
+    run_dir = tmp_path_factory.mktemp("shared") / "tiny_run"
+    Trainer(load_config(REPO / "configs" / "demo.yaml", TINY_RUN), run_dir).fit()
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_checkpoint(tiny_run) -> Path:
+    """The tiny run's ``last.pth``: model and EMA weights, optimiser, position and RNG state."""
+    return tiny_run / "checkpoints" / "last.pth"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_trained_checkpoint, tmp_path_factory) -> Path:
+    """The tiny run's trained network as a model-only checkpoint (config, weights, preprocessing)."""
+    state = load_checkpoint(tiny_trained_checkpoint)
+    path = tmp_path_factory.mktemp("shared") / "tiny.pth"
+    return save_checkpoint({key: state[key] for key in MODEL_ONLY}, path)
+
+
+@pytest.fixture(scope="session")
+def official_state() -> dict[str, torch.Tensor]:
+    """Every key of a released official checkpoint (``module.`` prefix); shared: copy before editing."""
+    return official_pgnet_state_dict()
+
+
+@pytest.fixture(scope="session")
+def official_model() -> PGNet:
+    """The default (official) PGNet in eval mode; shared: never train or modify it."""
+    return PGNet().eval()
+
+
+@pytest.fixture
+def default_threads():
+    """The machine's thread count for one test (torch's default without OMP_NUM_THREADS)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    yield
+    torch.set_num_threads(threads)
