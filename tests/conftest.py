@@ -17,18 +17,17 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 
-import pgnet._compat  # noqa: E402, F401  (before anything imports torchvision or timm)
+from pathlib import Path
 
-from pathlib import Path  # noqa: E402
+import pytest
+import torch
+from official_weights import official_pgnet_state_dict
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from official_weights import official_pgnet_state_dict  # noqa: E402
-
-from pgnet.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from pgnet.config import load_config  # noqa: E402
-from pgnet.engine.trainer import Trainer  # noqa: E402
-from pgnet.models import PGNet  # noqa: E402
+import pgnet._compat  # noqa: F401  (before anything imports torchvision or timm)
+from pgnet.checkpoint import load_checkpoint, save_checkpoint
+from pgnet.config import load_config
+from pgnet.engine.trainer import Trainer
+from pgnet.models import PGNet
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,11 +6,10 @@ import shlex
 
 import pytest
 import torch
-from official_weights import official_pgnet_state_dict
 from test_data_datasets import make_folder
 from test_trainer import REPO, TINY
 
-from pgnet.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
+from pgnet.checkpoint import load_checkpoint, save_checkpoint
 from pgnet.config import load_config
 from pgnet.data.datasets import build_dataset, build_train_dataset
 from pgnet.data.loader import build_train_loader, set_loader_epoch
@@ -48,26 +47,25 @@ def tiny_config(*extra: str):
 
 
 @pytest.fixture(scope="module")
-def official_state():
-    return official_pgnet_state_dict()
-
-
-@pytest.fixture(scope="module")
 def official_converted(official_state):
     converted, unused = convert_official_state_dict(official_state, partial=True)
     assert unused == []  # partial: everything renamed, the accounting decides what is unused
     return converted
 
 
+# The tiny default model (one grafting point) comes from the shared tiny run (conftest.py):
+# ``tiny_trained_checkpoint`` holds its model and EMA weights, ``tiny_checkpoint`` its model weights only.
+
+
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    """A project checkpoint of the tiny default model (one grafting point), with EMA weights."""
-    torch.manual_seed(1)
-    model = create_model(tiny_config().model)
-    path = tmp_path_factory.mktemp("init") / "tiny.pth"
-    ema = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    save_checkpoint(model_checkpoint(model, ema=ema), path)
-    return path
+def init_files(tiny_checkpoint, tmp_path_factory):
+    """The starting-weight files the error cases name, written once."""
+    folder = tmp_path_factory.mktemp("init_files")
+    (folder / "text.pth").write_text("hello")
+    torch.save({"weights": torch.zeros(2)}, folder / "plain.pth")
+    save_checkpoint({**load_checkpoint(tiny_checkpoint), "ema": None}, folder / "no_ema.pth")
+    return {"NOT_A_CHECKPOINT": folder / "text.pth", "NOT_A_STATE_DICT": folder / "plain.pth",
+            "NO_EMA": folder / "no_ema.pth", "TINY": tiny_checkpoint}
 
 
 def empty_model(**config) -> PGNet:
@@ -129,7 +127,9 @@ def test_new_modules_keep_their_initialisation_and_shapes_must_match(tiny_checkp
     assert torch.equal(model.state_dict()["decoder.graft.cmgm.key.weight"], after["decoder.graft.cmgm.key.weight"])
 
 
-def test_trainer_starts_from_ema_weights_with_fresh_optimiser_and_logs_the_accounting(tiny_checkpoint, tmp_path):
+def test_trainer_starts_from_ema_weights_with_fresh_optimiser_and_logs_the_accounting(tiny_trained_checkpoint,
+                                                                                       tmp_path):
+    tiny_checkpoint = tiny_trained_checkpoint  # with EMA weights
     trainer = Trainer(tiny_config(f"train.init_from={tiny_checkpoint}", "train.init_weights=ema",
                                   "model.swin_pretrained=/nonexistent/swin.pth"), tmp_path / "run")
     ema = load_checkpoint(tiny_checkpoint)["ema"]
@@ -194,12 +194,8 @@ def test_part_names():
                                                      "model 32×384×1×1"),
     ],
 )
-def test_errors_come_before_the_run_folder(tmp_path, tiny_checkpoint, extra, message):
-    (tmp_path / "text.pth").write_text("hello")
-    torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pth")
-    save_checkpoint({**load_checkpoint(tiny_checkpoint), "ema": None}, tmp_path / "no_ema.pth")
-    names = {"NOT_A_CHECKPOINT": tmp_path / "text.pth", "NOT_A_STATE_DICT": tmp_path / "plain.pth",
-             "NO_EMA": tmp_path / "no_ema.pth", "TINY": tiny_checkpoint}
+def test_errors_come_before_the_run_folder(tmp_path, init_files, extra, message):
+    names = init_files
     overrides = [next((o.replace(k, str(v)) for k, v in names.items() if k in o), o) for o in extra]
     config = tiny_config(*overrides)
     with pytest.raises((ValueError, FileNotFoundError), match=re.escape(message)):

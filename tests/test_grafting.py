@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from official_weights import official_pgnet_state_dict
 
 from pgnet.config import ConfigError, LossConfig, load_config
 from pgnet.losses import PGNetLoss, window_attention_guided_loss
@@ -174,19 +173,22 @@ def test_new_grafts_start_as_the_model_without_them():
         torch.testing.assert_close(grafted(image).pred, plain(image).pred)
 
 
-def test_official_checkpoint_loads_into_a_four_level_model():
+def test_official_checkpoint_loads_into_a_four_level_model(official_state, official_model):
     """Every official module keeps its name: only the new grafting modules are missing."""
-    converted, _ = convert_official_state_dict(official_pgnet_state_dict())
-    model = PGNet(ModelConfig(graft_points=FOUR_LEVELS, drop_path_rate=0.0))
+    converted, _ = convert_official_state_dict(official_state, official_model)
+    with torch.device("meta"):  # storage without initialisation: every value compared below is loaded
+        model = PGNet(ModelConfig(graft_points=FOUR_LEVELS, drop_path_rate=0.0))
+        default_keys = set(PGNet(ModelConfig(drop_path_rate=0.0)).state_dict())
+    model = model.to_empty(device="cpu")
     result = model.load_state_dict(converted, strict=False)
     assert result.unexpected_keys == []
     new_modules = {".".join(k.split(".")[:3 if k.startswith("decoder.cnn4_block.") else 2])
                    for k in result.missing_keys}
     assert new_modules == {"decoder.cnn4_block.cmgm", "decoder.cnn3_graft", "decoder.cnn2_graft",
                            "attention_heads.1", "attention_heads.2", "attention_heads.3"}
-    assert set(converted) == set(PGNet(ModelConfig(drop_path_rate=0.0)).state_dict())
+    assert set(converted) == default_keys
     # The same through train.init_from's loading with accounting: the new modules listed by name.
-    renamed, _ = convert_official_state_dict(official_pgnet_state_dict(), partial=True)
+    renamed, _ = convert_official_state_dict(official_state, partial=True)
     report = load_weights_with_report(model, renamed, "official")
     assert [name for name, _ in report.new_groups] == [
         "decoder.cnn4_block.cmgm", "decoder.cnn3_graft", "decoder.cnn2_graft", "attention_heads.*"]

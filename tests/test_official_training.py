@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from official_weights import official_pgnet_state_dict, reference_file
+from official_weights import reference_file
 
 from pgnet.config import load_config
 from pgnet.engine.optim import build_optimizer, build_scheduler
@@ -56,12 +56,13 @@ def official_lr_group(official_name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def run():
+def run(official_state):
     """The recorded steps, replayed once; every test below reads this one run."""
-    return replay_official_steps(torch.load(reference_file("pgnet_official_train_case.pt"), weights_only=True))
+    case = torch.load(reference_file("pgnet_official_train_case.pt"), weights_only=True)
+    return replay_official_steps(case, official_state)
 
 
-def replay_official_steps(case: dict) -> dict:
+def replay_official_steps(case: dict, official_state: dict[str, torch.Tensor]) -> dict:
     """Run the case's recorded steps through the project's training code; what the tests compare."""
     recipe = case["recipe"]
     unknown = set(recipe) - set(RECIPE_OVERRIDES) - set(RECIPE_FACTS) - RECIPE_OTHER
@@ -75,7 +76,7 @@ def replay_official_steps(case: dict) -> dict:
 
     torch.manual_seed(0)
     model = PGNet(config.model)
-    official = strip_ddp_prefix(official_pgnet_state_dict())
+    official = strip_ddp_prefix(official_state)
     converted, _ = convert_official_state_dict(official, model)
     model.load_state_dict(converted, strict=True)
     model.train()
