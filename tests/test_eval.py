@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import pgnet
-from pgnet.checkpoint import model_checkpoint, save_checkpoint
 from pgnet.cli.eval import main as eval_main
 from pgnet.data.io import read_image
 from pgnet.data.synthetic import make_sample
@@ -24,7 +23,6 @@ from pgnet.inference import Predictor
 from pgnet.metrics import SOD_METRICS, SODMetrics
 from pgnet.metrics.report import MethodResult, format_table
 
-SMALL = dict(swin="swin_tiny_patch4_window7_224", resnet="resnet18", swin_input_size=112)
 SIZE = 128
 # name -> (image folder, mask folder, (height, width) of each sample), laid out as the registry expects
 DATASETS = {
@@ -34,7 +32,7 @@ DATASETS = {
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_checkpoint):
     """(data root, checkpoint, folder of the checkpoint's saved predictions, its report folder)."""
     base = tmp_path_factory.mktemp("eval")
     root = base / "data"
@@ -44,8 +42,7 @@ def setup(tmp_path_factory):
             for folder, array in ((root / images, image[:, :, ::-1]), (root / masks, mask)):
                 folder.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(folder / f"im{index}.{'jpg' if folder.name in ('image', 'images') else 'png'}"), array)
-    torch.manual_seed(0)
-    checkpoint = save_checkpoint(model_checkpoint(pgnet.create_model(**SMALL)), base / "tiny.pth")
+    checkpoint = tiny_checkpoint  # the shared tiny trained model (conftest.py)
     code = eval_main(["-c", str(checkpoint), "--name", "tiny", "--datasets", *DATASETS, "--data-root", str(root),
                       "--size", str(SIZE), "--num-workers", "0", "--save-preds", str(base / "preds"),
                       "-o", str(base / "out"), "--no-progress", "--device", "cpu"])

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import pgnet
-from pgnet.checkpoint import model_checkpoint, save_checkpoint
 from pgnet.cli.predict import main as predict_main
 from pgnet.compose import compose, mask_to_uint8, parse_color
 from pgnet.data.io import ImageReadError, read_image, read_mask
@@ -23,15 +22,13 @@ from pgnet.runtime import resolve_device as select_device
 
 Image = pytest.importorskip("PIL.Image")
 
-SMALL = dict(swin="swin_tiny_patch4_window7_224", resnet="resnet18", swin_input_size=112)
+SMALL = dict(swin="swin_tiny_patch4_window7_224", resnet="resnet18", swin_input_size=64)
 SIZE = 128
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = pgnet.create_model(**SMALL)
-    return save_checkpoint(model_checkpoint(model), tmp_path_factory.mktemp("ckpt") / "tiny.pth")
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint  # the shared tiny trained model (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import torch
 
 import pgnet
 from pgnet import outputs
-from pgnet.checkpoint import CheckpointError, load_checkpoint, model_checkpoint, save_checkpoint
+from pgnet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pgnet.cli.eval import main as eval_main
 from pgnet.cli.predict import main as predict_main
 from pgnet.data.io import ImageTooLargeError, probe_image_size, read_image, read_mask, set_max_pixels
@@ -30,16 +30,13 @@ from pgnet.output_plan import plan_outputs
 from pgnet.outputs import NoSpaceError, OverwriteError, write_image
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = dict(swin="swin_tiny_patch4_window7_224", resnet="resnet18", swin_input_size=64)
 SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> tuple[Path, dict]:
-    """(checkpoint path, its state) of a tiny untrained model without EMA weights."""
-    torch.manual_seed(0)
-    state = model_checkpoint(pgnet.create_model(**SMALL))
-    return save_checkpoint(state, tmp_path_factory.mktemp("tiny") / "tiny.pth"), state
+def tiny(tiny_checkpoint) -> tuple[Path, dict]:
+    """(checkpoint path, its state) of a tiny model without EMA weights: the shared one (conftest.py)."""
+    return tiny_checkpoint, load_checkpoint(tiny_checkpoint)
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,7 @@
 import cv2
 import numpy as np
 import pytest
-import torch
 
-import pgnet
-from pgnet.checkpoint import model_checkpoint, save_checkpoint
 from pgnet.cli.predict import main as predict_main
 from pgnet.compose import Composer, compose, mask_to_uint8
 from pgnet.inference import Predictor
@@ -20,15 +17,13 @@ from pgnet.video import (
     write_video,
 )
 
-SMALL = dict(swin="swin_tiny_patch4_window7_224", resnet="resnet18", swin_input_size=64)
 SIZE = 64
 HEIGHT, WIDTH, FPS = 72, 96, 12.0
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    return save_checkpoint(model_checkpoint(pgnet.create_model(**SMALL)), tmp_path_factory.mktemp("ckpt") / "tiny.pth")
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint  # the shared tiny trained model (conftest.py)
 
 
 @pytest.fixture(scope="module")
