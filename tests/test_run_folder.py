@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import cv2
 import pytest
@@ -92,6 +93,9 @@ def test_resumed_tensorboard_keeps_history_and_logs_nothing_twice(tmp_path):
         first.add_scalar("loss", step, step)
     first.add_scalar("val", 50, 4)
     first.close()  # killed here, after its checkpoint at step 3
+    # A resumed process starts in a later second, so its event file sorts after the first one (in one
+    # second, one process's files sort by a counter as text: ...10 before ...9).
+    time.sleep(1 - time.time() % 1)
     resumed = open_summary_writer(tmp_path, resume=True)
     for step in range(4, 9):
         resumed.add_scalar("loss", step + 0.5, step)  # 4 and 5 are already there
