@@ -1,5 +1,7 @@
 """The official checkpoint: convert, load and reproduce the official outputs to 1e-4."""
 
+import contextlib
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,7 @@ from official_weights import reference_file
 
 import pgnet
 from pgnet.checkpoint import load_checkpoint
+from pgnet.cli.convert import main as convert_main
 from pgnet.models import PGNet, count_parameters
 from pgnet.models.official import ConversionError, convert_official_state_dict
 
@@ -26,15 +29,11 @@ def official_file(official_state, tmp_path_factory):
 @pytest.fixture(scope="module")
 def converted_file(official_file, tmp_path_factory):
     destination = tmp_path_factory.mktemp("converted") / "pgnet_official.pth"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "convert_official.py"), str(official_file), str(destination)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "35 source keys unused" in result.stdout
-    assert "swin.norm.weight" in result.stdout
+    stdout = io.StringIO()  # the command's main in this process (its exit status from a process: below)
+    with contextlib.redirect_stdout(stdout):
+        assert convert_main([str(official_file), str(destination)]) == 0
+    assert "35 source keys unused" in stdout.getvalue()
+    assert "swin.norm.weight" in stdout.getvalue()
     return destination
 
 
