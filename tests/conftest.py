@@ -29,6 +29,9 @@ from pgnet.config import load_config
 from pgnet.engine.trainer import Trainer
 from pgnet.models import PGNet
 
+if os.environ["OMP_NUM_THREADS"].isdigit():  # also where a plugin imported torch first
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 REPO = Path(__file__).resolve().parents[1]
 
 # The tiny network of the shared checkpoint (the trainer tests' TINY model): Swin-T at 64 px, ResNet-18.
