@@ -20,7 +20,6 @@ import contextlib
 import copy
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -184,15 +183,3 @@ def inference_network(
         return CUDAGraphRunner(network, autocast_dtype=autocast_dtype)
     return network
 
-
-def autocast_for(
-    network: Any, device: torch.device, dtype: torch.dtype | None
-) -> Callable[[], contextlib.AbstractContextManager]:
-    """A factory of the autocast context to call ``network`` in: ``dtype`` autocast, or none for float32
-    and for a ``CUDAGraphRunner`` (which autocasts inside its graphs)."""
-    enabled = dtype is not None and not isinstance(network, CUDAGraphRunner)
-
-    def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast(device.type, dtype=dtype) if enabled else contextlib.nullcontext()
-
-    return autocast

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pgnet.acceleration import CUDAGraphRunner, autocast_for, inference_network
+from pgnet.acceleration import CUDAGraphRunner, inference_network
 from pgnet.choices import PRECISIONS
 from pgnet.errors import UserError
 from pgnet.prediction import predict_probabilities
@@ -95,6 +95,15 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def autocast_for(
+    network: Any, device: torch.device, dtype: torch.dtype | None
+) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the autocast context to call ``network`` in: ``dtype`` autocast, or none for float32
+    and for a ``CUDAGraphRunner`` (which autocasts inside its graphs)."""
+    dtype = None if isinstance(network, CUDAGraphRunner) else dtype
+    return lambda: autocast(device, dtype)
 
 
 def synchronize(device: torch.device) -> None:

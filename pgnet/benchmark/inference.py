@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from pgnet.acceleration import CUDAGraphRunner, autocast_for, compile_for_inference, prepare_for_inference
+from pgnet.acceleration import CUDAGraphRunner, compile_for_inference, prepare_for_inference
 from pgnet.benchmark.memory import MIB, PeakMemory, find_largest_batch, release_memory, tensor_mib
 from pgnet.benchmark.record import dtype_name, figure, variant_record
 from pgnet.benchmark.timing import cudnn_benchmark, timed, timing_details, write_profile
 from pgnet.models.pgnet import PGNet, PGNetOutput
-from pgnet.runtime import synchronize
+from pgnet.runtime import autocast_for, synchronize
 
 
 @dataclass(frozen=True)
