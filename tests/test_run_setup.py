@@ -56,6 +56,8 @@ def test_trainer_close_leaves_the_process_group_and_frees_the_folder(two_rank_gr
     assert trainer.dist.enabled and isinstance(trainer.network, torch.nn.parallel.DistributedDataParallel)
     trainer.close()
     assert not dist.is_initialized()
+    # the reducer went before the group: it must not hold the group's last reference (see cleanup)
+    assert not hasattr(trainer.network, "reducer") and not hasattr(trainer.network, "logger")
     assert not trainer.logger.handlers
     check_not_busy(tmp_path / "run")  # the folder is free
     trainer.close()  # again: nothing more
@@ -65,7 +67,7 @@ def test_trainer_close_leaves_the_process_group_and_frees_the_folder(two_rank_gr
 def test_fit_closes_the_run_however_it_ends(tmp_path, monkeypatch, ending):
     trainer = Trainer(tiny_config("train.epochs=1"), tmp_path / "run")
     left = []
-    monkeypatch.setattr(distributed, "cleanup", left.append)
+    monkeypatch.setattr(distributed, "cleanup", lambda info, network=None: left.append((info, network)))
 
     def train_all_epochs():
         if ending is not None:
@@ -77,7 +79,7 @@ def test_fit_closes_the_run_however_it_ends(tmp_path, monkeypatch, ending):
     else:
         with pytest.raises(type(ending)):
             trainer.fit()
-    assert left == [trainer.dist]
+    assert left == [(trainer.dist, trainer.network)]
     assert not trainer.logger.handlers
 
 

@@ -1,6 +1,7 @@
 """The trainer end to end on tiny synthetic runs: run folder, exact resume after SIGKILL, Ctrl-C,
 non-finite losses, TensorBoard content, and two-process DDP on CPU."""
 
+import contextlib
 import json
 import os
 import signal
@@ -294,6 +295,51 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, index = [pid], 0
+    while index < len(tree):
+        tree += children.get(tree[index], [])
+        index += 1
+    return tree
+
+
+def signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def run_torchrun(command: list[str], timeout: float) -> tuple[int, str]:
+    """Run a torchrun ``command``: (exit status, stderr). On a hang, every process of it prints its
+    Python stacks (faulthandler, on SIGABRT) before the test fails with the end of stderr."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**env(), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"})
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        tree = process_tree(process.pid)
+        for pid in tree[1:]:  # the workers first, one at a time: their stacks tell where they wait
+            signal_all([pid], signal.SIGABRT)
+            time.sleep(2)
+        signal_all(tree, signal.SIGABRT)
+        time.sleep(5)
+        signal_all(tree, signal.SIGKILL)
+        _, stderr = process.communicate()
+        pytest.fail(f"torchrun still running after {timeout} s; the end of its stderr, with each process's "
+                    f"stacks:\n{stderr[-12000:]}")
+    return process.returncode, stderr
+
+
 def test_two_process_ddp_on_cpu(tmp_path):
     run_dir = tmp_path / "ddp"
     command = [
@@ -302,9 +348,8 @@ def test_two_process_ddp_on_cpu(tmp_path):
         "--config", str(REPO / "configs" / "demo.yaml"), "--run-dir", str(run_dir), *TINY,
         "data.batch_size=4", "train.epochs=1", "data.val=[]",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                            env={**env(), "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    returncode, stderr = run_torchrun(command, timeout=240)
+    assert returncode == 0, stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2
     assert summary["shards_disjoint_across_ranks"] is True

@@ -38,14 +38,15 @@ class RunContext:
     def checkpoint_dir(self) -> Path:
         return self.run_dir / "checkpoints"
 
-    def close(self) -> None:
-        """Close the log files, release the run folder and leave the process group; again: nothing."""
+    def close(self, network: torch.nn.Module | None = None) -> None:
+        """Close the log files, release the run folder and leave the process group (``network``: the
+        run's DDP-wrapped module, see :func:`pgnet.engine.distributed.cleanup`); again: nothing."""
         for handler in list(self.logger.handlers):
             handler.close()
             self.logger.removeHandler(handler)
         if self.lock is not None:
             self.lock.release()
-        distributed.cleanup(self.dist)
+        distributed.cleanup(self.dist, network)
 
 
 def peak_memory_gib(device: torch.device) -> float | None:

@@ -262,4 +262,4 @@ class Trainer:
         (what ending the process does); calling it again does nothing more."""
         if self.writer is not None:
             self.writer.close()
-        self.run.close()
+        self.run.close(getattr(self, "network", None))
