@@ -1,4 +1,4 @@
-"""Make the pictures of docs/inference.md: every output mode of ``pgnet.compose`` on one scene.
+"""Make the pictures of docs/inference.md: every output mode of ``pgnet.predict.compose`` on one scene.
 
     python docs/make_inference_images.py [--seed 3] [--out docs/images]
 
@@ -17,9 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pgnet.compose import compose
 from pgnet.data.synthetic import make_sample, make_soft_composite
-from pgnet.outputs import write_image
+from pgnet.predict.compose import compose
+from pgnet.writing import write_image
 
 SIZE = (216, 288)  # (H, W): small pictures for the docs
 ZOOM = 4  # the edge close-ups are enlarged this much

@@ -18,7 +18,7 @@ _LAZY_NAMES = {
     "PGNetOutput": "pgnet.models.pgnet",
     "create_model": "pgnet.models.pgnet",
     "load_model": "pgnet.checkpoint",
-    "Predictor": "pgnet.inference",
+    "Predictor": "pgnet.predict.predictor",
 }
 
 

@@ -9,9 +9,6 @@ It holds only tensors, numbers, strings and containers of them, so it loads with
 
 from __future__ import annotations
 
-import pickle
-import re
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -20,85 +17,22 @@ from typing import Any
 import torch
 
 from pgnet.data.preprocessing import Preprocessing
-from pgnet.errors import UserError
 from pgnet.models.official import convert_official_state_dict, is_official_state_dict
 from pgnet.models.pgnet import ModelConfig, PGNet
-from pgnet.outputs import atomic_write
+from pgnet.models.weights import CheckpointError, first_line, read_weights_file
+from pgnet.writing import atomic_write
 
 CHECKPOINT_FORMAT = "pgnet"
 CHECKPOINT_VERSION = 1
 _SHOWN_KEYS = 8
-# Leading bytes of files people pass by mistake, and what they are.
-_FOREIGN_SIGNATURES = (
-    (b"\xff\xd8\xff", "a JPEG image"),
-    (b"\x89PNG", "a PNG image"),
-    (b"GIF8", "a GIF image"),
-    (b"RIFF", "a RIFF file (WebP, WAV, AVI)"),
-    (b"\x08\x01\x12", "an ONNX model"),
-    (b"{", "a JSON or text file"),
-)
-
-
-class CheckpointError(UserError):
-    """A checkpoint or weights file that cannot be used; the one-line message names it and says why."""
-
-
-class CheckpointNotFoundError(FileNotFoundError, CheckpointError):
-    """A checkpoint or weights path where there is no file."""
-
-
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically (``pgnet.outputs.atomic_write``).
+    """Write ``state`` to ``path`` atomically (``pgnet.writing.atomic_write``).
 
     The file is written beside the target, flushed to disk, then renamed over it, so a kill at any
     moment leaves either the old file or the new one, never a truncated one; a full disk is a
     ``NoSpaceError`` naming the file.
     """
     return atomic_write(path, lambda stream: torch.save(dict(state), stream))
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
-
-
-def read_weights_file(path: str | Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
-    """``torch.load(path, weights_only=True)`` with every failure as one :class:`CheckpointError` line.
-
-    Tells apart a missing file, an empty one, a file of another kind (a JPEG, ...), a truncated or
-    corrupt one, and one holding objects other than tensors and plain data (refused: loading it
-    could run code). Used for checkpoints and pretrained backbone files alike.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointNotFoundError(f"{what} {path}: no such file")
-    if not path.is_file():
-        raise CheckpointError(f"{what} {path}: not a file")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"{what} {path}: empty file (0 bytes)")
-    with open(path, "rb") as stream:
-        head = stream.read(16)
-    for signature, kind in _FOREIGN_SIGNATURES:
-        if head.startswith(signature):
-            raise CheckpointError(f"{what} {path}: not a PyTorch file, it is {kind}")
-    is_zip = head.startswith(b"PK\x03\x04")
-    if not is_zip and not head.startswith(b"\x80"):
-        raise CheckpointError(f"{what} {path}: not a PyTorch file (neither a zip archive nor a pickle)")
-    if is_zip and not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{what} {path}: truncated or corrupt ({size} bytes; the zip directory is missing)")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"Unsupported global: ([^\s]+)", str(error))
-        if found:
-            raise CheckpointError(
-                f"{what} {path}: holds objects other than tensors and plain data ({found[1]}); refused, "
-                "because loading it could run code"
-            ) from None
-        raise CheckpointError(f"{what} {path}: corrupt (not a readable pickle)") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        raise CheckpointError(f"{what} {path}: truncated or corrupt ({_first_line(error)})") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -168,7 +102,7 @@ def model_config_from_checkpoint(values: Any, source: str) -> ModelConfig:
     try:
         return ModelConfig.from_dict(dict(values))
     except (TypeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"checkpoint {source}: invalid model_config: {_first_line(error)}") from None
+        raise CheckpointError(f"checkpoint {source}: invalid model_config: {first_line(error)}") from None
 
 
 def load_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], source: str) -> None:
@@ -227,7 +161,7 @@ def model_from_checkpoint(state: Mapping[str, Any], source: str = "checkpoint", 
         try:
             model = PGNet(config)
         except (TypeError, ValueError, KeyError, RuntimeError) as error:
-            raise CheckpointError(f"checkpoint {source}: cannot build its model_config: {_first_line(error)}") from None
+            raise CheckpointError(f"checkpoint {source}: cannot build its model_config: {first_line(error)}") from None
         load_weights(model, state[weights], f"checkpoint {source} ({weights!r} weights)")
         return model
     if is_official_state_dict(state):

@@ -71,7 +71,7 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     # official_cosine: the official LR_Scheduler('cos'), cosine × T/W during the warm-up;
-    # warmup_cosine / warmup_poly: a linear ramp, then the decay (see pgnet.engine.optim.lr_factor)
+    # warmup_cosine / warmup_poly: a linear ramp, then the decay (see pgnet.train.optim.lr_factor)
     name: Literal["official_cosine", "warmup_cosine", "warmup_poly", "constant"] = "official_cosine"
     warmup_epochs: float = 16.0  # official: the first half (epochs // 2)
     min_lr_ratio: float = 0.0
@@ -116,7 +116,7 @@ class TrainConfig:
     log_every: int = 10  # steps
     image_every: int = 1000  # steps between training-batch pictures; 0: no pictures (validation ones too)
     max_steps_per_epoch: int | None = None
-    # fine-tuning (see pgnet.engine.finetune)
+    # fine-tuning (see pgnet.train.finetune)
     init_from: str | None = None  # starting weights: a project checkpoint or an official one
     init_weights: Literal["model", "ema"] = "model"  # which weights of a project checkpoint
     freeze: list[str] = field(default_factory=list)  # parts kept fixed: swin, resnet, decoder, graft, heads, ...
@@ -249,7 +249,7 @@ def build_config(values: dict[str, Any]) -> Config:
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write ``config`` as YAML, atomically."""
-    from pgnet.outputs import write_text
+    from pgnet.writing import write_text
 
     write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 

@@ -26,8 +26,8 @@ from official_weights import official_pgnet_state_dict
 import pgnet._compat  # noqa: F401  (before anything imports torchvision or timm)
 from pgnet.checkpoint import load_checkpoint, save_checkpoint
 from pgnet.config import load_config
-from pgnet.engine.trainer import Trainer
 from pgnet.models import PGNet
+from pgnet.train.trainer import Trainer
 
 if os.environ["OMP_NUM_THREADS"].isdigit():  # also where a plugin imported torch first
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from pgnet.acceleration import CUDAGraphRunner, inference_network, prepare_for_inference
 from pgnet.benchmark import SMALL_MODEL, build_benchmark_model
-from pgnet.inference import Predictor
 from pgnet.models.pgnet import PGNet
+from pgnet.predict.acceleration import CUDAGraphRunner, inference_network, prepare_for_inference
+from pgnet.predict.predictor import Predictor
 
 CPU = torch.device("cpu")
 
@@ -93,7 +93,7 @@ def test_graph_runner_bookkeeping_with_a_fake_cuda(model, monkeypatch):
     once, inputs go through the static buffer, outputs are copies, the least recently used graph goes."""
     import contextlib
 
-    from pgnet import acceleration
+    from pgnet.predict import acceleration
 
     captured_calls = []
 

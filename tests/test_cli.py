@@ -9,7 +9,7 @@ import pytest
 from pgnet.cli.common import EXIT_STATUS_HELP, NothingDoneError, build_command_parser, errors_as, run_command
 from pgnet.data.registry import get_layout
 from pgnet.errors import UnknownNameError, UserError
-from pgnet.outputs import NoSpaceError
+from pgnet.writing import NoSpaceError
 
 COMMANDS = ("train", "predict", "eval", "export", "convert")
 
@@ -52,7 +52,7 @@ def test_an_exit_status_attribute_is_honoured(capsys):
 
 
 def test_interruptions(capsys):
-    class Interrupted(KeyboardInterrupt):  # as pgnet.engine.trainer.TrainingInterrupted: it logged its own line
+    class Interrupted(KeyboardInterrupt):  # as pgnet.train.trainer.TrainingInterrupted: it logged its own line
         exit_status = 128 + signal.SIGTERM
 
     assert run_command("pgnet-x", raising(Interrupted("SIGTERM"))) == 143

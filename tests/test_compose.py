@@ -1,13 +1,13 @@
-"""Output modes of ``pgnet.compose`` on arrays and PIL images, input alpha, foreground estimation."""
+"""Output modes of ``pgnet.predict.compose`` on arrays and PIL images, input alpha, foreground estimation."""
 
 import cv2
 import numpy as np
 import pytest
 
-from pgnet.compose import Composer, blurred_background, compose, mask_to_uint8, resize_to_cover
 from pgnet.data.io import read_image, read_image_with_alpha
 from pgnet.data.synthetic import make_soft_composite
-from pgnet.foreground import estimate_foreground
+from pgnet.predict.compose import Composer, blurred_background, compose, mask_to_uint8, resize_to_cover
+from pgnet.predict.foreground import estimate_foreground
 
 Image = pytest.importorskip("PIL.Image")
 

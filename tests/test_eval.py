@@ -18,10 +18,10 @@ import pgnet
 from pgnet.cli.eval import main as eval_main
 from pgnet.data.io import read_image
 from pgnet.data.synthetic import make_sample
-from pgnet.engine import evaluator
-from pgnet.inference import Predictor
 from pgnet.metrics import SOD_METRICS, SODMetrics
 from pgnet.metrics.report import MethodResult, format_table
+from pgnet.predict.predictor import Predictor
+from pgnet.evaluation import evaluator
 
 SIZE = 128
 # name -> (image folder, mask folder, (height, width) of each sample), laid out as the registry expects
@@ -183,7 +183,7 @@ def test_finished_datasets_survive_a_crash(setup, tmp_path, monkeypatch):
 def test_trainer_validation_runs_the_evaluator(setup, monkeypatch):
     from pgnet.data.datasets import build_dataset
     from pgnet.data.transforms import build_eval_transform
-    from pgnet.engine.data_setup import Validation
+    from pgnet.train.data_setup import Validation
 
     root, checkpoint, _, out = setup
     images, masks, _ = DATASETS["ECSSD"]

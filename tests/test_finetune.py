@@ -15,12 +15,12 @@ from pgnet.data.datasets import build_dataset, build_train_dataset
 from pgnet.data.loader import build_train_loader, set_loader_epoch
 from pgnet.data.split import SplitError
 from pgnet.data.transforms import build_eval_transform, build_train_transform
-from pgnet.engine.data_setup import check_held_out
-from pgnet.engine.finetune import model_parts, read_starting_weights
-from pgnet.engine.trainer import Trainer, TrainingInterrupted
 from pgnet.models.official import convert_official_state_dict
 from pgnet.models.pgnet import ModelConfig, PGNet, create_model
 from pgnet.models.weights import WeightsMismatchError, account_weights, load_weights_with_report
+from pgnet.train.data_setup import check_held_out
+from pgnet.train.finetune import model_parts, read_starting_weights
+from pgnet.train.trainer import Trainer, TrainingInterrupted
 
 # A tiny fine-tuning run: 8 pictures, 2 steps an epoch, SGD with momentum and weight decay.
 FINETUNE = [

@@ -8,8 +8,8 @@ import torch
 
 import pgnet
 from pgnet.config import load_config
-from pgnet.engine.trainer import Trainer
-from pgnet.inference import Predictor
+from pgnet.predict.predictor import Predictor
+from pgnet.train.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -28,7 +28,7 @@ def test_bf16_predictor_on_cuda_agrees_with_fp32_on_cpu():
 
 
 def test_cuda_graph_runner_replays_the_eager_forward():
-    from pgnet.acceleration import CUDAGraphRunner, prepare_for_inference
+    from pgnet.predict.acceleration import CUDAGraphRunner, prepare_for_inference
 
     torch.manual_seed(0)
     model = prepare_for_inference(pgnet.create_model(TINY)).cuda()

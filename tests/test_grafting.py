@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from pgnet.config import ConfigError, LossConfig, load_config
-from pgnet.losses import PGNetLoss, window_attention_guided_loss
 from pgnet.models import PGNet, create_model
 from pgnet.models.cmgm import CMGM
 from pgnet.models.grafting import GraftPointError, GraftSpec, parse_graft_points
@@ -16,6 +15,7 @@ from pgnet.models.official import convert_official_state_dict
 from pgnet.models.pgnet import ModelConfig
 from pgnet.models.weights import load_weights_with_report
 from pgnet.models.window_cmgm import WindowCMGM, WindowLayout, merge_windows, partition_windows
+from pgnet.train.losses import PGNetLoss, window_attention_guided_loss
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(swin="swin_tiny_patch4_window7_224", resnet="resnet18", swin_input_size=64)
@@ -201,7 +201,7 @@ def test_short_training_run_with_all_four_points(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from pgnet.checkpoint import load_checkpoint
-    from pgnet.engine.trainer import Trainer
+    from pgnet.train.trainer import Trainer
 
     overrides = [
         "model.swin=swin_tiny_patch4_window7_224", "model.swin_input_size=64", "model.window_size=4",

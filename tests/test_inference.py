@@ -10,15 +10,14 @@ import torch
 
 import pgnet
 from pgnet.cli.predict import main as predict_main
-from pgnet.compose import compose, mask_to_uint8, parse_color
 from pgnet.data.io import ImageReadError, read_image, read_mask
-from pgnet.data.preprocessing import normalize_then_resize
+from pgnet.data.prefetch import prefetch
+from pgnet.data.preprocessing import normalize, normalize_then_resize, resize_for_network
 from pgnet.data.transforms import build_eval_transform
-from pgnet.inference import Predictor, read_for_network
-from pgnet.output_plan import plan_outputs
-from pgnet.prediction import normalize, resize_for_network
-from pgnet.prefetch import prefetch
-from pgnet.runtime import resolve_device as select_device
+from pgnet.device import resolve_device as select_device
+from pgnet.predict.compose import compose, mask_to_uint8, parse_color
+from pgnet.predict.output_plan import plan_outputs
+from pgnet.predict.predictor import Predictor, read_for_network
 
 Image = pytest.importorskip("PIL.Image")
 

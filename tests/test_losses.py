@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from pgnet.config import LossConfig
-from pgnet.losses import PGNetLoss, attention_guided_loss, bce_iou_loss, pairwise_affinity
 from pgnet.models import PGNetOutput
+from pgnet.train.losses import PGNetLoss, attention_guided_loss, bce_iou_loss, pairwise_affinity
 
 
 def test_bce_iou_by_hand():

@@ -16,11 +16,11 @@ import torch
 from official_weights import reference_file
 
 from pgnet.config import load_config
-from pgnet.engine.optim import build_optimizer, build_scheduler
-from pgnet.engine.step import TrainStep
-from pgnet.losses import PGNetLoss
 from pgnet.models import PGNet
 from pgnet.models.official import convert_official_state_dict, official_to_project_key, strip_ddp_prefix
+from pgnet.train.losses import PGNetLoss
+from pgnet.train.optim import build_optimizer, build_scheduler
+from pgnet.train.step import TrainStep
 
 OFFICIAL_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "_base_" / "official.yaml"
 

@@ -75,7 +75,7 @@ def test_graph_interface_is_dynamic_and_has_no_attention_branch(exported):
 
 
 def test_models_with_size_dependent_pooling_need_a_static_size(tmp_path):
-    from pgnet.export import export_onnx
+    from pgnet.predict.export import export_onnx
 
     for points in (["r5-s2", "r4-s1"], ["r5-s2", "r2-s1:global"]):
         with torch.device("meta"):  # refused before any weight is read
@@ -86,7 +86,7 @@ def test_models_with_size_dependent_pooling_need_a_static_size(tmp_path):
 
 def test_windowed_grafting_at_every_level_exports_with_dynamic_sizes(exported):
     """Windows pad inside the graph: one export serves sizes that are not multiples of the window."""
-    from pgnet.export import compare_onnx
+    from pgnet.predict.export import compare_onnx
 
     model, path = exported
     assert max(compare_onnx(model, path, shapes=((1, 3, 100, 76), (2, 3, 64, 120)))) <= 1e-4

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from pgnet.config import OptimConfig, ScheduleConfig
-from pgnet.engine.optim import build_optimizer, build_scheduler, lr_factor
 from pgnet.models import PGNet
 from pgnet.models.pgnet import ModelConfig
+from pgnet.train.optim import build_optimizer, build_scheduler, lr_factor
 
 
 def group_sizes(model: nn.Module, config: OptimConfig) -> dict[str, tuple[float, float, set[str]]]:

@@ -16,14 +16,14 @@ from pgnet.data.preprocessing import (
     OFFICIAL_STD,
     Preprocessing,
     normalization_stats,
+    normalize,
     normalize_then_resize,
 )
 from pgnet.data.transforms import build_eval_transform
-from pgnet.engine.evaluator import ModelMethod, method_preprocessing
-from pgnet.engine.trainer import Trainer
-from pgnet.export import SaliencyModel
-from pgnet.inference import Predictor
-from pgnet.prediction import normalize
+from pgnet.evaluation.evaluator import ModelMethod, method_preprocessing
+from pgnet.predict.export import SaliencyModel
+from pgnet.predict.predictor import Predictor
+from pgnet.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 

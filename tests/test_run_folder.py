@@ -16,9 +16,9 @@ import torch
 from pgnet.config import DatasetEntry, load_config, save_config
 from pgnet.data.datasets import build_dataset
 from pgnet.data.synthetic import make_sample
-from pgnet.engine.data_setup import validation_labels
-from pgnet.engine.resume import RESUMABLE_KEYS, ResumeOverrideError, plan_resume
-from pgnet.engine.run_dir import (
+from pgnet.train.data_setup import validation_labels
+from pgnet.train.resume import RESUMABLE_KEYS, ResumeOverrideError, plan_resume
+from pgnet.train.run_dir import (
     RunFolderBusyError,
     RunFolderLock,
     check_not_busy,
@@ -26,14 +26,14 @@ from pgnet.engine.run_dir import (
     remove_temporaries,
     rotate_epoch_checkpoints,
 )
-from pgnet.engine.tb_history import open_summary_writer
+from pgnet.train.tb_history import open_summary_writer
 
 
 def test_a_second_process_is_refused_and_a_sigkill_frees_the_folder(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
-            from pgnet.engine.run_dir import RunFolderLock
+            from pgnet.train.run_dir import RunFolderLock
             lock = RunFolderLock({str(tmp_path)!r})
             print("locked", flush=True)
             time.sleep(120)

@@ -18,8 +18,8 @@ from pgnet.checkpoint import load_checkpoint
 from pgnet.cli.train import main as train_main
 from pgnet.data.sampler import ResumableBatchSampler
 from pgnet.data.synthetic import make_sample
-from pgnet.engine.resume import plan_resume
-from pgnet.engine.trainer import Trainer
+from pgnet.train.resume import plan_resume
+from pgnet.train.trainer import Trainer
 
 DEMO = str(REPO / "configs" / "demo.yaml")
 

@@ -10,12 +10,12 @@ from test_trainer import REPO, TINY
 
 from pgnet.cli.common import run_command
 from pgnet.config import ConfigError, load_config
-from pgnet.engine import distributed
-from pgnet.engine.interrupt import TrainingInterrupted, requested_signal, stop_signals_to
-from pgnet.engine.run_dir import check_not_busy
-from pgnet.engine.run_setup import open_run
-from pgnet.engine.run_state import BestRule, NonFiniteLossError, Position, RunState
-from pgnet.engine.trainer import Trainer
+from pgnet.train import distributed
+from pgnet.train.interrupt import TrainingInterrupted, requested_signal, stop_signals_to
+from pgnet.train.run_dir import check_not_busy
+from pgnet.train.run_setup import open_run
+from pgnet.train.run_state import BestRule, NonFiniteLossError, Position, RunState
+from pgnet.train.trainer import Trainer
 
 
 def tiny_config(*extra):

@@ -17,17 +17,17 @@ import pytest
 import torch
 
 import pgnet
-from pgnet import outputs
+from pgnet import writing as outputs
 from pgnet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pgnet.cli.eval import main as eval_main
 from pgnet.cli.predict import main as predict_main
 from pgnet.data.io import ImageTooLargeError, probe_image_size, read_image, read_mask, set_max_pixels
 from pgnet.data.registry import known_dataset_names
 from pgnet.data.synthetic import make_sample
-from pgnet.file_prediction import predict_files
-from pgnet.inference import Predictor
-from pgnet.output_plan import plan_outputs
-from pgnet.outputs import NoSpaceError, OverwriteError, write_image
+from pgnet.predict.files import predict_files
+from pgnet.predict.output_plan import plan_outputs
+from pgnet.predict.predictor import Predictor
+from pgnet.writing import NoSpaceError, OverwriteError, write_image
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -342,7 +342,8 @@ def test_an_unreadable_path_in_a_list_gives_none_and_a_warning(predictor, tmp_pa
 
 
 def test_compile_says_it_is_compiling(tmp_path, monkeypatch, capsys):
-    from pgnet import file_prediction, inference
+    from pgnet.predict import files as file_prediction
+    from pgnet.predict import predictor as inference
 
     class Fake:
         batch_size, size = 1, SIZE

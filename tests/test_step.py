@@ -4,9 +4,9 @@ import torch
 
 import pgnet
 from pgnet.config import LossConfig, OptimConfig
-from pgnet.engine.optim import build_optimizer
-from pgnet.engine.step import TrainStep
-from pgnet.losses import PGNetLoss
+from pgnet.train.losses import PGNetLoss
+from pgnet.train.optim import build_optimizer
+from pgnet.train.step import TrainStep
 
 SMALL = dict(swin="swin_tiny_patch4_window7_224", resnet="resnet18", swin_input_size=112)
 

@@ -19,7 +19,7 @@ import torch
 from pgnet.checkpoint import load_checkpoint
 from pgnet.cli.train import main as train_main
 from pgnet.config import load_config
-from pgnet.engine.trainer import NonFiniteLossError, Trainer
+from pgnet.train.trainer import NonFiniteLossError, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(REPO / "scripts" / "train.py")]

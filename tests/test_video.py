@@ -1,14 +1,14 @@
-"""Videos and webcams: ``pgnet.video`` and ``pgnet-predict`` on short synthetic clips, tiny model at 64 px."""
+"""Videos and webcams: ``pgnet.predict.video`` and ``pgnet-predict`` on short synthetic clips, tiny model at 64 px."""
 
 import cv2
 import numpy as np
 import pytest
 
 from pgnet.cli.predict import main as predict_main
-from pgnet.compose import Composer, compose, mask_to_uint8
-from pgnet.inference import Predictor
-from pgnet.output_plan import plan_video_outputs
-from pgnet.video import (
+from pgnet.predict.compose import Composer, compose, mask_to_uint8
+from pgnet.predict.output_plan import plan_video_outputs
+from pgnet.predict.predictor import Predictor
+from pgnet.predict.video import (
     DEFAULT_FPS,
     FrameReader,
     TemporalSmoother,

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from pgnet.engine.tensorboard import DESCRIPTIONS, TrainingBoard, loss_tag
 from pgnet.metrics import SODMetrics
 from pgnet.models.pgnet import PGNetOutput
-from pgnet.visualize import (
+from pgnet.train.tensorboard import DESCRIPTIONS, TrainingBoard, loss_tag
+from pgnet.train.visualize import (
     MAX_WIDTH,
     agl_picture,
     attention_query_picture,
@@ -142,7 +142,7 @@ def test_board_writes_named_scalars_described_pictures_text_and_layout(board_eve
 
 def test_window_of_query_crops_the_window_holding_the_query():
     """A shifted 4×4 window layout on a 10×12 grid: index, position inside and the crop's overhang."""
-    from pgnet.visualize import window_of_query
+    from pgnet.train.visualize import window_of_query
 
     image = np.arange(40 * 48 * 3, dtype=np.float32).reshape(40, 48, 3)  # 4 pixels per token
     mask = torch.zeros(1, 40, 48)

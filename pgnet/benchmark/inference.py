@@ -4,7 +4,7 @@ one on the same input, and the largest batch a variant runs at on a CUDA device.
 The straightforward path is the official one, eager float32 with the CMGM's N×N attention materialised
 and its attention-map branch run (``need_attention=True``). The fast paths drop that branch (the CMGM
 then calls ``scaled_dot_product_attention``) and run under ``torch.inference_mode``; the ``fast_*``
-ones run the copy ``pgnet.acceleration.prepare_for_inference`` makes (Swin's window attention through
+ones run the copy ``pgnet.predict.acceleration.prepare_for_inference`` makes (Swin's window attention through
 ``scaled_dot_product_attention``, BatchNorm folded into the convolutions, channels_last), on CUDA under
 bf16 autocast with cuDNN autotuning and also replayed from CUDA graphs, and ``torch.compile``'d
 (unless ``compile`` is off). The paths are timed interleaved, call by call, so that load on a shared
@@ -23,12 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from pgnet.acceleration import CUDAGraphRunner, compile_for_inference, prepare_for_inference
 from pgnet.benchmark.memory import MIB, PeakMemory, find_largest_batch, release_memory, tensor_mib
 from pgnet.benchmark.record import dtype_name, figure, variant_record
 from pgnet.benchmark.timing import cudnn_benchmark, timed, timing_details, write_profile
+from pgnet.device import synchronize
 from pgnet.models.pgnet import PGNet, PGNetOutput
-from pgnet.runtime import autocast_for, synchronize
+from pgnet.predict.acceleration import CUDAGraphRunner, compile_for_inference, prepare_for_inference
+from pgnet.predict.runtime import autocast_for
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class InferenceVariant:
     fold_batchnorm: bool = False  # BatchNorm folded into the convolutions
     swin_sdpa: bool = False  # Swin's window attention through scaled_dot_product_attention
     compile: bool = False
-    cuda_graphs: bool = False  # replayed from a CUDA graph (pgnet.acceleration.CUDAGraphRunner)
+    cuda_graphs: bool = False  # replayed from a CUDA graph (pgnet.predict.acceleration.CUDAGraphRunner)
     cudnn_benchmark: bool = False
     inference_mode: bool = True  # torch.inference_mode, else torch.no_grad
 
@@ -82,7 +83,7 @@ def prepare_for_variant(
     compile_mode: str | None = None,
 ) -> nn.Module | CUDAGraphRunner:
     """``model`` as a variant runs it (``model`` itself is left as it is): a copy prepared by
-    ``pgnet.acceleration.prepare_for_inference``, compiled, or replayed from CUDA graphs under
+    ``pgnet.predict.acceleration.prepare_for_inference``, compiled, or replayed from CUDA graphs under
     ``autocast_dtype`` autocast. Compiled and graphed for inference only."""
     prepared: nn.Module = model
     if channels_last or fold_bn or swin_sdpa:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pgnet.runtime import synchronize
+from pgnet.device import synchronize
 
 MIB = 2**20
 # Errors a too large batch raises besides OutOfMemoryError (cuDNN/cuBLAS allocations, 32-bit indexing).

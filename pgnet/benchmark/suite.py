@@ -22,8 +22,8 @@ from pgnet.benchmark.record import environment
 from pgnet.benchmark.targets import summarize
 from pgnet.benchmark.timing import tf32
 from pgnet.benchmark.training import TrainVariant, default_train_variants, measure_train_step
+from pgnet.device import resolve_device
 from pgnet.models.pgnet import ModelConfig
-from pgnet.runtime import resolve_device
 
 
 def run_benchmarks(

@@ -18,8 +18,8 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from pgnet.outputs import write_text
-from pgnet.runtime import synchronize
+from pgnet.device import synchronize
+from pgnet.writing import write_text
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> float:

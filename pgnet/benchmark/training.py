@@ -1,4 +1,4 @@
-"""Training-step benchmarks: the trainer's step (``pgnet.engine.step.TrainStep``: forward, PGNet loss,
+"""Training-step benchmarks: the trainer's step (``pgnet.train.step.TrainStep``: forward, PGNet loss,
 backward, SGD step) in eager float32 against bf16 autocast + channels_last + cuDNN autotuning
 (+ ``torch.compile``), and the same with activation checkpointing in the Swin branch.
 """
@@ -16,10 +16,10 @@ from pgnet.benchmark.memory import PeakMemory, is_too_large, release_memory
 from pgnet.benchmark.record import dtype_name, figure, variant_record
 from pgnet.benchmark.timing import cudnn_benchmark, timed, timing_details, write_profile
 from pgnet.config import LossConfig, OptimConfig
-from pgnet.engine.optim import build_optimizer
-from pgnet.engine.step import TrainStep
-from pgnet.losses import PGNetLoss
 from pgnet.models.pgnet import PGNet
+from pgnet.train.losses import PGNetLoss
+from pgnet.train.optim import build_optimizer
+from pgnet.train.step import TrainStep
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def _time_train_steps(
     model.swin.grad_checkpointing = variant.swin_grad_checkpointing
     network = torch.compile(model, dynamic=False, mode=compile_mode) if variant.compile else model
     # The official SGD, at a learning rate of the warm-up's first steps: random weights stay finite.
-    # The step is the trainer's own (pgnet.engine.step.TrainStep).
+    # The step is the trainer's own (pgnet.train.step.TrainStep).
     train_step = TrainStep(model, PGNetLoss(LossConfig()), build_optimizer(model, OptimConfig(lr=1e-4)),
                            network=network, autocast_dtype=variant.autocast_dtype, memory_format=memory_format)
     image, mask = synthetic_batch(batch, size, seed)

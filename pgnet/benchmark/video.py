@@ -25,10 +25,10 @@ import torch
 
 from pgnet import Predictor, load_model
 from pgnet.benchmark.model import build_benchmark_model
-from pgnet.compose import Composer
 from pgnet.data.synthetic import make_soft_composite
-from pgnet.foreground import estimate_foreground
-from pgnet.video import TemporalSmoother, mean_consecutive_change, write_video
+from pgnet.predict.compose import Composer
+from pgnet.predict.foreground import estimate_foreground
+from pgnet.predict.video import TemporalSmoother, mean_consecutive_change, write_video
 
 SMOOTHING_WEIGHTS = (0.5, 0.8)
 

@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cost = _add_command(commands, "cost", "Cost of one grafting configuration on the CPU: parameters, inference "
                         "GFLOPs and fast-path seconds at SIZE², resident-memory growth of a training step "
-                        "(one configuration per process: see pgnet.cost).")
+                        "(one configuration per process: see pgnet.benchmark.cost).")
     cost.add_argument("--graft-points", nargs="+", default=["r5-s2"], help="model.graft_points (default r5-s2)")
     cost.add_argument("--window-size", type=int, default=8)
     cost.add_argument("--size", type=int, default=1024, help="inference size (default 1024)")
@@ -127,7 +127,7 @@ def _log(message: str) -> None:
 
 
 def _write_json(path: Path, value: object) -> None:
-    from pgnet.outputs import write_text  # here: keeps --help fast (OpenCV)
+    from pgnet.writing import write_text  # here: keeps --help fast (OpenCV)
 
     write_text(path, json.dumps(value, indent=2) + "\n")
 
@@ -210,7 +210,7 @@ def run_metrics(args: argparse.Namespace) -> int:
     # here: keeps --help fast (torch, OpenCV)
     from pgnet.benchmark.evaluator import compare_with_pysodmetrics, format_comparison
     from pgnet.benchmark.timing import set_threads
-    from pgnet.runtime import resolve_device
+    from pgnet.device import resolve_device
 
     if args.threads > 0:
         set_threads(args.threads)
@@ -238,7 +238,7 @@ def run_video(args: argparse.Namespace) -> int:
 
 def run_cost(args: argparse.Namespace) -> int:
     """A grafting configuration's cost, printed as JSON (and written with --out)."""
-    from pgnet.cost import measure_graft_cost  # here: keeps --help fast (torch, timm)
+    from pgnet.benchmark.cost import measure_graft_cost  # here: keeps --help fast (torch, timm)
 
     figures = measure_graft_cost(args.graft_points, args.window_size, args.size, args.train_size, args.train_batch,
                                  args.repetitions)

@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     # Imported here, not at the top: --help and argument errors stay fast without torch.
     from pgnet.data.io import set_max_pixels
-    from pgnet.engine.evaluator import EvalDataset, ModelMethod, config_datasets, evaluate, resolve_datasets
+    from pgnet.evaluation.evaluator import EvalDataset, ModelMethod, config_datasets, evaluate, resolve_datasets
     from pgnet.metrics import ALL_METRICS, resolve_metric_groups
     from pgnet.metrics.report import format_table
 

@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _export(args: argparse.Namespace) -> int:
     # Imported here, not at the top: --help and argument errors stay fast without torch.
     from pgnet.checkpoint import load_model_and_preprocessing
-    from pgnet.export import compare_onnx, export_onnx
+    from pgnet.predict.export import compare_onnx, export_onnx
 
     with errors_as(UserError, ImportError):  # onnx not installed: a usage error naming the module
         model, preprocessing = load_model_and_preprocessing(args.checkpoint, "cpu", weights=args.weights)

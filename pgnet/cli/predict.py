@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pgnet.choices import OUTPUT_MODES, PRECISIONS
 from pgnet.cli.common import NothingDoneError, add_reading_options, build_command_parser, errors_as, run_command
-from pgnet.compose import DEFAULT_BLUR, Composer
+from pgnet.device import PRECISIONS
 from pgnet.errors import UserError
+from pgnet.predict.compose import DEFAULT_BLUR, OUTPUT_MODES, Composer
 
 PROG = "pgnet-predict"
 EXIT_STATUSES = (
@@ -96,10 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _predict(args: argparse.Namespace, mode: str) -> int:
     # Imported here, not at the top: --help and argument errors stay fast without torch.
     from pgnet.data.io import set_max_pixels
-    from pgnet.file_prediction import predict_files
-    from pgnet.inference import Predictor
-    from pgnet.output_plan import VIDEO_SUFFIX, is_video_file, plan_outputs, plan_video_outputs
-    from pgnet.video import predict_videos, source_name, write_video
+    from pgnet.predict.files import predict_files
+    from pgnet.predict.output_plan import VIDEO_SUFFIX, is_video_file, plan_outputs, plan_video_outputs
+    from pgnet.predict.predictor import Predictor
+    from pgnet.predict.video import predict_videos, source_name, write_video
 
     if args.max_pixels is not None:
         set_max_pixels(int(args.max_pixels))

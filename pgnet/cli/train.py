@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--init-from", metavar="CHECKPOINT",
                         help="start from these weights (a pgnet or an official checkpoint): train.init_from")
     parser.add_argument("overrides", nargs="*", help="dotted overrides such as train.epochs=8 (with --resume: only "
-                        "the keys in pgnet.engine.resume.RESUMABLE_KEYS)")
+                        "the keys in pgnet.train.resume.RESUMABLE_KEYS)")
     return parser
 
 
@@ -49,8 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _train(args: argparse.Namespace) -> int:
     # Imported here, not at the top: --help and argument errors stay fast without torch.
     from pgnet.config import load_config
-    from pgnet.engine.resume import plan_resume
-    from pgnet.engine.trainer import Trainer
+    from pgnet.train.resume import plan_resume
+    from pgnet.train.trainer import Trainer
 
     if args.resume:
         run_dir = Path(args.resume)

@@ -21,7 +21,7 @@ import numpy as np
 
 from pgnet.data.io import ImageReadError, read_image, read_mask
 from pgnet.errors import UserError
-from pgnet.outputs import check_overwrites, write_image, write_text
+from pgnet.writing import check_overwrites, write_image, write_text
 
 CACHE_DIR_NAME = ".pgnet_cache"
 MANIFEST_NAME = "manifest.json"

@@ -11,7 +11,7 @@ import os
 import struct
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
@@ -403,3 +403,23 @@ def list_images(source: str | Path, recursive: bool = False) -> list[Path]:
     if not matches:
         raise FileNotFoundError(f"no such file, folder or matching pattern: {source}")
     return sorted(match for match in matches if match.is_file() and _has_extension(match, IMAGE_EXTENSIONS))
+
+
+def split_alpha(image: np.ndarray | Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H×W×3 uint8 RGB, H×W uint8 alpha or None) of an array (H×W, H×W×3, H×W×4) or a PIL image.
+
+    A PIL image with transparency (RGBA, LA, a palette with a transparent entry) gives its alpha.
+    """
+    if type(image).__module__.startswith("PIL."):
+        has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+        image = np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"expected a numpy array or a PIL image, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise TypeError(f"expected a uint8 image array, got dtype {image.dtype}")
+    if image.ndim == 2 and min(image.shape) >= 1:
+        return np.repeat(image[:, :, None], 3, axis=2), None
+    if image.ndim == 3 and image.shape[2] in (3, 4) and min(image.shape[:2]) >= 1:
+        alpha = np.ascontiguousarray(image[:, :, 3]) if image.shape[2] == 4 else None
+        return np.ascontiguousarray(image[:, :, :3]), alpha
+    raise ValueError(f"expected an H×W×3 RGB or H×W×4 RGBA image array, got shape {image.shape}")

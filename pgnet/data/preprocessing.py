@@ -1,9 +1,15 @@
-"""How a network's input is prepared: normalisation statistics and test size, stored in checkpoints.
+"""How a network's input is prepared: the one evaluation preprocessing, and its statistics and test size.
 
 A model trained with other statistics than the official ones must be fed with those statistics:
 ``Preprocessing`` travels in every project checkpoint (``model_checkpoint``) and prediction,
 evaluation and export read it back. Checkpoints without it (official ones, older project ones)
 get the official statistics and test size.
+
+The evaluation preprocessing (``prepare_image`` for one picture, ``prepare_batch`` for several) is
+the one that the ``Predictor``, the evaluator's and the validation's datasets and the ONNX export all
+run: by default the official order (normalised as float at full size, then resized); with
+``fast_decode`` resized as uint8 first, then normalised. It lives in ``data`` rather than in
+``predict`` because dataset workers run it, below everything that predicts.
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
+
+from pgnet.data.io import split_alpha
 
 # Normalisation statistics on the 0-255 scale, RGB order.
 OFFICIAL_MEAN: tuple[float, float, float] = (124.55, 118.90, 102.94)
@@ -83,3 +92,50 @@ def normalize_then_resize(
     if normalized.shape[:2] == (size, size):
         return normalized
     return cv2.resize(normalized, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+
+def normalize(
+    images: torch.Tensor, mean: Sequence[float] = OFFICIAL_MEAN, std: Sequence[float] = OFFICIAL_STD
+) -> torch.Tensor:
+    """B×3×H×W RGB on the 0-255 scale (any dtype) → float32 normalised with ``mean``/``std`` (0-255 scale).
+
+    The network's input normalisation on tensors: the predictor's fast path and the ONNX export use
+    it; it equals the ``A.Normalize`` step of ``build_eval_transform``.
+    """
+    mean = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    return (images.float() - mean) / std
+
+
+def resize_for_network(image: np.ndarray, size: int) -> np.ndarray:
+    """H×W×3 uint8 → size×size×3 uint8, bilinear: the ``A.Resize`` step of ``build_eval_transform``."""
+    if image.shape[:2] == (size, size):
+        return image
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def as_rgb_array(image: np.ndarray | Any) -> np.ndarray:
+    """An H×W×3 uint8 RGB array from a numpy array or a PIL image.
+
+    Arrays must be uint8, H×W×3 (RGB); H×W (gray) and H×W×4 (alpha dropped) are accepted too. A PIL
+    image is converted to RGB as it is, without applying its EXIF orientation.
+    """
+    return split_alpha(image)[0]
+
+
+def prepare_batch(
+    images: Sequence[np.ndarray], size: int, preprocessing: Preprocessing, fast_decode: bool, device: torch.device
+) -> torch.Tensor:
+    """Pictures (H×W×3 uint8 RGB arrays or PIL images) → the B×3×S×S float32 network input on ``device``.
+
+    Default: the official order, each picture normalised as float at full size, then resized;
+    ``fast_decode``: resized as uint8 (a no-op for a picture already size×size), then normalised on
+    the device.
+    """
+    mean, std = preprocessing.mean, preprocessing.std
+    if fast_decode:
+        batch = np.stack([resize_for_network(as_rgb_array(image), size) for image in images])  # B×S×S×3
+        return normalize(torch.from_numpy(batch).to(device).permute(0, 3, 1, 2), mean, std)
+    batch = np.stack([normalize_then_resize(as_rgb_array(image), size, mean, std) for image in images])
+    return torch.from_numpy(batch).to(device).permute(0, 3, 1, 2)

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pgnet.data.transforms import PairTransform, build_eval_transform, to_sample
-from pgnet.outputs import write_image
+from pgnet.writing import write_image
 
 MAX_SYNTHETIC_SIDE = 8192
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pgnet.metrics.suite import ALL_METRICS, LOWER_IS_BETTER, METRIC_GROUPS
-from pgnet.outputs import atomic_write, write_text
+from pgnet.writing import atomic_write, write_text
 
 
 @dataclass

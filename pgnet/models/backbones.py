@@ -8,7 +8,6 @@ its final norm and head, ResNet's stem and four stages without its classifier.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from pathlib import Path
 
 import pgnet._compat  # noqa: F401  # isort: skip  (first: makes torchvision, hence timm, importable)
@@ -20,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from pgnet.models.layers import memory_format_of
+from pgnet.models.weights import CheckpointError, read_state_dict
 
 # Full stage depths of each Swin variant: the drop-path rates are spread over all of them, as in the
 # official model, although only the first three stages are built.
@@ -144,31 +144,6 @@ def swin_official_to_timm_key(key: str) -> str:
     return re.sub(r"layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m[1]) + 1}.downsample.", key)
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file.
-
-    A dict wrapping the weights under ``model``, ``state_dict`` or ``model_state`` is unwrapped.
-    """
-    from pgnet.checkpoint import CheckpointError, read_weights_file  # here: checkpoint imports this module
-
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as error:  # safetensors raises its own error types
-            reason = str(error).strip() or "corrupt"
-            raise CheckpointError(f"pretrained weights {path}: cannot read ({reason})") from None
-    state = read_weights_file(path, what="pretrained weights")
-    for wrapper in ("model", "state_dict", "model_state"):
-        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
-            state = state[wrapper]
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"pretrained weights {path}: expected a state dict, found {type(state).__name__}")
-    return dict(state)
-
-
 def load_pretrained(branch: SwinBranch | ResNetBranch, path: str | Path, config_key: str) -> list[str]:
     """Load backbone weights from a local file into ``branch``; returns the file's unused keys.
 
@@ -197,8 +172,6 @@ def load_pretrained(branch: SwinBranch | ResNetBranch, path: str | Path, config_
     problems += [f"missing {k}" for k in sorted(set(target) - set(loaded) - set(source))]
     if problems:
         more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
-        from pgnet.checkpoint import CheckpointError
-
         raise CheckpointError(f"{config_key}: {path} does not fit {branch.variant}: {'; '.join(problems[:10])}{more}")
     branch.load_state_dict(loaded, strict=True)
     return unused

@@ -6,6 +6,8 @@ full resolution for detail, and the Cross-Model Grafting Module grafts the first
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -126,7 +128,7 @@ class PGNet(nn.Module):
 
     def train(self, mode: bool = True) -> PGNet:
         """``nn.Module.train``, except that the modules named in ``frozen_modules`` (set by
-        ``pgnet.engine.finetune``) always stay in eval mode: fixed BatchNorm statistics, no drop-path."""
+        ``pgnet.train.finetune``) always stay in eval mode: fixed BatchNorm statistics, no drop-path."""
         super().train(mode)
         for name in self.frozen_modules:
             self.get_submodule(name).eval()
@@ -195,3 +197,40 @@ def create_model(config: ModelConfig | dict | None = None, **overrides) -> PGNet
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+@torch.no_grad()
+def predict_probabilities(
+    model: nn.Module,
+    images: torch.Tensor,
+    sizes: Sequence[tuple[int, int]],
+    flip: bool = False,
+    autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+    channels_last: bool = False,
+) -> list[torch.Tensor]:
+    """Saliency probabilities of normalised ``images`` (B×3×S×S on the model's device), one H×W
+    float32 tensor per image at its ``sizes`` entry.
+
+    The head runs at stride 4 (the ResNet's r2 grid): asking for that size keeps the network from
+    resizing, so each map is resized once, straight to its target size, before the sigmoid (as the
+    official test code does). ``flip`` averages with the mirrored image's probabilities; ``autocast``
+    wraps the forward pass; ``channels_last`` feeds the network channels_last images (what a network
+    prepared by ``pgnet.predict.acceleration`` runs fastest on). Used by the predictor and the evaluator alike.
+    """
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    batch_size = images.shape[0]
+    if flip:
+        images = torch.cat((images, images.flip(-1)))  # 2B×3×S×S
+    head_size = (-(-images.shape[-2] // 4), -(-images.shape[-1] // 4))
+    with autocast() if autocast is not None else contextlib.nullcontext():
+        logits = model(images, output_size=head_size, need_attention=False).pred  # (2)B×1×h×w
+    logits = logits.float()
+    probabilities = []
+    for index, size in enumerate(sizes):
+        views = logits[index : index + 1]
+        if flip:
+            views = torch.cat((views, logits[batch_size + index : batch_size + index + 1].flip(-1)))
+        resized = F.interpolate(views, size=tuple(size), mode="bilinear", align_corners=False)
+        probabilities.append(torch.sigmoid(resized).mean(0)[0])  # H×W
+    return probabilities

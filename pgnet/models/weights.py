@@ -1,4 +1,10 @@
-"""Loading weights into a model that differs from the checkpoint's, with full accounting.
+"""Weights files and what loads from them: the one safe reader, and loading with full accounting.
+
+``read_weights_file`` reads a ``.pth``/``.pt`` file with ``torch.load(weights_only=True)`` (a file that
+holds code is refused) and turns every failure into one :class:`CheckpointError` line naming the file;
+``read_state_dict`` adds ``.safetensors`` and unwraps a state dict. Checkpoints, pretrained backbones
+and ``init_from`` all read through them.
+
 
 Used to start a run from released or trained weights (``train.init_from``) and to start a model with
 more modules (another grafting point, another head) from one with fewer. A tensor both have is
@@ -9,9 +15,13 @@ both shapes, and then nothing is loaded.
 
 from __future__ import annotations
 
+import pickle
 import re
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,6 +29,90 @@ from torch import nn
 from pgnet.errors import UserError
 
 MAX_LISTED_MISMATCHES = 20
+# Leading bytes of files people pass by mistake, and what they are.
+_FOREIGN_SIGNATURES = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG", "a PNG image"),
+    (b"GIF8", "a GIF image"),
+    (b"RIFF", "a RIFF file (WebP, WAV, AVI)"),
+    (b"\x08\x01\x12", "an ONNX model"),
+    (b"{", "a JSON or text file"),
+)
+
+
+class CheckpointError(UserError):
+    """A checkpoint or weights file that cannot be used; the one-line message names it and says why."""
+
+
+class CheckpointNotFoundError(FileNotFoundError, CheckpointError):
+    """A checkpoint or weights path where there is no file."""
+
+
+def first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def read_weights_file(path: str | Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` with every failure as one :class:`CheckpointError` line.
+
+    Tells apart a missing file, an empty one, a file of another kind (a JPEG, ...), a truncated or
+    corrupt one, and one holding objects other than tensors and plain data (refused: loading it
+    could run code). Used for checkpoints and pretrained backbone files alike.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointNotFoundError(f"{what} {path}: no such file")
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path}: not a file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{what} {path}: empty file (0 bytes)")
+    with open(path, "rb") as stream:
+        head = stream.read(16)
+    for signature, kind in _FOREIGN_SIGNATURES:
+        if head.startswith(signature):
+            raise CheckpointError(f"{what} {path}: not a PyTorch file, it is {kind}")
+    is_zip = head.startswith(b"PK\x03\x04")
+    if not is_zip and not head.startswith(b"\x80"):
+        raise CheckpointError(f"{what} {path}: not a PyTorch file (neither a zip archive nor a pickle)")
+    if is_zip and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{what} {path}: truncated or corrupt ({size} bytes; the zip directory is missing)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: ([^\s]+)", str(error))
+        if found:
+            raise CheckpointError(
+                f"{what} {path}: holds objects other than tensors and plain data ({found[1]}); refused, "
+                "because loading it could run code"
+            ) from None
+        raise CheckpointError(f"{what} {path}: corrupt (not a readable pickle)") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        raise CheckpointError(f"{what} {path}: truncated or corrupt ({first_line(error)})") from None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file.
+
+    A dict wrapping the weights under ``model``, ``state_dict`` or ``model_state`` is unwrapped.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as error:  # safetensors raises its own error types
+            reason = str(error).strip() or "corrupt"
+            raise CheckpointError(f"pretrained weights {path}: cannot read ({reason})") from None
+    state = read_weights_file(path, what="pretrained weights")
+    for wrapper in ("model", "state_dict", "model_state"):
+        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"pretrained weights {path}: expected a state dict, found {type(state).__name__}")
+    return dict(state)
 
 
 class WeightsMismatchError(UserError):

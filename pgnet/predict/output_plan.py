@@ -5,7 +5,7 @@ folder, it was found in. Pictures of one folder whose names differ only by suffi
 ``a.png``) keep it (``a.jpg.png``). When pictures from different inputs would still land on the same
 output (``d1/a.jpg`` and ``d2/a.jpg``), every output keeps its path relative to the inputs' common
 folder instead (``out/d1/a.png``, ``out/d2/a.png``). No output may land on an input
-(``pgnet.outputs.check_overwrites``). Videos are found and named alike (``plan_video_outputs``).
+(``pgnet.writing.check_overwrites``). Videos are found and named alike (``plan_video_outputs``).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgnet.data.io import list_files, list_images
-from pgnet.outputs import check_overwrites
+from pgnet.writing import check_overwrites
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
-VIDEO_SUFFIX = ".mp4"  # video outputs: MPEG-4 part 2 (see ``pgnet.video``)
+VIDEO_SUFFIX = ".mp4"  # video outputs: MPEG-4 part 2 (see ``pgnet.predict.video``)
 
 
 @dataclass

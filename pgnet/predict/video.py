@@ -1,7 +1,7 @@
 """Saliency for videos and webcams: threaded frame reading and writing, batching, smoothing.
 
 ``predict_video`` yields each frame with its mask; ``write_video`` writes the output video (mp4,
-same size and frame rate) of one mode of ``pgnet.compose``, or for ``rgba`` (which common codecs
+same size and frame rate) of one mode of ``pgnet.predict.compose``, or for ``rgba`` (which common codecs
 cannot hold) a folder of numbered PNGs. Frames are decoded (and resized for the network) on a reader
 thread and composed and encoded on a writer thread, so the network does not wait for either; the
 queues between them are bounded. Audio is not carried over.
@@ -28,15 +28,15 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pgnet.compose import Composer
+from pgnet.data.preprocessing import resize_for_network
 from pgnet.errors import UserError
-from pgnet.file_prediction import PredictionReport
-from pgnet.output_plan import VIDEO_SUFFIX, VideoJob
-from pgnet.outputs import move_into_place, write_image
-from pgnet.prediction import resize_for_network
+from pgnet.predict.compose import Composer
+from pgnet.predict.files import PredictionReport
+from pgnet.predict.output_plan import VIDEO_SUFFIX, VideoJob
+from pgnet.writing import move_into_place, write_image
 
 if TYPE_CHECKING:  # annotations only: Predictor.predict_video calls this module
-    from pgnet.inference import Predictor
+    from pgnet.predict.predictor import Predictor
 
 VIDEO_FOURCC = "mp4v"  # MPEG-4 part 2, which OpenCV's pip wheels can write
 DEFAULT_FPS = 30.0  # when the source does not tell (many webcams)

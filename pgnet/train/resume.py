@@ -17,7 +17,7 @@ from typing import Any
 
 from pgnet.checkpoint import CheckpointError, load_checkpoint
 from pgnet.config import Config, ConfigError, load_config
-from pgnet.engine.run_dir import check_not_busy
+from pgnet.train.run_dir import check_not_busy
 
 # train.epochs also stretches the LR schedule to the new length from the resume step on.
 # train.device, train.compile and train.channels_last keep the maths but not bitwise equality.

@@ -15,14 +15,14 @@ from torch import nn
 
 from pgnet.checkpoint import CheckpointError
 from pgnet.config import Config
-from pgnet.engine.distributed import DistInfo
-from pgnet.engine.ema import ModelEma
-from pgnet.engine.finetune import FineTuning
-from pgnet.engine.optim import build_optimizer, build_scheduler
-from pgnet.engine.step import TrainStep
-from pgnet.losses import PGNetLoss
+from pgnet.device import autocast_dtype, resolve_precision
 from pgnet.models.pgnet import PGNet, create_model
-from pgnet.runtime import autocast_dtype, resolve_precision
+from pgnet.train.distributed import DistInfo
+from pgnet.train.ema import ModelEma
+from pgnet.train.finetune import FineTuning
+from pgnet.train.losses import PGNetLoss
+from pgnet.train.optim import build_optimizer, build_scheduler
+from pgnet.train.step import TrainStep
 
 
 @dataclass

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 import torch
 from tqdm import tqdm
 
-from pgnet.engine.run_setup import peak_memory_gib
-from pgnet.engine.tensorboard import TrainingBoard
+from pgnet.train.run_setup import peak_memory_gib
+from pgnet.train.tensorboard import TrainingBoard
 
 
 class EpochProgress:

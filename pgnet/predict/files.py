@@ -1,7 +1,7 @@
 """Prediction over picture files: a ``Predictor`` run over ``FileJob``s, one output picture written each.
 
-``predict_files`` is what ``pgnet-predict`` does with pictures (``pgnet.output_plan`` decides where
-each output goes, ``pgnet.compose`` what it shows); ``pgnet.video`` does videos and reports in the
+``predict_files`` is what ``pgnet-predict`` does with pictures (``pgnet.predict.output_plan`` decides where
+each output goes, ``pgnet.predict.compose`` what it shows); ``pgnet.predict.video`` does videos and reports in the
 same ``PredictionReport``.
 """
 
@@ -19,19 +19,19 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pgnet.compose import Composer
 from pgnet.data.io import ImageReadError, read_image_with_alpha
-from pgnet.output_plan import FileJob
-from pgnet.outputs import NoSpaceError, write_image
-from pgnet.prefetch import prefetch
+from pgnet.data.prefetch import prefetch
+from pgnet.predict.compose import Composer
+from pgnet.predict.output_plan import FileJob
+from pgnet.writing import NoSpaceError, write_image
 
-if TYPE_CHECKING:  # annotations only: pgnet.inference imports pgnet.video, which imports this module
-    from pgnet.inference import Predictor
+if TYPE_CHECKING:  # annotations only: pgnet.predict.predictor imports pgnet.predict.video, which imports this module
+    from pgnet.predict.predictor import Predictor
 
 
 @dataclass
 class PredictionReport:
-    """What ``predict_files`` (or ``pgnet.video.predict_videos``) did: the outputs written and the
+    """What ``predict_files`` (or ``pgnet.predict.video.predict_videos``) did: the outputs written and the
     inputs skipped, with the reason."""
 
     written: list[Path] = field(default_factory=list)
@@ -55,7 +55,7 @@ def predict_files(
     log: Callable[[str], None] | None = None,
     **compose_options: Any,
 ) -> PredictionReport:
-    """Predict every job's picture and write its output picture (see ``pgnet.compose.compose`` for
+    """Predict every job's picture and write its output picture (see ``pgnet.predict.compose.compose`` for
     ``mode``, ``color`` and the ``compose_options`` background, blur and refine_foreground).
 
     Pictures are read (``predictor.load``) and outputs written by ``workers`` threads while the

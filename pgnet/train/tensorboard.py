@@ -33,9 +33,8 @@ from torch import nn
 from torch.utils.tensorboard.summary import pr_curve_raw
 
 from pgnet.data.transforms import denormalize
-from pgnet.engine.tb_history import open_summary_writer
-from pgnet.outputs import encode_image
-from pgnet.visualize import (
+from pgnet.train.tb_history import open_summary_writer
+from pgnet.train.visualize import (
     agl_picture,
     attention_query_picture,
     capture_cmgm_attention,
@@ -45,6 +44,7 @@ from pgnet.visualize import (
     query_points,
     window_of_query,
 )
+from pgnet.writing import encode_image
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class TrainingBoard:
     """The TensorBoard events of one run in ``log_dir``.
 
     ``resume``: keep the events there and skip the (tag, step) pairs they hold (see
-    ``pgnet.engine.tb_history``; nothing is purged); ``fresh`` (a new
+    ``pgnet.train.tb_history``; nothing is purged); ``fresh`` (a new
     run) writes the text and the custom-scalars layout. ``mean``/``std`` undo the input normalisation
     for pictures.
     """
@@ -172,7 +172,7 @@ class TrainingBoard:
     def training_pictures(self, step: int, batch: Mapping[str, Any], output: Any,
                           attention: Sequence[torch.Tensor]) -> None:
         """Pictures of the first image of a training batch; ``attention`` is what
-        :func:`pgnet.visualize.capture_cmgm_attention` captured in its forward pass."""
+        :func:`pgnet.train.visualize.capture_cmgm_attention` captured in its forward pass."""
         image = denormalize(batch["image"][0].detach().float().cpu(), self.mean, self.std).permute(1, 2, 0).numpy()
         self._pictures(step, "train", image, batch["mask"][0].detach().cpu(), output, attention, index=0)
 

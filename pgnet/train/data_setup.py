@@ -18,9 +18,9 @@ from pgnet.data.loader import build_eval_loader, build_train_loader, set_loader_
 from pgnet.data.preprocessing import Preprocessing
 from pgnet.data.split import shared_images
 from pgnet.data.transforms import build_eval_transform, build_train_transform
-from pgnet.engine import evaluator
-from pgnet.engine.distributed import DistInfo
+from pgnet.evaluation import scoring
 from pgnet.metrics import SODMetrics
+from pgnet.train.distributed import DistInfo
 
 
 def dataset_options(entry: DatasetEntry) -> dict[str, Any]:
@@ -97,7 +97,7 @@ class Validation:
         """(metrics, mean curves and pixel counts) of ``model`` (in eval mode) on this set, predicted by
         the evaluator."""
         metrics = SODMetrics(device=device)
-        if evaluator.accumulate_model(model, self.loader, device, metrics, autocast=autocast) == 0:
+        if scoring.accumulate_model(model, self.loader, device, metrics, autocast=autocast) == 0:
             raise RuntimeError(f"validation set {self.name}: no image could be scored")
         return metrics.compute(), {**metrics.curves(), **metrics.pixel_counts()}
 

@@ -14,7 +14,7 @@ A picture with its own alpha channel (an RGBA array or PIL image) keeps it: the 
 product of the input's alpha and the mask (Porter–Duff "in": transparent input pixels stay
 transparent, opaque ones take the mask exactly), in ``rgba`` and in the background modes alike.
 ``refine_foreground`` replaces the picture's colours at soft edges by the estimated subject colour
-(``pgnet.foreground.estimate_foreground``) so the old background does not show as a halo.
+(``pgnet.predict.foreground.estimate_foreground``) so the old background does not show as a halo.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pgnet.choices import OUTPUT_MODES
-from pgnet.data.io import read_image
-from pgnet.foreground import estimate_foreground
+from pgnet.data.io import read_image, split_alpha
+from pgnet.predict.foreground import estimate_foreground
 
+OUTPUT_MODES = ("mask", "rgba", "overlay", "color", "blur", "background")
 DEFAULT_COLORS = {"overlay": (255, 0, 0), "color": (255, 255, 255)}  # overlay tint; plain background
 OVERLAY_OPACITY = 0.5
 DEFAULT_BLUR = 20.0  # Gaussian sigma of the ``blur`` background, in output pixels
@@ -70,26 +70,6 @@ def as_color(color: ColorInput) -> tuple[int, int, int]:
     if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
         raise ValueError(f"invalid colour {color!r}: expected three values 0-255")
     return rgb  # type: ignore[return-value]
-
-
-def split_alpha(image: PictureInput) -> tuple[np.ndarray, np.ndarray | None]:
-    """(H×W×3 uint8 RGB, H×W uint8 alpha or None) of an array (H×W, H×W×3, H×W×4) or a PIL image.
-
-    A PIL image with transparency (RGBA, LA, a palette with a transparent entry) gives its alpha.
-    """
-    if type(image).__module__.startswith("PIL."):
-        has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-        image = np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"expected a numpy array or a PIL image, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise TypeError(f"expected a uint8 image array, got dtype {image.dtype}")
-    if image.ndim == 2 and min(image.shape) >= 1:
-        return np.repeat(image[:, :, None], 3, axis=2), None
-    if image.ndim == 3 and image.shape[2] in (3, 4) and min(image.shape[:2]) >= 1:
-        alpha = np.ascontiguousarray(image[:, :, 3]) if image.shape[2] == 4 else None
-        return np.ascontiguousarray(image[:, :, :3]), alpha
-    raise ValueError(f"expected an H×W×3 RGB or H×W×4 RGBA image array, got shape {image.shape}")
 
 
 def resize_to_cover(picture: np.ndarray, size: tuple[int, int]) -> np.ndarray:

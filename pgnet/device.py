@@ -1,27 +1,20 @@
-"""Where and in what precision the network runs: the one device resolver, the one precision resolver,
-and the inference runtime.
+"""Where and in what precision a network runs: the one device resolver, the one precision resolver,
+autocast and synchronisation.
 
 Every command, the trainer, the ``Predictor``, the evaluator and the benchmark resolve ``--device`` /
 ``train.device`` and ``--precision`` / ``train.amp`` here, so the same name means the same thing
-everywhere. ``InferenceRuntime`` is what the ``Predictor`` and ``pgnet-eval`` both run a model with:
-the device, the precision, the network from ``pgnet.acceleration.inference_network`` and the rule
-that an optimised network is fed channels_last images.
+everywhere. This module knows nothing of training or prediction; both build on it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch import nn
 
-from pgnet.acceleration import CUDAGraphRunner, inference_network
-from pgnet.choices import PRECISIONS
 from pgnet.errors import UserError
-from pgnet.prediction import predict_probabilities
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 on CUDA when the GPU has it, fp32 elsewhere
 
 
 class DeviceError(UserError, RuntimeError):
@@ -32,7 +25,7 @@ class DeviceError(UserError, RuntimeError):
 
 
 class PrecisionError(UserError):
-    """A precision name outside :data:`pgnet.choices.PRECISIONS`."""
+    """A precision name outside :data:`PRECISIONS`."""
 
 
 def _mps_available() -> bool:
@@ -97,67 +90,9 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device.type, dtype=dtype)
 
 
-def autocast_for(
-    network: Any, device: torch.device, dtype: torch.dtype | None
-) -> Callable[[], contextlib.AbstractContextManager]:
-    """A factory of the autocast context to call ``network`` in: ``dtype`` autocast, or none for float32
-    and for a ``CUDAGraphRunner`` (which autocasts inside its graphs)."""
-    dtype = None if isinstance(network, CUDAGraphRunner) else dtype
-    return lambda: autocast(device, dtype)
-
-
 def synchronize(device: torch.device) -> None:
     """Wait for ``device``'s queued work (CUDA); nothing to wait for on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
-
-
-@dataclass(frozen=True)
-class InferenceRuntime:
-    """A model ready for inference: the network to call, its device and precision, its input layout.
-
-    Build it with ``create``; ``predict`` runs the shared prediction step
-    (``pgnet.prediction.predict_probabilities``) with it.
-    """
-
-    network: Any  # the model, its prepared copy, compiled, or a CUDAGraphRunner
-    device: torch.device
-    precision: str  # resolved: "fp32", "bf16" or "fp16"
-    channels_last: bool  # feed channels_last images (the network was prepared for them)
-
-    @classmethod
-    def create(
-        cls,
-        model: nn.Module,
-        device: str | torch.device | None = None,
-        precision: str = "auto",
-        optimize: bool = True,
-        compile: bool = False,
-        cuda_graphs: bool | None = None,
-    ) -> InferenceRuntime:
-        """Resolve ``device`` and ``precision`` and make the network for ``model`` (in eval mode):
-        with ``optimize`` a prepared copy (BatchNorm folded, fused attention, channels_last), ``compile``
-        it, or replay CUDA graphs (``cuda_graphs`` None: on CUDA unless compiled); see
-        ``pgnet.acceleration.inference_network``."""
-        device = resolve_device(device)
-        precision = resolve_precision(precision, device)
-        network = inference_network(model.eval(), device, optimize=optimize, compile=compile,
-                                    cuda_graphs=cuda_graphs, autocast_dtype=autocast_dtype(precision))
-        return cls(network, device, precision, channels_last=bool(optimize))
-
-    @property
-    def autocast(self) -> Callable[[], contextlib.AbstractContextManager]:
-        """A factory of the autocast context to call ``network`` in (none for fp32 and CUDA graphs)."""
-        return autocast_for(self.network, self.device, autocast_dtype(self.precision))
-
-    @property
-    def cuda_graphs(self) -> bool:
-        return isinstance(self.network, CUDAGraphRunner)
-
-    def predict(self, images: torch.Tensor, sizes: Sequence[tuple[int, int]], flip: bool = False
-                ) -> list[torch.Tensor]:
-        """Probabilities (H×W float32 each, at ``sizes``) of normalised B×3×S×S ``images``."""
-        return predict_probabilities(self.network, images.to(self.device, non_blocking=True), sizes, flip=flip,
-                                     autocast=self.autocast, channels_last=self.channels_last)

@@ -1,10 +1,10 @@
 """The training loop: run a config from start (or a checkpoint) to the end, in the run folder
-described in :mod:`pgnet.engine.run_dir`.
+described in :mod:`pgnet.train.run_dir`.
 
 What the loop runs on is set up elsewhere: device, processes, run folder and log in
-:mod:`pgnet.engine.run_setup`; data in :mod:`pgnet.engine.data_setup`; the model and what trains it
-in :mod:`pgnet.engine.model_setup`; where the run stands, and its checkpoints, in
-:mod:`pgnet.engine.run_state`.
+:mod:`pgnet.train.run_setup`; data in :mod:`pgnet.train.data_setup`; the model and what trains it
+in :mod:`pgnet.train.model_setup`; where the run stands, and its checkpoints, in
+:mod:`pgnet.train.run_state`.
 """
 
 from __future__ import annotations
@@ -19,18 +19,18 @@ import torch
 
 from pgnet.checkpoint import save_checkpoint
 from pgnet.config import Config, save_config
-from pgnet.engine import distributed, run_log, run_state
-from pgnet.engine.data_setup import TrainingData
-from pgnet.engine.finetune import FineTuning
-from pgnet.engine.interrupt import TrainingInterrupted, requested_signal, stop_signals_to
-from pgnet.engine.model_setup import build_training_parts
-from pgnet.engine.progress import EpochProgress
-from pgnet.engine.run_dir import link_epoch_end_checkpoints
-from pgnet.engine.run_setup import open_run
-from pgnet.engine.run_state import NonFiniteLossError
-from pgnet.engine.tensorboard import TrainingBoard
-from pgnet.outputs import write_text
-from pgnet.visualize import capture_cmgm_attention
+from pgnet.train import distributed, run_log, run_state
+from pgnet.train.data_setup import TrainingData
+from pgnet.train.finetune import FineTuning
+from pgnet.train.interrupt import TrainingInterrupted, requested_signal, stop_signals_to
+from pgnet.train.model_setup import build_training_parts
+from pgnet.train.progress import EpochProgress
+from pgnet.train.run_dir import link_epoch_end_checkpoints
+from pgnet.train.run_setup import open_run
+from pgnet.train.run_state import NonFiniteLossError
+from pgnet.train.tensorboard import TrainingBoard
+from pgnet.train.visualize import capture_cmgm_attention
+from pgnet.writing import write_text
 
 __all__ = ["NonFiniteLossError", "Trainer", "TrainingInterrupted"]
 
@@ -73,7 +73,7 @@ class Trainer:
         self._stop_requested: int | bool = 0  # the signal that asked to stop (True: SIGINT)
         self.state = (run_state.resume_run(self.run, self.parts, config, self.steps_per_epoch) if resume
                       else run_state.RunState())
-        if self.dist.is_main:  # on resume: the changes accepted by pgnet.engine.resume recorded
+        if self.dist.is_main:  # on resume: the changes accepted by pgnet.train.resume recorded
             save_config(config, self.run_dir / "config.yaml")
             self.writer = TrainingBoard(self.run_dir / "tb", resume=resume, mean=self.data.mean, std=self.data.std,
                                         graft_points=self.model.decoder.graft_points,

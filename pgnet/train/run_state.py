@@ -3,8 +3,8 @@
 :class:`RunState` is what a run has done so far: its :class:`Position` (epoch, step in the epoch,
 global step), its best validation score (by the :class:`BestRule`), the non-finite steps it skipped
 and its validation history. :func:`training_checkpoint` adds the model, optimiser, schedule, scaler
-and EMA (:class:`pgnet.engine.model_setup.TrainingParts`) and every RNG state
-(:mod:`pgnet.engine.rng`): everything a resumed run needs to continue exactly where it was written,
+and EMA (:class:`pgnet.train.model_setup.TrainingParts`) and every RNG state
+(:mod:`pgnet.train.rng`): everything a resumed run needs to continue exactly where it was written,
 which :func:`resume_run` does. :func:`run_summary`: the figures of a finished run.
 """
 
@@ -19,10 +19,10 @@ import numpy as np
 from pgnet.checkpoint import load_checkpoint, model_checkpoint, require_fields
 from pgnet.config import Config
 from pgnet.data.preprocessing import Preprocessing
-from pgnet.engine.model_setup import TrainingParts
-from pgnet.engine.rng import fork_rank_stream, restore_rng_state, rng_state
-from pgnet.engine.run_dir import link_epoch_end_checkpoints
-from pgnet.engine.run_setup import RunContext, peak_memory_gib
+from pgnet.train.model_setup import TrainingParts
+from pgnet.train.rng import fork_rank_stream, restore_rng_state, rng_state
+from pgnet.train.run_dir import link_epoch_end_checkpoints
+from pgnet.train.run_setup import RunContext, peak_memory_gib
 
 # What a training checkpoint holds beyond the model's config and preprocessing.
 TRAINING_FIELDS = ("model", "optimizer", "scheduler", "scaler", "position", "best", "nonfinite_steps", "history",
@@ -129,7 +129,7 @@ def resume_run(run: RunContext, parts: TrainingParts, config: Config, steps_per_
 
 def run_summary(run: RunContext, state: RunState, rule: BestRule, validation_sets: Sequence[str], seconds: float,
                 checks: Mapping[str, bool]) -> dict[str, Any]:
-    """The final figures of a run (``summary.json``); ``checks``: :func:`pgnet.engine.distributed.self_checks`."""
+    """The final figures of a run (``summary.json``); ``checks``: :func:`pgnet.train.distributed.self_checks`."""
     summary = {
         "run_dir": str(run.run_dir),
         "epochs": state.position.epoch,

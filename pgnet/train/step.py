@@ -15,9 +15,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from pgnet.losses import PGNetLoss
+from pgnet.device import autocast
 from pgnet.models.pgnet import PGNetOutput
-from pgnet.runtime import autocast
+from pgnet.train.losses import PGNetLoss
 
 
 class MicroBatchResult(NamedTuple):
@@ -35,7 +35,7 @@ class TrainStep:
         network: what to call for the forward pass: ``model`` itself, or it wrapped by DDP and/or
             ``torch.compile`` (default ``model``).
         criterion, optimizer: the PGNet loss and the optimiser.
-        autocast_dtype: autocast dtype (None: float32; see ``pgnet.runtime.autocast_dtype``).
+        autocast_dtype: autocast dtype (None: float32; see ``pgnet.device.autocast_dtype``).
         scaler: the fp16 gradient scaler (None: a disabled one).
         memory_format: layout the images are given (the model's: channels_last on GPU by default).
         clip_grad: largest gradient norm (0: no clipping).

@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 
 from pgnet.config import Config, ConfigError
-from pgnet.engine import distributed, run_log
-from pgnet.engine.distributed import DistInfo
-from pgnet.engine.rng import seed_everything
-from pgnet.engine.run_dir import RunFolderLock, new_run_dir, remove_temporaries
-from pgnet.outputs import OverwriteError
-from pgnet.runtime import resolve_device
+from pgnet.device import resolve_device
+from pgnet.train import distributed, run_log
+from pgnet.train.distributed import DistInfo
+from pgnet.train.rng import seed_everything
+from pgnet.train.run_dir import RunFolderLock, new_run_dir, remove_temporaries
+from pgnet.writing import OverwriteError
 
 
 @dataclass
@@ -40,7 +40,7 @@ class RunContext:
 
     def close(self, network: torch.nn.Module | None = None) -> None:
         """Close the log files, release the run folder and leave the process group (``network``: the
-        run's DDP-wrapped module, see :func:`pgnet.engine.distributed.cleanup`); again: nothing."""
+        run's DDP-wrapped module, see :func:`pgnet.train.distributed.cleanup`); again: nothing."""
         for handler in list(self.logger.handlers):
             handler.close()
             self.logger.removeHandler(handler)

@@ -1,8 +1,8 @@
 """Scoring prediction files: prediction folders matched to mask folders by file stem, then scored.
 
 ``match_predictions`` pairs them and reports the missing and the extra ones; ``accumulate_folder``
-reads the pairs ahead in threads (``pgnet.prefetch``) and adds them to the metrics, resizing a
-prediction whose size differs from its mask's. ``pgnet.engine.evaluator`` runs them per dataset.
+reads the pairs ahead in threads (``pgnet.data.prefetch``) and adds them to the metrics, resizing a
+prediction whose size differs from its mask's. ``pgnet.evaluation.evaluator`` runs them per dataset.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import torch
 from tqdm import tqdm
 
 from pgnet.data.io import MASK_EXTENSIONS, list_files, read_mask
+from pgnet.data.prefetch import prefetch
 from pgnet.metrics import SODMetrics
-from pgnet.prefetch import prefetch
 
 PREDICTION_EXTENSIONS = MASK_EXTENSIONS
 

@@ -13,7 +13,7 @@ Layout::
     RUN/.lock                  held by the live trainer
 
 ``last.pth`` holds everything needed to continue exactly where it was written (see
-:mod:`pgnet.engine.run_state`). ``best`` and ``epoch_NNNN`` are hard links to the ``last.pth`` of
+:mod:`pgnet.train.run_state`). ``best`` and ``epoch_NNNN`` are hard links to the ``last.pth`` of
 their epoch's end (no extra disk).
 
 - :class:`RunFolderLock`: an advisory ``flock`` on ``RUN/.lock``, held for the life of the process.
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from pgnet.errors import UserError
-from pgnet.outputs import atomic_create
+from pgnet.writing import atomic_create
 
 LOCK_NAME = ".lock"
 TEMPORARY_PATTERN = ".*.*.tmp"  # what the atomic writers write before their rename (".last.pth.x8f3.tmp")

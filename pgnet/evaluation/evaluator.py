@@ -1,10 +1,8 @@
 """Evaluation: a checkpoint on named datasets, or prediction folders against ground-truth folders.
 
-- :func:`accumulate_model` is the one way a dataset is predicted for evaluation (the trainer's
-  validation uses it too): images at the test size through the network, the logits taken at the
-  head's stride-4 resolution and resized once, straight to each mask's original size, then the
-  sigmoid; every prediction is scored as its 8-bit PNG would be, and can be saved as that PNG.
-- :func:`~pgnet.engine.folder_scoring.accumulate_folder` scores prediction files against mask files
+- :func:`~pgnet.evaluation.scoring.accumulate_model` is the one way a dataset is predicted for
+  evaluation (the trainer's validation uses it too).
+- :func:`~pgnet.evaluation.folders.accumulate_folder` scores prediction files against mask files
   (``match_predictions`` pairs them by file stem and reports the missing ones).
 - :func:`evaluate` runs either or both over several datasets and methods and writes an
   :class:`~pgnet.metrics.report.EvaluationReport` after every dataset.
@@ -15,7 +13,6 @@ a method folder without a ``D`` subfolder is read directly when a single dataset
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -24,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
 from pgnet.checkpoint import load_model_and_preprocessing
 from pgnet.config import load_config
@@ -35,13 +31,14 @@ from pgnet.data.loader import build_eval_loader
 from pgnet.data.preprocessing import Preprocessing, normalization_stats
 from pgnet.data.registry import SYNTHETIC_NAME, DatasetSpec, pair_files, resolve_dataset
 from pgnet.data.transforms import build_eval_transform
-from pgnet.engine.folder_scoring import PREDICTION_EXTENSIONS, accumulate_folder, match_predictions, prediction_folder
+from pgnet.device import resolve_device
 from pgnet.errors import UserError
-from pgnet.metrics import ALL_METRICS, SODMetrics, quantize_prediction
+from pgnet.evaluation.folders import PREDICTION_EXTENSIONS, accumulate_folder, match_predictions, prediction_folder
+from pgnet.evaluation.scoring import accumulate_model
+from pgnet.metrics import ALL_METRICS, SODMetrics
 from pgnet.metrics.report import EvaluationReport, MethodResult, format_table
-from pgnet.outputs import check_overwrites, write_image
-from pgnet.prediction import predict_probabilities
-from pgnet.runtime import InferenceRuntime, resolve_device
+from pgnet.predict.runtime import InferenceRuntime
+from pgnet.writing import check_overwrites
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +71,7 @@ class ModelMethod:
     fast_decode: bool = False  # reduced JPEG decode and uint8 resize (default: the official protocol)
     precision: str = "auto"
     flip: bool = False
-    optimize: bool = True  # the fast inference paths of ``pgnet.acceleration.inference_network``
+    optimize: bool = True  # the fast inference paths of ``pgnet.predict.acceleration.inference_network``
     batch_size: int = 1
     num_workers: int = 2
     save_dir: Path | None = None  # write OUT/<method>/<dataset>/<name>.png
@@ -94,59 +91,6 @@ class ModelMethod:
 def _shorten(names: Sequence[str]) -> str:
     shown = ", ".join(names[:_SHOWN_NAMES])
     return shown + (f", ... ({len(names) - _SHOWN_NAMES} more)" if len(names) > _SHOWN_NAMES else "")
-
-
-# --------------------------------------------------------------------------------------------------
-# Scoring a model
-
-
-def save_prediction_png(path: Path, pred: torch.Tensor) -> None:
-    """Write an H×W prediction (float in [0, 1] or uint8) as an 8-bit PNG; errors name the file."""
-    write_image(path, quantize_prediction(pred).cpu().numpy())
-
-
-@torch.no_grad()
-def accumulate_model(
-    model: torch.nn.Module,
-    loader: DataLoader,
-    device: torch.device | str,
-    metrics: SODMetrics,
-    *,
-    autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
-    flip: bool = False,
-    channels_last: bool = False,
-    save_dir: str | Path | None = None,
-    progress: bool = False,
-    description: str | None = None,
-) -> int:
-    """Predict every image of an evaluation loader and add it to ``metrics``; returns the images scored.
-
-    ``loader`` yields :func:`pgnet.data.loader.collate_eval` batches (images at the test size, masks
-    at their original size). The logits are taken at the head's stride-4 resolution and resized once
-    to each mask's size before the sigmoid; ``flip`` averages with the mirrored image's prediction.
-    With ``save_dir`` each prediction is written as ``save_dir/<name>.png`` (8-bit, as scored).
-    The model is used as it is (put it in eval mode first); ``channels_last`` feeds it channels_last
-    images (for a model prepared by ``pgnet.acceleration``).
-    """
-    device = torch.device(device)
-    save_dir = Path(save_dir) if save_dir is not None else None
-    total = len(loader.dataset) if hasattr(loader.dataset, "__len__") else None
-    count = 0
-    with tqdm(total=total, desc=description, unit="img", disable=not progress, leave=False) as bar:
-        for batch in loader:
-            bar.update(len(batch["name"]) + int(batch.get("skipped", 0)))
-            if batch["image"].shape[0] == 0:
-                continue
-            images = batch["image"].to(device, non_blocking=True)  # B×3×S×S
-            sizes = [tuple(mask.shape[-2:]) for mask in batch["mask"]]
-            predictions = predict_probabilities(model, images, sizes, flip=flip, autocast=autocast,
-                                                channels_last=channels_last)
-            for name, mask, pred in zip(batch["name"], batch["mask"], predictions):
-                metrics.update(pred, mask[0].to(device))
-                if save_dir is not None:
-                    save_prediction_png(save_dir / f"{name}.png", pred)
-                count += 1
-    return count
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,7 +122,7 @@ def config_datasets(config_path: str | Path) -> list[EvalDataset]:
 def check_saved_predictions(datasets: Sequence[EvalDataset], method: ModelMethod,
                             prediction_dirs: Mapping[str, Path]) -> None:
     """Refuse ``method.save_dir`` outputs that would overwrite an image, a mask or a prediction file
-    read by this evaluation, or each other (``pgnet.outputs.check_overwrites``), before any work."""
+    read by this evaluation, or each other (``pgnet.writing.check_overwrites``), before any work."""
     if method.save_dir is None:
         return
     inputs: list[Path] = []

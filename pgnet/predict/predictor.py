@@ -6,10 +6,10 @@ official test size, or the checkpoint's test size) and prepared as ``pgnet.data.
 does: by default as the official test code (full decode, normalised as float, then resized), with
 ``fast_decode`` reduced JPEG decode and a uint8 resize first. The normalisation statistics are the
 checkpoint's (``pgnet.data.preprocessing``). The prediction step is the evaluator's
-(``pgnet.prediction``), run on an ``InferenceRuntime`` (``pgnet.runtime``).
+(``pgnet.models.pgnet.predict_probabilities``), run on an ``InferenceRuntime`` (``pgnet.predict.runtime``).
 
-``pgnet.file_prediction.predict_files`` runs a predictor over files and writes one picture each
-(any output mode of ``pgnet.compose``); ``pgnet-predict`` is its command line, and ``pgnet.video``
+``pgnet.predict.files.predict_files`` runs a predictor over files and writes one picture each
+(any output mode of ``pgnet.predict.compose``); ``pgnet-predict`` is its command line, and ``pgnet.predict.video``
 does videos.
 """
 
@@ -25,12 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pgnet import video
 from pgnet.checkpoint import load_model_and_preprocessing
 from pgnet.data.io import ImageReadError, original_image_size, read_image
-from pgnet.data.preprocessing import Preprocessing
-from pgnet.prediction import as_rgb_array, prepare_batch, resize_for_network
-from pgnet.runtime import InferenceRuntime
+from pgnet.data.preprocessing import Preprocessing, as_rgb_array, prepare_batch, resize_for_network
+from pgnet.predict import video
+from pgnet.predict.runtime import InferenceRuntime
 
 ImageInput = str | os.PathLike | np.ndarray | Any  # Any: a PIL image (Pillow is optional)
 
@@ -73,7 +72,7 @@ class Predictor:
             default) is bf16 on CUDA and fp32 elsewhere. Masks are always returned as float32.
         batch_size: pictures per forward pass in ``predict_batch``.
         optimize: run a copy of the model with BatchNorm folded, fused attention and channels_last
-            (``pgnet.acceleration.prepare_for_inference``; masks agree with the plain model to ~1e-4).
+            (``pgnet.predict.acceleration.prepare_for_inference``; masks agree with the plain model to ~1e-4).
         compile: ``torch.compile`` that copy (first call of each size compiles; 1.4× on a CPU).
         cuda_graphs: replay CUDA graphs (one per batch shape); None: on for CUDA unless compiled.
         preprocessing: the normalisation (and test size) the model was trained with; None: the
@@ -208,9 +207,9 @@ class Predictor:
                       **options: Any) -> Any:
         """A video's (path) or camera's (index) frames with their masks, or the output video written.
 
-        Without ``output``: an iterator of ``pgnet.video.VideoFrame`` (index, RGB frame, mask), with
+        Without ``output``: an iterator of ``pgnet.predict.video.VideoFrame`` (index, RGB frame, mask), with
         ``options`` smooth, max_frames, capture_factory. With ``output``: writes it (``options`` as
-        for ``pgnet.video.write_video``: composer, smooth, max_frames, fps, ...) and returns a
+        for ``pgnet.predict.video.write_video``: composer, smooth, max_frames, fps, ...) and returns a
         ``VideoResult``.
         """
         if output is None:

@@ -28,10 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pgnet.data.preprocessing import Preprocessing
+from pgnet.data.preprocessing import Preprocessing, normalize
 from pgnet.models.pgnet import PGNet
-from pgnet.outputs import write_bytes
-from pgnet.prediction import normalize
+from pgnet.writing import write_bytes
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "mask"

@@ -25,14 +25,14 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from pgnet.acceleration import prepare_for_inference
 from pgnet.benchmark.memory import MIB
 from pgnet.benchmark.model import build_benchmark_model
 from pgnet.config import LossConfig, OptimConfig
-from pgnet.engine.optim import build_optimizer
-from pgnet.engine.step import TrainStep
-from pgnet.losses import PGNetLoss
 from pgnet.models.pgnet import PGNet, count_parameters
+from pgnet.predict.acceleration import prepare_for_inference
+from pgnet.train.losses import PGNetLoss
+from pgnet.train.optim import build_optimizer
+from pgnet.train.step import TrainStep
 
 
 def inference_gflops(model: PGNet, size: int) -> float:

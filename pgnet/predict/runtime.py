@@ -1,0 +1,79 @@
+"""The inference runtime: a model made ready to predict, with its device, precision and input layout.
+
+``InferenceRuntime`` is what the ``Predictor`` and ``pgnet-eval`` both run a model with: the device
+and precision (resolved by ``pgnet.device``), the network from
+``pgnet.predict.acceleration.inference_network`` and the rule that an optimised network is fed
+channels_last images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from pgnet.device import autocast, autocast_dtype, resolve_device, resolve_precision
+from pgnet.models.pgnet import predict_probabilities
+from pgnet.predict.acceleration import CUDAGraphRunner, inference_network
+
+
+def autocast_for(
+    network: Any, device: torch.device, dtype: torch.dtype | None
+) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the autocast context to call ``network`` in: ``dtype`` autocast, or none for float32
+    and for a ``CUDAGraphRunner`` (which autocasts inside its graphs)."""
+    dtype = None if isinstance(network, CUDAGraphRunner) else dtype
+    return lambda: autocast(device, dtype)
+
+
+@dataclass(frozen=True)
+class InferenceRuntime:
+    """A model ready for inference: the network to call, its device and precision, its input layout.
+
+    Build it with ``create``; ``predict`` runs the shared prediction step
+    (``pgnet.models.pgnet.predict_probabilities``) with it.
+    """
+
+    network: Any  # the model, its prepared copy, compiled, or a CUDAGraphRunner
+    device: torch.device
+    precision: str  # resolved: "fp32", "bf16" or "fp16"
+    channels_last: bool  # feed channels_last images (the network was prepared for them)
+
+    @classmethod
+    def create(
+        cls,
+        model: nn.Module,
+        device: str | torch.device | None = None,
+        precision: str = "auto",
+        optimize: bool = True,
+        compile: bool = False,
+        cuda_graphs: bool | None = None,
+    ) -> InferenceRuntime:
+        """Resolve ``device`` and ``precision`` and make the network for ``model`` (in eval mode):
+        with ``optimize`` a prepared copy (BatchNorm folded, fused attention, channels_last), ``compile``
+        it, or replay CUDA graphs (``cuda_graphs`` None: on CUDA unless compiled); see
+        ``pgnet.predict.acceleration.inference_network``."""
+        device = resolve_device(device)
+        precision = resolve_precision(precision, device)
+        network = inference_network(model.eval(), device, optimize=optimize, compile=compile,
+                                    cuda_graphs=cuda_graphs, autocast_dtype=autocast_dtype(precision))
+        return cls(network, device, precision, channels_last=bool(optimize))
+
+    @property
+    def autocast(self) -> Callable[[], contextlib.AbstractContextManager]:
+        """A factory of the autocast context to call ``network`` in (none for fp32 and CUDA graphs)."""
+        return autocast_for(self.network, self.device, autocast_dtype(self.precision))
+
+    @property
+    def cuda_graphs(self) -> bool:
+        return isinstance(self.network, CUDAGraphRunner)
+
+    def predict(self, images: torch.Tensor, sizes: Sequence[tuple[int, int]], flip: bool = False
+                ) -> list[torch.Tensor]:
+        """Probabilities (H×W float32 each, at ``sizes``) of normalised B×3×S×S ``images``."""
+        return predict_probabilities(self.network, images.to(self.device, non_blocking=True), sizes, flip=flip,
+                                     autocast=self.autocast, channels_last=self.channels_last)

@@ -1,0 +1,1 @@
+"""Training: the ``Trainer``, its callbacks, the loss, the optimiser and everything a run folder holds."""
