@@ -4,15 +4,20 @@ autocast and synchronisation.
 Every command, the trainer, the ``Predictor``, the evaluator and the benchmark resolve ``--device`` /
 ``train.device`` and ``--precision`` / ``train.amp`` here, so the same name means the same thing
 everywhere. This module knows nothing of training or prediction; both build on it.
+
+torch is imported by the functions, not by the module: a command's ``--help`` reads ``PRECISIONS``
+without loading torch.
 """
 
 from __future__ import annotations
 
 import contextlib
-
-import torch
+from typing import TYPE_CHECKING
 
 from pgnet.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 on CUDA when the GPU has it, fp32 elsewhere
 
@@ -29,6 +34,8 @@ class PrecisionError(UserError):
 
 
 def _mps_available() -> bool:
+    import torch
+
     mps = getattr(torch.backends, "mps", None)
     return mps is not None and mps.is_available()
 
@@ -39,6 +46,8 @@ def resolve_device(name: str | torch.device | None = "auto", key: str | None = N
     None or "auto" picks CUDA (the current device), then MPS, then the CPU. "cuda" without an index
     becomes the current CUDA device, so a device compares equal to the tensors placed on it.
     """
+    import torch
+
     if name is None or str(name) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
@@ -65,11 +74,13 @@ def resolve_device(name: str | torch.device | None = "auto", key: str | None = N
 
 # "off" is the training config's spelling of fp32 (``train.amp: off``).
 _ALIASES = {"off": "fp32"}
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPE_NAMES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 
 
 def resolve_precision(name: str, device: torch.device, key: str = "precision") -> str:
     """"fp32", "bf16" or "fp16" for ``device``; "auto" is bf16 on a CUDA device that has it, else fp32."""
+    import torch
+
     name = _ALIASES.get(name, name)
     if name not in PRECISIONS:
         raise PrecisionError(f"{key} must be one of {', '.join(PRECISIONS)}, got {name!r}")
@@ -80,11 +91,16 @@ def resolve_precision(name: str, device: torch.device, key: str = "precision") -
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a resolved precision; None for fp32 (no autocast)."""
-    return _DTYPES[_ALIASES.get(precision, precision)]
+    import torch
+
+    name = _DTYPE_NAMES[_ALIASES.get(precision, precision)]
+    return None if name is None else getattr(torch, name)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """``torch.autocast`` on ``device`` in ``dtype``, or a no-op context for None (fp32)."""
+    import torch
+
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
@@ -92,6 +108,8 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 def synchronize(device: torch.device) -> None:
     """Wait for ``device``'s queued work (CUDA); nothing to wait for on the CPU."""
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":

@@ -105,7 +105,7 @@ def default_threads():
 # the time the others spend waiting on subprocesses and compilers: 4 min 27 s against 5 min 4 s for two)
 # in collection order: the files that take longest go first, so that the workers finish together.
 # Tests keep their order in a file.
-SLOW_FILES_FIRST = ("test_acceleration.py", "test_trainer.py", "test_onnx.py", "test_run_integrity.py",
+SLOW_FILES_FIRST = ("test_acceleration.py", "test_trainer.py", "test_export.py", "test_run_integrity.py",
                     "test_official_training.py", "test_finetune.py", "test_benchmark.py", "test_grafting.py",
                     "test_checkpoint.py", "test_official.py")
 

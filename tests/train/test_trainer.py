@@ -21,7 +21,7 @@ from pgnet.cli.train import main as train_main
 from pgnet.config import load_config
 from pgnet.train.trainer import NonFiniteLossError, Trainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRAIN = [sys.executable, str(REPO / "scripts" / "train.py")]
 
 TINY = [

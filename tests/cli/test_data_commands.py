@@ -16,7 +16,7 @@ from pgnet.data.synthetic import make_sample, sample_seed, write_synthetic_datas
 from pgnet.data.transforms import build_train_transform
 from pgnet.data.verify import check_dataset, format_report, format_summary
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def script(name: str) -> dict:

@@ -22,7 +22,7 @@ from pgnet.train.losses import PGNetLoss
 from pgnet.train.optim import build_optimizer, build_scheduler
 from pgnet.train.step import TrainStep
 
-OFFICIAL_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "_base_" / "official.yaml"
+OFFICIAL_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "_base_" / "official.yaml"
 
 # Recipe entries → config overrides; the descriptive entries must say what the project implements.
 RECIPE_OVERRIDES = {

@@ -17,7 +17,7 @@ from pgnet.models.weights import load_weights_with_report
 from pgnet.models.window_cmgm import WindowCMGM, WindowLayout, merge_windows, partition_windows
 from pgnet.train.losses import PGNetLoss, window_attention_guided_loss
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = dict(swin="swin_tiny_patch4_window7_224", resnet="resnet18", swin_input_size=64)
 FOUR_LEVELS = ["r5-s2", "r4-s1:window", "r3-s1", "r2-s1"]
 

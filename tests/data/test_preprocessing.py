@@ -25,7 +25,7 @@ from pgnet.predict.export import SaliencyModel
 from pgnet.predict.predictor import Predictor
 from pgnet.train.trainer import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pgnet.cli.convert import main as convert_main
 from pgnet.models import PGNet, count_parameters
 from pgnet.models.official import ConversionError, convert_official_state_dict
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
