@@ -1,7 +1,6 @@
 """The dataset check (pgnet.data.verify) and the entry points datasets/verify.py, datasets/cache.py and
 datasets/make_synthetic.py: exit codes, summaries, round trips."""
 
-import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import script
 
 from pgnet.data.datasets import build_dataset
 from pgnet.data.registry import find_datasets
@@ -17,11 +17,6 @@ from pgnet.data.transforms import build_train_transform
 from pgnet.data.verify import check_dataset, format_report, format_summary
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def script(name: str) -> dict:
-    """The names a datasets/ script defines (its main, build_parser ...), without running it."""
-    return runpy.run_path(str(REPO / "datasets" / f"{name}.py"), run_name=f"datasets_{name}")
 
 
 def verify(root: Path, name: str | None = None, strict_counts: bool = False) -> tuple[bool, str]:

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import make_folder, write
+
 from pgnet import config
 from pgnet.data.cache import build_cache, find_cache
 from pgnet.data.datasets import EmptyDatasetError, SODDataset, build_dataset, build_train_dataset
@@ -18,25 +20,6 @@ from pgnet.data.loader import build_train_loader
 from pgnet.data.registry import pair_files
 from pgnet.data.synthetic import SyntheticDataset, make_sample
 from pgnet.data.transforms import build_eval_transform, build_train_transform
-
-
-def write(path: Path, array: np.ndarray, *parameters: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, encoded = cv2.imencode(path.suffix, array, list(parameters))
-    assert ok
-    path.write_bytes(encoded.tobytes())
-    return path
-
-
-def make_folder(root: Path, count: int = 4, size: tuple[int, int] = (48, 64), seed: int = 0) -> Path:
-    """root/image/<stem>.jpg + root/mask/<stem>.png, synthetic."""
-    for index in range(count):
-        image, mask = make_sample(seed * 1000 + index, size)
-        write(
-            root / "image" / f"s{index:02d}.jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), cv2.IMWRITE_JPEG_QUALITY, 95
-        )
-        write(root / "mask" / f"s{index:02d}.png", mask)
-    return root
 
 
 def generic(root: Path, **extra) -> dict:

@@ -142,3 +142,7 @@ def test_pair_files_by_stem(tmp_path):
     assert [p.name for p in pairing.unpaired_images] == ["only_image.jpg"]
     assert [p.name for p in pairing.unpaired_masks] == ["only_mask.png"]
     assert [p.name for p in pairing.duplicates] == ["b.png"]
+
+
+def test_known_dataset_names_include_synthetic():
+    assert known_dataset_names()[-1] == "synthetic" and "DUTS-TR" in known_dataset_names()

@@ -18,10 +18,10 @@ import pgnet
 from pgnet.cli.eval import main as eval_main
 from pgnet.data.io import read_image
 from pgnet.data.synthetic import make_sample
+from pgnet.evaluation import evaluator, scoring
 from pgnet.metrics import SOD_METRICS, SODMetrics
 from pgnet.metrics.report import MethodResult, format_table
 from pgnet.predict.predictor import Predictor
-from pgnet.evaluation import evaluator
 
 SIZE = 128
 # name -> (image folder, mask folder, (height, width) of each sample), laid out as the registry expects
@@ -190,8 +190,8 @@ def test_trainer_validation_runs_the_evaluator(setup, monkeypatch):
     dataset = build_dataset({"image_dir": root / images, "mask_dir": root / masks, "name": "ECSSD"},
                             build_eval_transform(SIZE))
     calls = []
-    accumulate = evaluator.accumulate_model
-    monkeypatch.setattr(evaluator, "accumulate_model", lambda *a, **k: calls.append(1) or accumulate(*a, **k))
+    accumulate = scoring.accumulate_model
+    monkeypatch.setattr(scoring, "accumulate_model", lambda *a, **k: calls.append(1) or accumulate(*a, **k))
     model = pgnet.load_model(checkpoint, "cpu")
     metrics, curves = Validation("ECSSD", dataset, num_workers=0).run(model, torch.device("cpu"), torch.no_grad)
     assert calls == [1]

@@ -6,7 +6,7 @@ import shlex
 
 import pytest
 import torch
-from test_data_datasets import make_folder
+from helpers import make_folder
 from test_trainer import REPO, TINY
 
 from pgnet.checkpoint import load_checkpoint, save_checkpoint
@@ -305,7 +305,7 @@ def readme_commands(section: str) -> list[list[str]]:
 
 
 def test_readme_fine_tuning_commands_run(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    from test_data_scripts import script
+    from helpers import script
 
     from pgnet.cli import predict, train
 

@@ -1,0 +1,54 @@
+"""What several test files share: small pictures and dataset folders on disk, and the datasets/ scripts."""
+
+from __future__ import annotations
+
+import runpy
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pgnet.data.synthetic import make_sample
+from pgnet.writing import write_image
+
+
+def write_pair(image_path: Path, mask_path: Path, size=(48, 40), seed=0) -> None:
+    image, mask = make_sample(seed, size)
+    write_image(image_path, image)
+    write_image(mask_path, mask)
+
+
+def huge_png(path: Path, side: int = 20000) -> Path:
+    """A small PNG whose header claims side×side pixels (its data is that of an 8×8 picture)."""
+    data = bytearray(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    data[16:24] = struct.pack(">II", side, side)
+    path.write_bytes(bytes(data))
+    return path
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(path: Path, array: np.ndarray, *parameters: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, encoded = cv2.imencode(path.suffix, array, list(parameters))
+    assert ok
+    path.write_bytes(encoded.tobytes())
+    return path
+
+
+def make_folder(root: Path, count: int = 4, size: tuple[int, int] = (48, 64), seed: int = 0) -> Path:
+    """root/image/<stem>.jpg + root/mask/<stem>.png, synthetic."""
+    for index in range(count):
+        image, mask = make_sample(seed * 1000 + index, size)
+        write(
+            root / "image" / f"s{index:02d}.jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), cv2.IMWRITE_JPEG_QUALITY, 95
+        )
+        write(root / "mask" / f"s{index:02d}.png", mask)
+    return root
+
+
+def script(name: str) -> dict:
+    """The names a datasets/ script defines (its main, build_parser ...), without running it."""
+    return runpy.run_path(str(REPO / "datasets" / f"{name}.py"), run_name=f"datasets_{name}")
