@@ -23,10 +23,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 on CUDA when the GPU
 
 
 class DeviceError(UserError, RuntimeError):
-    """A device this machine does not have, or a name torch does not know.
-
-    Also a RuntimeError, which is what asking the ``Predictor`` for a missing device raised before.
-    """
+    """A device this machine does not have, or a name torch does not know (also a RuntimeError, as
+    torch's own device errors are)."""
 
 
 class PrecisionError(UserError):
