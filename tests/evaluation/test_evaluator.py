@@ -18,10 +18,10 @@ import pgnet
 from pgnet.cli.eval import main as eval_main
 from pgnet.data.io import read_image
 from pgnet.data.synthetic import make_sample
+from pgnet.evaluation import evaluator
 from pgnet.metrics import SOD_METRICS, SODMetrics
 from pgnet.metrics.report import MethodResult, format_table
 from pgnet.predict.predictor import Predictor
-from pgnet.evaluation import evaluator
 
 SIZE = 128
 # name -> (image folder, mask folder, (height, width) of each sample), laid out as the registry expects
