@@ -10,7 +10,7 @@ to :func:`run_command`, which turns the errors a user can fix into one plain lin
 - 2: usage error, found before any work: a bad option, file, folder or value (argparse's own errors
   exit 2 too).
 
-The errors a user can fix are :class:`~pgnet.errors.UserError` s; library code raises a subclass
+The errors a user can fix are :class:`~pgnet.errors.UserError` subclasses; library code raises one
 naming the file, key or value at fault. An error may declare its own status as an integer
 ``exit_status`` attribute (``NoSpaceError`` 1, the trainer's ``NonFiniteLossError`` 3,
 ``TrainingInterrupted`` 128 + the signal). Anything else is a bug: it keeps its traceback and the
