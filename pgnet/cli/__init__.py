@@ -1,5 +1,5 @@
 """Command-line entry points, one module per command (``pgnet.cli.train``, ``pgnet.cli.convert``, ...).
 
 Each module's ``main(argv)`` parses its arguments and calls the library; the files in ``scripts/`` and
-the console scripts declared in setup.cfg both land there.
+``datasets/`` and the console scripts declared in setup.cfg all land there.
 """

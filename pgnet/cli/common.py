@@ -10,10 +10,13 @@ to :func:`run_command`, which turns the errors a user can fix into one plain lin
 - 2: usage error, found before any work: a bad option, file, folder or value (argparse's own errors
   exit 2 too).
 
-An error may declare its own status as an integer ``exit_status`` attribute (``NoSpaceError`` 1, the
-trainer's ``NonFiniteLossError`` 3, ``TrainingInterrupted`` 128 + the signal). Anything else is a bug
-and keeps its traceback; a command turns the third-party errors it expects into one of these with
-:func:`errors_as`.
+The errors a user can fix are :class:`~pgnet.errors.UserError` subclasses; library code raises one
+naming the file, key or value at fault. An error may declare its own status as an integer
+``exit_status`` attribute (``NoSpaceError`` 1, the trainer's ``NonFiniteLossError`` 3,
+``TrainingInterrupted`` 128 + the signal). Anything else is a bug: it keeps its traceback and the
+program exits 1. A command turns the third-party errors it expects (``open()``'s ``FileNotFoundError``
+on a file the user named, torch's ``RuntimeError`` on an unloadable checkpoint) into user errors on
+purpose, with :func:`errors_as` or an ``except`` of its own.
 """
 
 from __future__ import annotations
@@ -35,12 +38,6 @@ EXIT_STATUS_HELP = (
     "exit status: 0 done; 1 nothing (or not everything) done, for a reason met while working "
     "(a full disk, an unreadable file, no input found); 2 usage error (a bad option, file or value)"
 )
-
-# Errors that mean "the input is wrong": usage errors unless they say otherwise (``exit_status``).
-# Library code raises UserError subclasses; plain ValueError/KeyError stay here for third-party code
-# (torch, timm, yaml) that reports bad input that way.
-_USAGE_ERRORS = (UserError, ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError,
-                 IsADirectoryError, PermissionError)
 
 
 class NothingDoneError(UserError):
@@ -75,12 +72,12 @@ def error_message(error: BaseException) -> str:
     return str(error.args[0]) if type(error) is KeyError and error.args else str(error)
 
 
-def exit_status_of(error: BaseException) -> int:
-    """``error.exit_status`` when it declares one, 2 for usage errors, 1 for other OS errors."""
+def exit_status_of(error: BaseException) -> int | None:
+    """``error.exit_status`` when it declares one, else 2 for a :class:`UserError`; None for a bug."""
     status = getattr(error, "exit_status", None)
     if isinstance(status, int):
         return status
-    return EXIT_USAGE if isinstance(error, _USAGE_ERRORS) else EXIT_NOT_DONE
+    return EXIT_USAGE if isinstance(error, UserError) else None
 
 
 @contextmanager
@@ -97,10 +94,12 @@ def errors_as(error_class: type[UserError], *types: type[BaseException]) -> Iter
 def run_command(prog: str | None, body: Callable[[], int | None]) -> int:
     """Run ``body`` and map the errors a user can fix to ``error: MESSAGE`` on stderr and an exit status.
 
-    ``body`` returns the status (None: 0). An exception with an integer ``exit_status`` attribute exits
-    with it, printing its message. An interruption that declares its status (``TrainingInterrupted``,
-    which has logged its own line) exits with it silently; a plain Ctrl-C prints ``PROG: interrupted``
-    (``prog`` None: the program's file name) instead of a traceback and exits 130.
+    ``body`` returns the status (None: 0). A :class:`UserError` exits 2, or with its integer
+    ``exit_status`` attribute, printing its message; so does any exception declaring an ``exit_status``.
+    Any other exception is a bug and propagates with its traceback (the interpreter exits 1). An
+    interruption that declares its status (``TrainingInterrupted``, which has logged its own line) exits
+    with it silently; a plain Ctrl-C prints ``PROG: interrupted`` (``prog`` None: the program's file
+    name) instead of a traceback and exits 130.
     """
     try:
         status = body()
@@ -110,12 +109,10 @@ def run_command(prog: str | None, body: Callable[[], int | None]) -> int:
             return status
         print(f"{prog or Path(sys.argv[0]).name}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (*_USAGE_ERRORS, OSError) as error:
-        print(f"error: {error_message(error)}", file=sys.stderr)
-        return exit_status_of(error)
     except Exception as error:
-        if not isinstance(getattr(error, "exit_status", None), int):
+        status = exit_status_of(error)
+        if status is None:
             raise
         print(f"error: {error_message(error)}", file=sys.stderr)
-        return error.exit_status
+        return status
     return EXIT_DONE if status is None else status

@@ -161,10 +161,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _method_folders(root: Path) -> dict[str, Path]:
     """``--pred-root``: its subfolders by method name."""
     if not root.is_dir():
-        raise FileNotFoundError(f"--pred-root {root} does not exist or is not a folder")
+        raise UserError(f"--pred-root {root} does not exist or is not a folder")
     methods = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not methods:
-        raise FileNotFoundError(f"--pred-root {root} has no method subfolders")
+        raise UserError(f"--pred-root {root} has no method subfolders")
     return {folder.name: folder for folder in methods}
 
 

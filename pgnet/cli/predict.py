@@ -106,8 +106,9 @@ def _predict(args: argparse.Namespace, mode: str) -> int:
     composer = Composer(mode, args.color, background=args.background, blur=args.blur,
                         refine_foreground=args.refine_foreground)
     picture_inputs = [source for source in args.inputs if not is_video_file(source)]
-    jobs = plan_outputs(picture_inputs, args.output, recursive=args.recursive) if picture_inputs else []
-    video_jobs = plan_video_outputs(args.inputs, args.output, mode, recursive=args.recursive)
+    with errors_as(UserError, FileNotFoundError):  # an input path that matches nothing: a usage error
+        jobs = plan_outputs(picture_inputs, args.output, recursive=args.recursive) if picture_inputs else []
+        video_jobs = plan_video_outputs(args.inputs, args.output, mode, recursive=args.recursive)
     if not jobs and not video_jobs and args.webcam is None:
         raise NothingDoneError(f"no pictures or videos found in {' '.join(args.inputs)}")
     with errors_as(UserError, RuntimeError):  # torch's errors loading a checkpoint: a usage error
@@ -129,7 +130,7 @@ def _predict(args: argparse.Namespace, mode: str) -> int:
         print("compiling (the first call of each size can take a minute)", file=sys.stderr, flush=True)
     written = 0
     if jobs:
-        with errors_as(NothingDoneError, ValueError):  # a UserError such as NoSpaceError: stop, exit 1
+        with errors_as(NothingDoneError, UserError):  # a user error met while working (a full disk): exit 1
             report = predict_files(predictor, jobs, workers=args.workers, progress=not args.no_progress,
                                    mode=composer.mode, color=composer.color, background=composer.background,
                                    blur=composer.blur, refine_foreground=composer.refine_foreground)

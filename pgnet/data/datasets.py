@@ -20,7 +20,14 @@ from torch.utils.data import ConcatDataset, Dataset
 from pgnet.data.cache import ImageCache, find_cache
 from pgnet.data.entry import ENTRY_DEFAULTS, SPLIT_KEYS, SYNTHETIC_KEYS
 from pgnet.data.io import ImageReadError, PairMismatchError, binarize_mask, read_image, read_mask, read_pair
-from pgnet.data.registry import SYNTHETIC_NAME, DatasetSpec, known_dataset_names, pair_files, resolve_dataset
+from pgnet.data.registry import (
+    SYNTHETIC_NAME,
+    DatasetNotFoundError,
+    DatasetSpec,
+    known_dataset_names,
+    pair_files,
+    resolve_dataset,
+)
 from pgnet.data.split import split_pairs
 from pgnet.data.synthetic import SyntheticDataset
 from pgnet.data.transforms import PairTransform, build_eval_transform, to_sample
@@ -134,16 +141,16 @@ def _spec_from_config(config: dict[str, Any], name: str | None) -> DatasetSpec:
         try:
             image_dir, mask_dir = Path(config.pop("image_dir")), Path(config.pop("mask_dir"))
         except KeyError as error:
-            raise ValueError(f"dataset {name}: image_dir and mask_dir go together") from error
+            raise UserError(f"dataset {name}: image_dir and mask_dir go together") from error
         for folder in (image_dir, mask_dir):
             if not folder.is_dir():
-                raise FileNotFoundError(f"dataset {name or 'folder'}: {folder} does not exist or is not a folder")
+                raise DatasetNotFoundError(f"dataset {name or 'folder'}: {folder} does not exist or is not a folder")
         root = Path(config.pop("root", os.path.commonpath([image_dir.absolute(), mask_dir.absolute()])))
         return DatasetSpec(name or image_dir.parent.name, root, image_dir, mask_dir, None)
     if name is None:
-        raise ValueError("a dataset config needs a name (and root), or image_dir and mask_dir")
+        raise UserError("a dataset config needs a name (and root), or image_dir and mask_dir")
     if "root" not in config:
-        raise ValueError(f"dataset {name}: missing root")
+        raise UserError(f"dataset {name}: missing root")
     return resolve_dataset(name, config.pop("root"))
 
 
@@ -169,7 +176,7 @@ def build_dataset(
         name = options.pop("name", None)
         repeat = options.pop("repeat", 1)
         if repeat != 1:
-            raise ValueError(f"dataset {name}: repeat={repeat!r} only applies to a training mix (build_train_dataset)")
+            raise UserError(f"dataset {name}: repeat={repeat!r} only applies to a training mix (build_train_dataset)")
         if name is not None and name.lower() == SYNTHETIC_NAME:
             n, size, seed = (options.pop(key, ENTRY_DEFAULTS[key]) for key in SYNTHETIC_KEYS)
             _reject_unknown(options, SYNTHETIC_NAME, ("name", *SYNTHETIC_KEYS, "repeat"))
@@ -227,7 +234,7 @@ def build_dataset(
 
 def _reject_unknown(options: Mapping[str, Any], name: str, valid: Sequence[str]) -> None:
     if options:
-        raise ValueError(f"dataset {name}: unknown config keys {sorted(options)}; valid keys: {', '.join(valid)}")
+        raise UserError(f"dataset {name}: unknown config keys {sorted(options)}; valid keys: {', '.join(valid)}")
 
 
 def build_train_dataset(
@@ -243,7 +250,7 @@ def build_train_dataset(
         options = dict(config)
         repeat = options.pop("repeat", 1)
         if not isinstance(repeat, int) or repeat < 0:
-            raise ValueError(f"dataset {options.get('name')}: repeat must be a non-negative integer, got {repeat!r}")
+            raise UserError(f"dataset {options.get('name')}: repeat must be a non-negative integer, got {repeat!r}")
         if repeat == 0:
             continue
         dataset = build_dataset(options, transform, check=check)

@@ -210,7 +210,7 @@ def max_pixels_limit() -> int | None:
     try:
         limit = int(float(value))
     except ValueError:
-        raise ValueError(f"{MAX_PIXELS_ENV}={value!r}: expected a number of pixels, or 0 for no limit") from None
+        raise UserError(f"{MAX_PIXELS_ENV}={value!r}: expected a number of pixels, or 0 for no limit") from None
     return limit if limit > 0 else None
 
 
@@ -397,7 +397,7 @@ def list_images(source: str | Path, recursive: bool = False) -> list[Path]:
         return list_files(path, IMAGE_EXTENSIONS, recursive=recursive)
     if path.is_file():
         if not _has_extension(path, IMAGE_EXTENSIONS):
-            raise ValueError(f"{path} is not an image (expected one of {', '.join(IMAGE_EXTENSIONS)})")
+            raise UserError(f"{path} is not an image (expected one of {', '.join(IMAGE_EXTENSIONS)})")
         return [path]
     matches = [Path(match) for match in glob.glob(str(path), recursive=recursive)]
     if not matches:

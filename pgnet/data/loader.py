@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pgnet.data.sampler import ResumableBatchSampler, SeededSamples
+from pgnet.errors import UserError
 
 DEFAULT_TRAIN_SIZES: tuple[int, ...] = (960, 992, 1024, 1056, 1088)
 _MASK_MODES = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
@@ -82,7 +83,7 @@ def collate_eval(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
     valid = [sample for sample in samples if sample is not None]
     shapes = {tuple(s["image"].shape) for s in valid}
     if len(shapes) > 1:
-        raise ValueError(f"eval images differ in size {sorted(shapes)}: resize them or use batch_size=1")
+        raise UserError(f"eval images differ in size {sorted(shapes)}: resize them or use batch_size=1")
     return {
         "image": torch.stack([s["image"] for s in valid]) if valid else torch.empty(0, 3, 0, 0),
         "mask": [s["mask"] for s in valid],

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from pgnet.data.io import split_alpha
+from pgnet.errors import UnknownNameError, UserError
 
 # Normalisation statistics on the 0-255 scale, RGB order.
 OFFICIAL_MEAN: tuple[float, float, float] = (124.55, 118.90, 102.94)
@@ -41,14 +42,14 @@ def normalization_stats(
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) on the 0-255 scale: the named statistics, each replaced by ``mean``/``std`` when given."""
     if normalization not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalization {normalization!r}; choose from {', '.join(NORMALIZATIONS)}")
+        raise UnknownNameError(f"unknown normalization {normalization!r}; choose from {', '.join(NORMALIZATIONS)}")
     default_mean, default_std = NORMALIZATIONS[normalization]
     mean = tuple(float(v) for v in (default_mean if mean is None else mean))
     std = tuple(float(v) for v in (default_std if std is None else std))
     if len(mean) != 3 or len(std) != 3:
-        raise ValueError(f"mean and std need 3 values (RGB), got mean {list(mean)} and std {list(std)}")
+        raise UserError(f"mean and std need 3 values (RGB), got mean {list(mean)} and std {list(std)}")
     if min(std) <= 0:
-        raise ValueError(f"std values must be positive, got {list(std)}")
+        raise UserError(f"std values must be positive, got {list(std)}")
     return mean, std
 
 
@@ -76,7 +77,7 @@ class Preprocessing:
             mean, std = normalization_stats("official", values["mean"], values["std"])
             eval_size = int(values["eval_size"])
         except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{source}: invalid 'preprocessing' entry {values!r}: {error}") from None
+            raise UserError(f"{source}: invalid 'preprocessing' entry {values!r}: {error}") from None
         return cls(mean, std, eval_size)
 
     def to_dict(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pgnet.data.transforms import PairTransform, build_eval_transform, to_sample
+from pgnet.errors import UserError
 from pgnet.writing import write_image
 
 MAX_SYNTHETIC_SIDE = 8192
@@ -29,7 +30,7 @@ _Shape = Callable[[np.random.Generator, np.ndarray, tuple[float, float], float],
 def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
     height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if not (8 <= height <= MAX_SYNTHETIC_SIDE and 8 <= width <= MAX_SYNTHETIC_SIDE):
-        raise ValueError(f"synthetic size must be between 8 and {MAX_SYNTHETIC_SIDE} per side, got {size}")
+        raise UserError(f"synthetic size must be between 8 and {MAX_SYNTHETIC_SIDE} per side, got {size}")
     return height, width
 
 
@@ -201,7 +202,7 @@ class SyntheticDataset(Dataset):
         self, n: int, size: int | tuple[int, int] = 512, seed: int = 0, transform: PairTransform | None = None
     ) -> None:
         if n < 1:
-            raise ValueError(f"a synthetic dataset needs n >= 1, got {n}")
+            raise UserError(f"a synthetic dataset needs n >= 1, got {n}")
         self.n = int(n)
         self.size = _size_hw(size)
         self.seed = int(seed)
@@ -238,7 +239,7 @@ def write_synthetic_dataset(
     as ``{name: generic, root: OUT}``.
     """
     if n < 1:
-        raise ValueError(f"a synthetic dataset needs n >= 1, got {n}")
+        raise UserError(f"a synthetic dataset needs n >= 1, got {n}")
     out = Path(out)
     for folder in ("image", "mask"):
         (out / folder).mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from pgnet.data.preprocessing import (  # noqa: F401  (the statistics' names, re
     OFFICIAL_STD,
     normalization_stats,
 )
+from pgnet.errors import UnknownNameError, UserError
 
 # Training options by preset. color_jitter: strength (0 = off); rotate: max degrees (0 = off);
 # scale_crop: smallest area fraction of a random resized crop (0 = off); border_crop: largest
@@ -135,12 +136,12 @@ def build_train_transform(
     edges) or 'nearest'.
     """
     if preset not in PRESETS:
-        raise ValueError(f"unknown transform preset {preset!r}; choose from {', '.join(PRESETS)}")
+        raise UnknownNameError(f"unknown transform preset {preset!r}; choose from {', '.join(PRESETS)}")
     unknown = set(options) - set(PRESETS[preset])
     if unknown:
         raise TypeError(f"unknown transform options {sorted(unknown)}; valid: {sorted(PRESETS[preset])}")
     if mask_interpolation not in _INTERPOLATIONS:
-        raise ValueError(f"mask_interpolation must be one of {list(_INTERPOLATIONS)}, got {mask_interpolation!r}")
+        raise UserError(f"mask_interpolation must be one of {list(_INTERPOLATIONS)}, got {mask_interpolation!r}")
     settings = {**PRESETS[preset], **{key: float(value) for key, value in options.items()}}
     mask_mode = _INTERPOLATIONS[mask_interpolation]
 

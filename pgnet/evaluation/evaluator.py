@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pgnet.checkpoint import load_model_and_preprocessing
-from pgnet.config import load_config
+from pgnet.config import ConfigError, load_config
 from pgnet.data.datasets import build_dataset
 from pgnet.data.io import MASK_EXTENSIONS, list_files
 from pgnet.data.loader import build_eval_loader
@@ -110,11 +110,11 @@ def config_datasets(config_path: str | Path) -> list[EvalDataset]:
     """The ``data.val`` datasets of a training config (each ``name`` + ``root``), resolved on disk."""
     entries = load_config(config_path).data.val
     if not entries:
-        raise ValueError(f"{config_path}: data.val lists no dataset")
+        raise ConfigError(f"{config_path}: data.val lists no dataset")
     datasets = []
     for entry in entries:
         if entry.name.lower() == SYNTHETIC_NAME or entry.root is None:
-            raise ValueError(f"{config_path}: data.val entry {entry.name!r} has no folders on disk to evaluate")
+            raise ConfigError(f"{config_path}: data.val entry {entry.name!r} has no folders on disk to evaluate")
         datasets += resolve_datasets([entry.name], entry.root)
     return datasets
 
@@ -153,7 +153,7 @@ def method_preprocessing(method: ModelMethod, recorded: Preprocessing) -> Prepro
 def _load_dataset(dataset: EvalDataset, method: ModelMethod, preprocessing: Preprocessing) -> Dataset:
     """The dataset of images at the test size (masks at their size), warning about unpaired masks."""
     if dataset.image_dir is None:
-        raise ValueError(f"dataset {dataset.name}: a model needs images, but only masks ({dataset.mask_dir}) are known")
+        raise UserError(f"dataset {dataset.name}: a model needs images, but only masks ({dataset.mask_dir}) are known")
     spec = dataset.spec or DatasetSpec(dataset.name, dataset.mask_dir.parent, dataset.image_dir, dataset.mask_dir)
     unpaired = pair_files(spec.image_dir, spec.mask_dir).unpaired_masks
     if unpaired:
@@ -233,15 +233,15 @@ def evaluate(
     """
     prediction_dirs = {name: Path(folder) for name, folder in (prediction_dirs or {}).items()}
     if model_method is None and not prediction_dirs:
-        raise ValueError("nothing to evaluate: give a checkpoint or prediction folders")
+        raise UserError("nothing to evaluate: give a checkpoint or prediction folders")
     if not datasets:
-        raise ValueError("no datasets to evaluate")
+        raise UserError("no datasets to evaluate")
     names = [d.name for d in datasets]
     if len(set(names)) != len(names):
-        raise ValueError(f"dataset names must be unique, got {names}")
+        raise UserError(f"dataset names must be unique, got {names}")
     methods = ([model_method.method_name] if model_method else []) + list(prediction_dirs)
     if len(set(methods)) != len(methods):
-        raise ValueError(f"method names must be unique, got {methods}")
+        raise UserError(f"method names must be unique, got {methods}")
     device = resolve_device(device)
     meta: dict[str, Any] = {"datasets": names, "methods": methods, "device": str(device), "metrics": list(metrics)}
     if model_method is not None:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from pgnet.data.io import MASK_EXTENSIONS, list_files, read_mask
 from pgnet.data.prefetch import prefetch
+from pgnet.data.registry import DatasetNotFoundError
 from pgnet.metrics import SODMetrics
 
 PREDICTION_EXTENSIONS = MASK_EXTENSIONS
@@ -37,10 +38,10 @@ def _files_by_stem(folder: Path, what: str) -> dict[str, Path]:
     """Image files in ``folder`` by stem (the earlier extension of MASK_EXTENSIONS wins); errors name
     the folder when it is missing or holds no image file."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"{what} folder {folder} does not exist or is not a folder")
+        raise DatasetNotFoundError(f"{what} folder {folder} does not exist or is not a folder")
     files = list_files(folder, PREDICTION_EXTENSIONS)
     if not files:
-        raise FileNotFoundError(f"{what} folder {folder} holds no image files ({', '.join(PREDICTION_EXTENSIONS)})")
+        raise DatasetNotFoundError(f"{what} folder {folder} holds no image files ({', '.join(PREDICTION_EXTENSIONS)})")
     preference = {extension: rank for rank, extension in enumerate(PREDICTION_EXTENSIONS)}
     by_stem: dict[str, Path] = {}
     for path in sorted(files, key=lambda p: (p.stem, preference[p.suffix.lower()])):

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from pgnet.errors import UnknownNameError, UserError
 from pgnet.metrics.boundary import BIOU_DILATION_RATIO, MBA_STEPS, boundary_iou, mean_boundary_accuracy
 from pgnet.metrics.histogram import (
     NUM_LEVELS,
@@ -49,7 +50,7 @@ def resolve_metric_groups(metrics: Iterable[str]) -> tuple[str, ...]:
             groups.add(_KEY_TO_GROUP[name])
         else:
             known = ", ".join([*METRIC_GROUPS, *_KEY_TO_GROUP])
-            raise ValueError(f"unknown metric {name!r}; known: {known}")
+            raise UnknownNameError(f"unknown metric {name!r}; known: {known}")
     return tuple(group for group in ALL_METRICS if group in groups)
 
 
@@ -81,7 +82,7 @@ class SODMetrics:
     ) -> None:
         self.groups = resolve_metric_groups(metrics)
         if not self.groups:
-            raise ValueError("no metrics selected")
+            raise UserError("no metrics selected")
         self.device = torch.device(device) if device is not None else None
         self.sm_alpha = sm_alpha
         self.fm_beta2 = fm_beta2

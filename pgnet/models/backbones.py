@@ -18,8 +18,9 @@ from timm.layers import to_2tuple
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from pgnet.errors import UnknownNameError
 from pgnet.models.layers import memory_format_of
-from pgnet.models.weights import CheckpointError, read_state_dict
+from pgnet.models.weights import CheckpointError, CheckpointNotFoundError, read_state_dict
 
 # Full stage depths of each Swin variant: the drop-path rates are spread over all of them, as in the
 # official model, although only the first three stages are built.
@@ -65,7 +66,7 @@ class SwinBranch(nn.Module):
     ):
         super().__init__()
         if variant not in SWIN_FULL_DEPTHS:
-            raise ValueError(f"unknown Swin variant {variant!r}; choose one of {sorted(SWIN_FULL_DEPTHS)}")
+            raise UnknownNameError(f"unknown Swin variant {variant!r}; choose one of {sorted(SWIN_FULL_DEPTHS)}")
         full_depths = SWIN_FULL_DEPTHS[variant]
         built = sum(full_depths[:3])
         # linspace(0, rate, all blocks)[:built] == linspace(0, rate * (built-1)/(all-1), built)
@@ -123,7 +124,7 @@ class ResNetBranch(nn.Module):
     def __init__(self, variant: str = "resnet18"):
         super().__init__()
         if variant not in RESNET_VARIANTS:
-            raise ValueError(f"unknown ResNet variant {variant!r}; choose one of {list(RESNET_VARIANTS)}")
+            raise UnknownNameError(f"unknown ResNet variant {variant!r}; choose one of {list(RESNET_VARIANTS)}")
         model = timm.create_model(variant, pretrained=False, num_classes=0)
         self.variant = variant
         self.conv1, self.bn1, self.act1, self.maxpool = model.conv1, model.bn1, model.act1, model.maxpool
@@ -154,7 +155,7 @@ def load_pretrained(branch: SwinBranch | ResNetBranch, path: str | Path, config_
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{config_key}: pretrained weights file not found: {path}")
+        raise CheckpointNotFoundError(f"{config_key}: pretrained weights file not found: {path}")
     source = read_state_dict(path)
     if isinstance(branch, SwinBranch) and "layers.0.downsample.reduction.weight" in source:
         source = {swin_official_to_timm_key(k): v for k, v in source.items()}

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from pgnet.data.io import read_image, split_alpha
+from pgnet.errors import UnknownNameError, UserError
 from pgnet.predict.foreground import estimate_foreground
 
 OUTPUT_MODES = ("mask", "rgba", "overlay", "color", "blur", "background")
@@ -58,7 +59,7 @@ def parse_color(text: str) -> tuple[int, int, int]:
     except ValueError:
         rgb = ()
     if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
-        raise ValueError(f"invalid colour {text!r}: expected R,G,B with values 0-255 or #RRGGBB")
+        raise UserError(f"invalid colour {text!r}: expected R,G,B with values 0-255 or #RRGGBB")
     return rgb  # type: ignore[return-value]
 
 
@@ -68,7 +69,7 @@ def as_color(color: ColorInput) -> tuple[int, int, int]:
         return parse_color(color)
     rgb = tuple(int(c) for c in color)
     if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
-        raise ValueError(f"invalid colour {color!r}: expected three values 0-255")
+        raise UserError(f"invalid colour {color!r}: expected three values 0-255")
     return rgb  # type: ignore[return-value]
 
 
@@ -127,13 +128,13 @@ class Composer:
 
     def __post_init__(self) -> None:
         if self.mode not in OUTPUT_MODES:
-            raise ValueError(f"unknown output mode {self.mode!r}; choose from {', '.join(OUTPUT_MODES)}")
+            raise UnknownNameError(f"unknown output mode {self.mode!r}; choose from {', '.join(OUTPUT_MODES)}")
         self.color = as_color(self.color if self.color is not None else DEFAULT_COLORS.get(self.mode, (0, 0, 0)))
         if not float(self.blur) > 0:
-            raise ValueError(f"blur must be a positive sigma in pixels, got {self.blur}")
+            raise UserError(f"blur must be a positive sigma in pixels, got {self.blur}")
         if self.mode == "background":
             if self.background is None:
-                raise ValueError("background mode needs a background picture")
+                raise UserError("background mode needs a background picture")
             if isinstance(self.background, (str, os.PathLike)):
                 self.background = read_image(self.background)
             self.background = split_alpha(self.background)[0]

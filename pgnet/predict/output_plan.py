@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgnet.data.io import list_files, list_images
-from pgnet.writing import check_overwrites
+from pgnet.writing import OverwriteError, check_overwrites
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 VIDEO_SUFFIX = ".mp4"  # video outputs: MPEG-4 part 2 (see ``pgnet.predict.video``)
@@ -139,6 +139,6 @@ def plan_video_outputs(
         stem = relative.with_suffix("") if stems[relative.with_suffix("")] == 1 else relative
         output = output_dir / (str(stem) + suffix)
         if output.resolve() in found:
-            raise FileExistsError(f"the output for {path} would overwrite the input {output}; choose another folder")
+            raise OverwriteError(f"the output for {path} would overwrite the input {output}; choose another folder")
         jobs.append(VideoJob(path, output))
     return sorted(jobs, key=lambda job: str(job.source))

@@ -28,6 +28,7 @@ from torch import nn
 from pgnet.checkpoint import load_model_and_preprocessing
 from pgnet.data.io import ImageReadError, original_image_size, read_image
 from pgnet.data.preprocessing import Preprocessing, as_rgb_array, prepare_batch, resize_for_network
+from pgnet.errors import UserError
 from pgnet.predict import video
 from pgnet.predict.runtime import InferenceRuntime
 
@@ -102,9 +103,9 @@ class Predictor:
         self.preprocessing = preprocessing or Preprocessing()
         size = self.preprocessing.eval_size if size is None else size
         if int(size) < 32:
-            raise ValueError(f"size must be at least 32, got {size}")
+            raise UserError(f"size must be at least 32, got {size}")
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise UserError(f"batch_size must be positive, got {batch_size}")
         self.model = model.eval()  # moved to ``device`` unless ``optimize`` (then its copy is)
         self.optimize = bool(optimize)
         self.compile = bool(compile)

@@ -189,7 +189,7 @@ class TemporalSmoother:
 
     def __init__(self, weight: float) -> None:
         if not 0.0 <= float(weight) < 1.0:
-            raise ValueError(f"smoothing weight must be in [0, 1), got {weight}")
+            raise UserError(f"smoothing weight must be in [0, 1), got {weight}")
         self.weight = float(weight)
         self.state: np.ndarray | None = None
 

@@ -28,7 +28,7 @@ from pgnet.config import Config
 from pgnet.errors import UserError
 from pgnet.models.official import convert_official_state_dict, is_official_state_dict
 from pgnet.models.pgnet import ModelConfig, PGNet
-from pgnet.models.weights import LoadReport, account_weights, load_weights_with_report
+from pgnet.models.weights import CheckpointNotFoundError, LoadReport, account_weights, load_weights_with_report
 
 HEAD_MODULES = ("head_pred", "head_side_cnn", "head_side_swin", "attention_heads")
 BACKBONE_FILE_KEYS = ("swin_pretrained", "resnet_pretrained")
@@ -99,7 +99,7 @@ def read_starting_weights(path: str | Path, weights: str = "model") -> tuple[dic
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"train.init_from: {path} does not exist")
+        raise CheckpointNotFoundError(f"train.init_from: {path} does not exist")
     try:
         state = load_checkpoint(path)
     except ValueError as error:

@@ -17,6 +17,7 @@ from typing import Any
 
 from pgnet.checkpoint import CheckpointError, load_checkpoint
 from pgnet.config import Config, ConfigError, load_config
+from pgnet.models.weights import CheckpointNotFoundError
 from pgnet.train.run_dir import check_not_busy
 
 # train.epochs also stretches the LR schedule to the new length from the resume step on.
@@ -74,7 +75,7 @@ def read_position(run_dir: Path) -> dict[str, int]:
     """``{"epoch", "step_in_epoch", "global_step"}`` of ``run_dir/checkpoints/last.pth``."""
     path = run_dir / "checkpoints" / "last.pth"
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no checkpoints/last.pth to resume from")
+        raise CheckpointNotFoundError(f"{run_dir} has no checkpoints/last.pth to resume from")
     state = load_checkpoint(path)
     if "position" not in state:
         raise CheckpointError(f"{path} is not a training checkpoint (no position): start a new run instead")
@@ -89,7 +90,7 @@ def plan_resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> ResumePla
     check_not_busy(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml")
+        raise ConfigError(f"{run_dir} is not a run folder: no config.yaml")
     stored = load_config(config_path)
     config = load_config(config_path, overrides)
     changes = changed_keys(stored, config)

@@ -2,7 +2,11 @@
 
 import errno
 import importlib
+import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +15,10 @@ from pgnet.data.registry import get_layout
 from pgnet.errors import UnknownNameError, UserError
 from pgnet.writing import NoSpaceError
 
+REPO = Path(__file__).resolve().parents[2]
 COMMANDS = ("train", "predict", "eval", "export", "convert")
+DATASET_COMMANDS = ("verify_dataset", "cache_dataset", "make_synthetic")
+ALL_COMMANDS = (*COMMANDS, "benchmark", *DATASET_COMMANDS)
 
 
 def raising(error: BaseException):
@@ -28,19 +35,40 @@ def test_statuses_returned_by_the_body():
 
 @pytest.mark.parametrize(("error", "status", "message"), [
     (UserError("bad value 3 for --x"), 2, "bad value 3 for --x"),
-    (ValueError("bad value"), 2, "bad value"),
-    (FileNotFoundError("model.pth does not exist"), 2, "model.pth does not exist"),
-    (FileNotFoundError(errno.ENOENT, "No such file or directory", "a.pth"), 2, "a.pth: No such file or directory"),
-    (PermissionError(errno.EACCES, "Permission denied", "out"), 2, "out: Permission denied"),
-    (KeyError("unknown key 'x'"), 2, "unknown key 'x'"),
     (UnknownNameError("unknown dataset 'NOPE'"), 2, "unknown dataset 'NOPE'"),
-    (OSError(errno.EIO, "Input/output error", "a.png"), 1, "a.png: Input/output error"),
     (NothingDoneError("no pictures found in x/"), 1, "no pictures found in x/"),
     (NoSpaceError("out/a.png"), 1, "no space left on device while writing out/a.png"),
 ])
-def test_errors_become_one_line_and_a_status(error, status, message, capsys):
+def test_user_errors_become_one_line_and_a_status(error, status, message, capsys):
     assert run_command("pgnet-x", raising(error)) == status
     assert capsys.readouterr().err == f"error: {message}\n"
+
+
+@pytest.mark.parametrize(("error", "message"), [
+    (FileNotFoundError("model.pth does not exist"), "model.pth does not exist"),
+    (FileNotFoundError(errno.ENOENT, "No such file or directory", "a.pth"), "a.pth: No such file or directory"),
+    (PermissionError(errno.EACCES, "Permission denied", "out"), "out: Permission denied"),
+    (KeyError("unknown key 'x'"), "unknown key 'x'"),
+])
+def test_errors_converted_on_purpose_become_one_line(error, message, capsys):
+    def body():
+        with errors_as(UserError, type(error)):
+            raise error
+
+    assert run_command("pgnet-x", body) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+@pytest.mark.parametrize("error", [
+    ValueError("bad value"),
+    KeyError("missing_key"),
+    FileNotFoundError(errno.ENOENT, "No such file or directory", "a.pth"),
+    OSError(errno.EIO, "Input/output error", "a.png"),
+])
+def test_other_errors_are_bugs_and_keep_their_traceback(error, capsys):
+    with pytest.raises(type(error)):
+        run_command("pgnet-x", raising(error))
+    assert capsys.readouterr().err == ""
 
 
 def test_an_exit_status_attribute_is_honoured(capsys):
@@ -126,3 +154,78 @@ def test_argument_errors_exit_2_from_the_parser(capsys):
     with pytest.raises(SystemExit) as caught:
         train.main(["--config", "a.yaml", "--resume", "runs/x"])
     assert caught.value.code == 2 and "give either --config CONFIG or --resume RUN_DIR" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", DATASET_COMMANDS)
+def test_dataset_commands_document_their_exit_statuses(name):
+    module = importlib.import_module(f"pgnet.cli.{name}")
+    help_text = " ".join(module.build_parser().format_help().split())
+    assert f"usage: {module.PROG} " in help_text and "Example: python datasets/" in help_text
+    statuses = help_text.split("exit status:", 1)[1]
+    assert statuses.startswith(" 0 ") and " 1 " in statuses and " 2 " in statuses
+
+
+def test_help_of_every_command_does_not_import_torch():
+    code = ("import sys, importlib\n"
+            f"for name in {ALL_COMMANDS!r}:\n"
+            "    try:\n        importlib.import_module('pgnet.cli.' + name).main(['--help'])\n"
+            "    except SystemExit as stop:\n        assert stop.code == 0, name\n"
+            "print('torch' in sys.modules, 'timm' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0 and result.stdout.strip().splitlines()[-1] == "False False", result.stderr[-2000:]
+    for name in DATASET_COMMANDS:
+        assert f"usage: {importlib.import_module(f'pgnet.cli.{name}').PROG} " in result.stdout
+
+
+def test_a_library_bug_in_a_command_shows_its_traceback_and_exits_1(tmp_path):
+    code = ("import sys\nimport pgnet.data.registry\n"
+            "def find_datasets(*args):\n    raise KeyError('missing_key')\n"
+            "pgnet.data.registry.find_datasets = find_datasets\n"
+            "from pgnet.cli.verify_dataset import main\n"
+            f"sys.exit(main([{str(tmp_path)!r}]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr and "KeyError: 'missing_key'" in result.stderr
+    assert "error: missing_key" not in result.stderr
+
+
+def test_a_user_error_in_a_command_is_one_line_and_exits_2(tmp_path, monkeypatch, capsys):
+    import pgnet.data.registry
+    from pgnet.cli.verify_dataset import main
+
+    def find_datasets(root, names):
+        raise error
+
+    monkeypatch.setattr(pgnet.data.registry, "find_datasets", find_datasets)
+    error = UserError(f"{tmp_path}: not a dataset")
+    assert main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path}: not a dataset\n"
+    error = KeyError("missing_key")
+    with pytest.raises(KeyError, match="missing_key"):
+        main([str(tmp_path)])
+    assert capsys.readouterr().err == ""
+
+
+def test_bad_input_met_in_the_library_is_a_usage_error(tmp_path, capsys):
+    from pgnet.cli import cache_dataset, eval, make_synthetic, predict, train
+
+    (tmp_path / "preds").mkdir()
+    preds, missing = f"m={tmp_path / 'preds'}", tmp_path / "missing"
+    output = ["-o", str(tmp_path / "out")]
+    calls = [
+        (eval.main, ["--preds", preds, "--gt", f"d={missing}", "--metrics", "bogus", *output], "unknown metric"),
+        (eval.main, ["--preds", preds, "--gt", f"d={missing}", *output], f"mask folder {missing} does not exist"),
+        (eval.main, ["--pred-root", str(missing), "--gt", f"d={missing}", *output], f"--pred-root {missing}"),
+        (eval.main, ["--preds", preds, "--config", str(missing / "c.yaml"), *output], "c.yaml"),
+        (predict.main, [str(tmp_path), "-c", "x.pth", "--color", "nonsense", *output], "invalid colour 'nonsense'"),
+        (predict.main, [str(tmp_path), "-c", "x.pth", "--mode", "blur", "--blur", "0", *output], "blur must be"),
+        (train.main, ["--resume", str(tmp_path)], f"{tmp_path} is not a run folder"),
+        (make_synthetic.main, [str(tmp_path / "synthetic"), "--n", "1", "--size", "4"], "synthetic size"),
+        (cache_dataset.main, [str(missing)], "missing"),
+    ]
+    for main, argv, named in calls:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and named in err and "Traceback" not in err, (argv, err)

@@ -1,5 +1,6 @@
-"""The dataset check (pgnet.data.verify) and the entry points datasets/verify.py, datasets/cache.py and
-datasets/make_synthetic.py: exit codes, summaries, round trips."""
+"""The dataset check (pgnet.data.verify) and the dataset commands (pgnet.cli.verify_dataset, cache_dataset,
+make_synthetic) through their scripts datasets/verify.py, datasets/cache.py and datasets/make_synthetic.py:
+exit codes, summaries, round trips."""
 
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from helpers import script
 
+from pgnet.cli.make_synthetic import parse_size
 from pgnet.data.datasets import build_dataset
 from pgnet.data.registry import find_datasets
 from pgnet.data.synthetic import make_sample, sample_seed, write_synthetic_dataset
@@ -42,7 +44,6 @@ def test_make_synthetic_writes_the_generic_layout(tmp_path):
     _, expected_mask = make_sample(sample_seed(0, 3), (60, 80))
     assert np.array_equal(cv2.imread(str(masks[3]), cv2.IMREAD_UNCHANGED), expected_mask)
     assert cv2.imread(str(images[3])).shape == (60, 80, 3)
-    parse_size = make_synthetic["parse_size"]
     assert parse_size("3840x2160") == (2160, 3840) and parse_size("64") == (64, 64)
 
 
