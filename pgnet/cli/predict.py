@@ -113,17 +113,9 @@ def _predict(args: argparse.Namespace, mode: str) -> int:
         raise NothingDoneError(f"no pictures or videos found in {' '.join(args.inputs)}")
     with errors_as(UserError, RuntimeError):  # torch's errors loading a checkpoint: a usage error
         predictor = Predictor.from_checkpoint(
-            args.checkpoint,
-            device=args.device,
-            weights=args.weights,
-            size=args.size,
-            fast_decode=args.fast_decode,
-            flip=args.flip,
-            precision=args.precision,
-            batch_size=args.batch_size,
-            optimize=not args.no_optimize,
-            compile=args.compile,
-            cuda_graphs=False if args.no_cuda_graphs else None,
+            args.checkpoint, device=args.device, weights=args.weights, size=args.size, fast_decode=args.fast_decode,
+            flip=args.flip, precision=args.precision, batch_size=args.batch_size, optimize=not args.no_optimize,
+            compile=args.compile, cuda_graphs=False if args.no_cuda_graphs else None,
         )
     print(f"{len(jobs)} pictures, {len(video_jobs)} videos, {predictor}", file=sys.stderr)
     if args.compile:
