@@ -102,7 +102,7 @@ def default_threads():
 
 
 # `make test` hands whole files to three xdist workers (one thread each; on 2 cores a third worker fills
-# the time the others spend waiting on subprocesses and compilers: 4 min 27 s against 5 min 4 s for two)
+# the time the others spend waiting on subprocesses and compilers; docs/performance.md has the figures)
 # in collection order: the files that take longest go first, so that the workers finish together.
 # Tests keep their order in a file.
 SLOW_FILES_FIRST = ("test_acceleration.py", "test_trainer.py", "test_export.py", "test_run_integrity.py",

@@ -26,7 +26,7 @@ class BenchmarkOptions:
     train_batch: int = 8
     train_iterations: int = 5
     train_warmup: int = 2
-    compile: bool = True  # also the torch.compile'd paths (a compilation per path: 16 s on a 2-core CPU)
+    compile: bool = True  # also the torch.compile'd paths (one compilation per path)
     compile_mode: str | None = None
     tf32: bool | None = None  # None: PyTorch's settings
     # The official 11 GB cards, less ~0.5 GiB for the CUDA context: the checkpointed training step runs
