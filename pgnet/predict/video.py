@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
@@ -30,13 +30,11 @@ from tqdm import tqdm
 
 from pgnet.data.preprocessing import resize_for_network
 from pgnet.errors import UserError
+from pgnet.predict.batching import ArrayPredictor, predict_batches
 from pgnet.predict.compose import Composer
 from pgnet.predict.files import PredictionReport
 from pgnet.predict.output_plan import VIDEO_SUFFIX, VideoJob
 from pgnet.writing import move_into_place, write_image
-
-if TYPE_CHECKING:  # annotations only: Predictor.predict_video calls this module
-    from pgnet.predict.predictor import Predictor
 
 VIDEO_FOURCC = "mp4v"  # MPEG-4 part 2, which OpenCV's pip wheels can write
 DEFAULT_FPS = 30.0  # when the source does not tell (many webcams)
@@ -213,36 +211,26 @@ def mean_consecutive_change(masks: Iterable[np.ndarray]) -> float:
     return float(np.mean(changes)) if changes else 0.0
 
 
-def predict_frames(predictor: Predictor, reader: FrameReader, smooth: float = 0.0) -> Iterator[VideoFrame]:
+def predict_frames(predictor: ArrayPredictor, reader: Iterable[tuple[np.ndarray, np.ndarray]],
+                   smooth: float = 0.0) -> Iterator[VideoFrame]:
     """Masks of a reader's frames, ``predictor.batch_size`` frames per forward pass, smoothed if asked."""
     smoother = TemporalSmoother(smooth)
-    batch: list[tuple[np.ndarray, np.ndarray]] = []
+    frames = ((frame, small, frame.shape[:2]) for frame, small in reader)
     index = 0
-
-    def run(batch: list[tuple[np.ndarray, np.ndarray]]) -> Iterator[VideoFrame]:
-        nonlocal index
-        masks = predictor.predict_arrays([small for _, small in batch], [frame.shape[:2] for frame, _ in batch])
-        for (frame, _), mask in zip(batch, masks):
+    for batch in predict_batches(predictor, frames):
+        for frame, mask in batch:
             yield VideoFrame(index, frame, smoother(mask))
             index += 1
 
-    for item in reader:
-        batch.append(item)
-        if len(batch) == predictor.batch_size:
-            yield from run(batch)
-            batch = []
-    if batch:
-        yield from run(batch)
 
-
-def _reader_size(predictor: Predictor) -> int | None:
+def _reader_size(predictor: ArrayPredictor) -> int | None:
     """Frames are resized as uint8 on the reader thread with ``fast_decode``; otherwise the predictor
     prepares them the official way (normalised as float, then resized)."""
     return predictor.size if predictor.fast_decode else None
 
 
 def predict_video(
-    predictor: Predictor,
+    predictor: ArrayPredictor,
     source: str | os.PathLike | int,
     smooth: float = 0.0,
     max_frames: int | None = None,
@@ -321,7 +309,7 @@ class FrameWriter:
 
 
 def write_video(
-    predictor: Predictor,
+    predictor: ArrayPredictor,
     source: str | os.PathLike | int,
     output: str | os.PathLike,
     composer: Composer | None = None,
@@ -376,7 +364,7 @@ def _chain(first: VideoFrame, rest: Iterator[VideoFrame]) -> Iterator[VideoFrame
 
 
 def predict_videos(
-    predictor: Predictor,
+    predictor: ArrayPredictor,
     jobs: Iterable[VideoJob],
     composer: Composer,
     smooth: float = 0.0,
