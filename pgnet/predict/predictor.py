@@ -2,10 +2,10 @@
 
 ``Predictor`` takes a path, an RGB uint8 array or a PIL image and returns the saliency mask as
 float32 in [0, 1] at the picture's own size. Pictures are resized to ``size``×``size`` (1024, the
-official test size, or the checkpoint's test size) and prepared as ``pgnet.data.transforms.build_eval_transform``
-does: by default as the official test code (full decode, normalised as float, then resized), with
-``fast_decode`` reduced JPEG decode and a uint8 resize first. The normalisation statistics are the
-checkpoint's (``pgnet.data.preprocessing``). The prediction step is the evaluator's
+official test size, or the checkpoint's test size) and prepared by ``pgnet.data.preprocessing.prepare_batch``,
+the evaluation preprocessing that the evaluator's datasets run too: by default as the official test
+code (full decode, normalised as float, then resized), with ``fast_decode`` reduced JPEG decode and a
+uint8 resize first. The normalisation statistics are the checkpoint's. The prediction step is the evaluator's
 (``pgnet.models.pgnet.predict_probabilities``), run on an ``InferenceRuntime`` (``pgnet.predict.runtime``).
 
 ``pgnet.predict.files.predict_files`` runs a predictor over files and writes one picture each
