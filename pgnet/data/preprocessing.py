@@ -94,8 +94,8 @@ def normalize(
 ) -> torch.Tensor:
     """RGB on the 0-255 scale (any dtype) → float32 (x − mean) / std, per channel along ``channel_dim``.
 
-    The network's input normalisation, the one formula every path runs: ``channel_dim`` 1 for
-    B×3×H×W (the predictor on the device, the ONNX graph), -1 for H×W×3 pictures.
+    The network's input normalisation, the one formula every path runs: ``channel_dim`` -1 for H×W×3
+    pictures (``prepare_image``), 1 for B×3×H×W batches (the ONNX graph of ``pgnet.predict.export``).
     """
     shape = [1] * images.dim()
     shape[channel_dim] = 3
