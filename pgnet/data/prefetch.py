@@ -1,4 +1,5 @@
-"""Reading ahead in threads: one bounded prefetch for ``predict_files`` and the evaluator's folders."""
+"""Reading ahead in threads: the one bounded prefetch of ``predict_files``, the video frame reader and
+the evaluator's prediction folders."""
 
 from __future__ import annotations
 

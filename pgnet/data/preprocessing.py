@@ -6,10 +6,12 @@ evaluation and export read it back. Checkpoints without it (official ones, older
 get the official statistics and test size.
 
 The evaluation preprocessing (``prepare_image`` for one picture, ``prepare_batch`` for several) is
-the one that the ``Predictor``, the evaluator's and the validation's datasets and the ONNX export all
-run: by default the official order (normalised as float at full size, then resized); with
-``fast_decode`` resized as uint8 first, then normalised. It lives in ``data`` rather than in
-``predict`` because dataset workers run it, below everything that predicts.
+the one that the ``Predictor`` and the evaluator's and the validation's datasets
+(``pgnet.data.transforms.build_eval_transform``) run: by default the official order (normalised as
+float at full size, then resized); with ``fast_decode`` resized as uint8 first, then normalised.
+The ONNX graph (``pgnet.predict.export``) runs its ``normalize`` step on pictures resized by the
+caller. It lives in ``data`` rather than in ``predict`` because dataset workers run it, below
+everything that predicts.
 """
 
 from __future__ import annotations
@@ -84,36 +86,42 @@ class Preprocessing:
         return {"mean": list(self.mean), "std": list(self.std), "eval_size": self.eval_size}
 
 
-def normalize_then_resize(
-    image: np.ndarray, size: int, mean: Sequence[float] = OFFICIAL_MEAN, std: Sequence[float] = OFFICIAL_STD
-) -> np.ndarray:
-    """The official test preprocessing: H×W×3 uint8 RGB at full size → size×size×3 float32, normalised
-    as float first, then resized (bilinear, as ``cv2.INTER_LINEAR``)."""
-    normalized = (image.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    if normalized.shape[:2] == (size, size):
-        return normalized
-    return cv2.resize(normalized, (size, size), interpolation=cv2.INTER_LINEAR)
-
-
-
 def normalize(
-    images: torch.Tensor, mean: Sequence[float] = OFFICIAL_MEAN, std: Sequence[float] = OFFICIAL_STD
+    images: torch.Tensor,
+    mean: Sequence[float] = OFFICIAL_MEAN,
+    std: Sequence[float] = OFFICIAL_STD,
+    channel_dim: int = 1,
 ) -> torch.Tensor:
-    """B×3×H×W RGB on the 0-255 scale (any dtype) → float32 normalised with ``mean``/``std`` (0-255 scale).
+    """RGB on the 0-255 scale (any dtype) → float32 (x − mean) / std, per channel along ``channel_dim``.
 
-    The network's input normalisation on tensors: the predictor's fast path and the ONNX export use
-    it; it equals the ``A.Normalize`` step of ``build_eval_transform``.
+    The network's input normalisation, the one formula every path runs: ``channel_dim`` -1 for H×W×3
+    pictures (``prepare_image``), 1 for B×3×H×W batches (the ONNX graph of ``pgnet.predict.export``).
     """
-    mean = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    shape = [1] * images.dim()
+    shape[channel_dim] = 3
+    mean = torch.tensor(mean, dtype=torch.float32, device=images.device).view(shape)
+    std = torch.tensor(std, dtype=torch.float32, device=images.device).view(shape)
     return (images.float() - mean) / std
 
 
-def resize_for_network(image: np.ndarray, size: int) -> np.ndarray:
-    """H×W×3 uint8 → size×size×3 uint8, bilinear: the ``A.Resize`` step of ``build_eval_transform``."""
-    if image.shape[:2] == (size, size):
+def resize_for_network(image: np.ndarray, size: int | None) -> np.ndarray:
+    """H×W(×C) → size×size(×C) in the same dtype, bilinear (``cv2.INTER_LINEAR``); None: as it is."""
+    if size is None or image.shape[:2] == (size, size):
         return image
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def normalize_then_resize(
+    image: np.ndarray, size: int | None, mean: Sequence[float] = OFFICIAL_MEAN, std: Sequence[float] = OFFICIAL_STD
+) -> np.ndarray:
+    """The official test preprocessing: H×W×3 uint8 RGB at full size → size×size×3 float32, normalised
+    as float first, then resized (bilinear)."""
+    return resize_for_network(normalize(_as_tensor(image), mean, std, channel_dim=-1).numpy(), size)
+
+
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor on ``array``'s memory, or on a copy when that is read-only or not contiguous."""
+    return torch.from_numpy(np.require(array, requirements=("C", "W")))
 
 
 def as_rgb_array(image: np.ndarray | Any) -> np.ndarray:
@@ -125,18 +133,33 @@ def as_rgb_array(image: np.ndarray | Any) -> np.ndarray:
     return split_alpha(image)[0]
 
 
-def prepare_batch(
-    images: Sequence[np.ndarray], size: int, preprocessing: Preprocessing, fast_decode: bool, device: torch.device
+def prepare_image(
+    image: np.ndarray | Any,
+    size: int | None,
+    preprocessing: Preprocessing,
+    fast_decode: bool = False,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Pictures (H×W×3 uint8 RGB arrays or PIL images) → the B×3×S×S float32 network input on ``device``.
+    """A picture (H×W×3 uint8 RGB array or PIL image) → the 3×S×S float32 network input on ``device``.
 
-    Default: the official order, each picture normalised as float at full size, then resized;
-    ``fast_decode``: resized as uint8 (a no-op for a picture already size×size), then normalised on
-    the device.
+    Default: the official order, normalised as float at full size, then resized; ``fast_decode``:
+    resized as uint8 (a no-op for a picture already size×size), then normalised on ``device``.
+    ``size`` None keeps the picture's size.
     """
-    mean, std = preprocessing.mean, preprocessing.std
+    image = as_rgb_array(image)
     if fast_decode:
-        batch = np.stack([resize_for_network(as_rgb_array(image), size) for image in images])  # B×S×S×3
-        return normalize(torch.from_numpy(batch).to(device).permute(0, 3, 1, 2), mean, std)
-    batch = np.stack([normalize_then_resize(as_rgb_array(image), size, mean, std) for image in images])
-    return torch.from_numpy(batch).to(device).permute(0, 3, 1, 2)
+        resized = _as_tensor(resize_for_network(image, size)).to(device)
+        prepared = normalize(resized, preprocessing.mean, preprocessing.std, channel_dim=-1)
+    else:
+        prepared = torch.from_numpy(normalize_then_resize(image, size, preprocessing.mean, preprocessing.std))
+        prepared = prepared.to(device)
+    return prepared.permute(2, 0, 1).contiguous()
+
+
+def prepare_batch(
+    images: Sequence[np.ndarray | Any], size: int, preprocessing: Preprocessing, fast_decode: bool,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Pictures (H×W×3 uint8 RGB arrays or PIL images) → the B×3×S×S float32 network input on
+    ``device``, each prepared by ``prepare_image``."""
+    return torch.stack([prepare_image(image, size, preprocessing, fast_decode, device) for image in images])

@@ -29,7 +29,10 @@ from pgnet.data.preprocessing import (  # noqa: F401  (the statistics' names, re
     NORMALIZATIONS,
     OFFICIAL_MEAN,
     OFFICIAL_STD,
+    Preprocessing,
     normalization_stats,
+    prepare_image,
+    resize_for_network,
 )
 from pgnet.errors import UnknownNameError, UserError
 
@@ -71,6 +74,11 @@ class BorderCrop(BaseCrop):
         return ("max_fraction",)
 
 
+def _mask_tensor(mask: np.ndarray) -> torch.Tensor:
+    """H×W uint8 0/255 → 1×H×W float32 in [0, 1]."""
+    return torch.from_numpy(mask.astype(np.float32) / np.float32(255.0)).unsqueeze(0)
+
+
 class PairTransform:
     """An albumentations pipeline for an image/mask pair that returns tensors.
 
@@ -93,8 +101,7 @@ class PairTransform:
         else:
             image = self.pipeline(image=image)["image"]
         image_tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
-        mask_tensor = torch.from_numpy(mask.astype(np.float32) / np.float32(255.0)).unsqueeze(0)
-        return image_tensor, mask_tensor
+        return image_tensor, _mask_tensor(mask)
 
     def set_random_seed(self, seed: int) -> None:
         """Reseed the pipeline's random generators (per worker, for reproducible runs)."""
@@ -102,6 +109,36 @@ class PairTransform:
 
     def __repr__(self) -> str:
         return f"PairTransform(input_size={self.input_size}, resizes_mask={self.resizes_mask}, {self.pipeline!r})"
+
+
+class EvalTransform(PairTransform):
+    """The evaluation preprocessing (``pgnet.data.preprocessing.prepare_image``) of an image/mask pair.
+
+    The image becomes the 3×size×size float32 network input (size None: its own size); the mask,
+    float32 1×h×w in [0, 1], keeps its resolution unless ``resizes_mask`` (then bilinear to
+    size×size). ``input_size`` is ``size`` with ``fast_decode`` (readers may decode large JPEGs
+    reduced, no smaller than it), None for the official protocol (decoded at full size).
+    """
+
+    def __init__(self, size: int | None, preprocessing: Preprocessing, fast_decode: bool = False,
+                 resizes_mask: bool = False) -> None:
+        self.size = size
+        self.preprocessing = preprocessing
+        self.fast_decode = fast_decode
+        self.input_size = size if fast_decode else None
+        self.resizes_mask = resizes_mask
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.resizes_mask:
+            mask = resize_for_network(mask, self.size)
+        return prepare_image(image, self.size, self.preprocessing, self.fast_decode), _mask_tensor(mask)
+
+    def set_random_seed(self, seed: int) -> None:
+        """Nothing to reseed: the evaluation preprocessing is deterministic."""
+
+    def __repr__(self) -> str:
+        return (f"EvalTransform(size={self.size}, fast_decode={self.fast_decode}, "
+                f"resizes_mask={self.resizes_mask}, {self.preprocessing})")
 
 
 def to_sample(
@@ -188,24 +225,19 @@ def build_eval_transform(
     normalization: str = "official",
     resize_mask: bool = False,
     fast_decode: bool = False,
-) -> PairTransform:
-    """Normalise the image and resize it to size×size (None: keep its size).
+) -> EvalTransform:
+    """Normalise the image and resize it to size×size (None: keep its size), as the ``Predictor`` does.
 
     By default this is the official test protocol: the picture is decoded at full size, normalised
     as float, then resized (bilinear). ``fast_decode`` trades exactness for speed: large JPEGs are
     decoded at 1/2, 1/4 or 1/8 scale (no smaller than ``size``) and the uint8 picture is resized
-    before it is normalised. The mask keeps its original resolution (to score predictions resized
+    before it is normalised. ``normalization`` picks the statistics, which explicit ``mean``/``std``
+    (0-255 scale) override. The mask keeps its original resolution (to score predictions resized
     back to it) unless ``resize_mask`` is True, e.g. for a validation loss at the test size.
     """
-    normalize = _normalize(mean, std, normalization)
-    resize = (
-        [A.Resize(size, size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_LINEAR)]
-        if size is not None
-        else []
-    )
-    steps = [*resize, normalize] if fast_decode else [normalize, *resize]
-    # input_size lets readers decode reduced: only for fast_decode, whose pipeline starts with the resize.
-    return PairTransform(A.Compose(steps, seed=0), input_size=size if fast_decode else None, resizes_mask=resize_mask)
+    mean, std = normalization_stats(normalization, mean, std)
+    preprocessing = Preprocessing(mean, std) if size is None else Preprocessing(mean, std, int(size))
+    return EvalTransform(size, preprocessing, fast_decode=fast_decode, resizes_mask=resize_mask)
 
 
 def denormalize(

@@ -157,6 +157,11 @@ class SODMetrics:
         self.num_images += pred_u8.shape[0]
         return per_image
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The accumulated sums by name: the scalar metrics', the curves' and (with ``Fm``) the pixel
+        counts', on the device the metrics were computed on; empty before any update."""
+        return {**self._sums, **self._curve_sums, **self._pixel_sums}
+
     def compute(self) -> dict[str, float]:
         """Dataset values, keyed as :attr:`keys`; raises RuntimeError before any update."""
         if self.num_images == 0:

@@ -54,9 +54,9 @@ def compile_for_inference(model: nn.Module, mode: str | None = None) -> nn.Modul
 
     Without ``mode`` Inductor's freezing folds the weights into the graph (constant folding, BatchNorm
     and weight layouts included); a ``mode`` such as "reduce-overhead" replaces it, since
-    ``torch.compile`` takes a mode or options, not both. The first call of each size compiles: on a
-    2-core CPU with an empty compile cache, 95 s for the demo-sized network at 96×96, with or without
-    freezing (Inductor's C++ code generation); far less once its kernels are cached.
+    ``torch.compile`` takes a mode or options, not both. The first call of each size compiles
+    (Inductor's C++ code generation on a CPU), which is slow with an empty compile cache and far
+    faster once its kernels are cached.
     """
     options = None if mode else {"freezing": True}
     return torch.compile(model, dynamic=False, mode=mode, options=options)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import sys
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
@@ -21,12 +21,10 @@ from tqdm import tqdm
 
 from pgnet.data.io import ImageReadError, read_image_with_alpha
 from pgnet.data.prefetch import prefetch
+from pgnet.predict.batching import ArrayPredictor, predict_batches
 from pgnet.predict.compose import Composer
 from pgnet.predict.output_plan import FileJob
 from pgnet.writing import NoSpaceError, write_image
-
-if TYPE_CHECKING:  # annotations only: pgnet.predict.predictor imports pgnet.predict.video, which imports this module
-    from pgnet.predict.predictor import Predictor
 
 
 @dataclass
@@ -46,7 +44,7 @@ def _write_output(job: FileJob, mask: np.ndarray, composer: Composer) -> Path:
 
 
 def predict_files(
-    predictor: Predictor,
+    predictor: ArrayPredictor,
     jobs: Sequence[FileJob],
     mode: str = "mask",
     color: Sequence[int] | str | None = None,
@@ -91,15 +89,8 @@ def predict_files(
             except (OSError, ValueError, cv2.error) as error:
                 skip(job, error)
 
-    def flush(batch: list[tuple[FileJob, np.ndarray, tuple[int, int]]]) -> None:
-        masks = predictor.predict_arrays([image for _, image, _ in batch], [size for _, _, size in batch])
-        for (job, _, _), mask in zip(batch, masks):
-            writes.append((job, pool.submit(_write_output, job, mask, composer)))
-        batch.clear()
-        finish_writes(keep=2 * workers)
-
-    with ThreadPoolExecutor(workers) as pool:
-        batch: list[tuple[FileJob, np.ndarray, tuple[int, int]]] = []
+    def read(pool: ThreadPoolExecutor) -> Iterator[tuple[FileJob, np.ndarray, tuple[int, int]]]:
+        """(job, picture, mask size) of each readable job, read ahead by the pool."""
         depth = predictor.batch_size + workers
         for job, future in prefetch(pool, lambda job: predictor.load(job.source, shrink=True), jobs, depth):
             try:
@@ -107,11 +98,13 @@ def predict_files(
             except (OSError, ValueError, cv2.error) as error:
                 skip(job, error)
                 continue
-            batch.append((job, image, size))
-            if len(batch) == predictor.batch_size:
-                flush(batch)
-        if batch:
-            flush(batch)
+            yield job, image, size
+
+    with ThreadPoolExecutor(workers) as pool:
+        for batch in predict_batches(predictor, read(pool)):
+            for job, mask in batch:
+                writes.append((job, pool.submit(_write_output, job, mask, composer)))
+            finish_writes(keep=2 * workers)  # these writes run while the next batch is read and predicted
         finish_writes(keep=0)
     bar.close()
     return report

@@ -2,10 +2,10 @@
 
 ``Predictor`` takes a path, an RGB uint8 array or a PIL image and returns the saliency mask as
 float32 in [0, 1] at the picture's own size. Pictures are resized to ``size``×``size`` (1024, the
-official test size, or the checkpoint's test size) and prepared as ``pgnet.data.transforms.build_eval_transform``
-does: by default as the official test code (full decode, normalised as float, then resized), with
-``fast_decode`` reduced JPEG decode and a uint8 resize first. The normalisation statistics are the
-checkpoint's (``pgnet.data.preprocessing``). The prediction step is the evaluator's
+official test size, or the checkpoint's test size) and prepared by ``pgnet.data.preprocessing.prepare_batch``,
+the evaluation preprocessing that the evaluator's datasets run too: by default as the official test
+code (full decode, normalised as float, then resized), with ``fast_decode`` reduced JPEG decode and a
+uint8 resize first. The normalisation statistics are the checkpoint's. The prediction step is the evaluator's
 (``pgnet.models.pgnet.predict_probabilities``), run on an ``InferenceRuntime`` (``pgnet.predict.runtime``).
 
 ``pgnet.predict.files.predict_files`` runs a predictor over files and writes one picture each
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from pgnet.data.io import ImageReadError, original_image_size, read_image
 from pgnet.data.preprocessing import Preprocessing, as_rgb_array, prepare_batch, resize_for_network
 from pgnet.errors import UserError
 from pgnet.predict import video
+from pgnet.predict.batching import predict_batches
 from pgnet.predict.runtime import InferenceRuntime
 
 ImageInput = str | os.PathLike | np.ndarray | Any  # Any: a PIL image (Pillow is optional)
@@ -74,7 +75,7 @@ class Predictor:
         batch_size: pictures per forward pass in ``predict_batch``.
         optimize: run a copy of the model with BatchNorm folded, fused attention and channels_last
             (``pgnet.predict.acceleration.prepare_for_inference``; masks agree with the plain model to ~1e-4).
-        compile: ``torch.compile`` that copy (first call of each size compiles; 1.4× on a CPU).
+        compile: ``torch.compile`` that copy (the first call of each input size compiles).
         cuda_graphs: replay CUDA graphs (one per batch shape); None: on for CUDA unless compiled.
         preprocessing: the normalisation (and test size) the model was trained with; None: the
             official one. ``from_checkpoint`` reads it from the checkpoint.
@@ -183,26 +184,24 @@ class Predictor:
         raising ``ImageReadError``.
         """
         masks: list[np.ndarray | None] = [None] * len(images)
-        pending: list[tuple[int, np.ndarray, tuple[int, int]]] = []  # at most batch_size decoded pictures
-
-        def run() -> None:
-            predicted = self.predict_arrays([image for _, image, _ in pending], [size for _, _, size in pending])
-            for (index, _, _), mask in zip(pending, predicted):
+        for batch in predict_batches(self, self._load_each(images, skip_unreadable)):
+            for index, mask in batch:
                 masks[index] = mask
-            pending.clear()
+        return masks
 
+    def _load_each(self, images: Sequence[ImageInput], skip_unreadable: bool
+                   ) -> Iterator[tuple[int, np.ndarray, tuple[int, int]]]:
+        """(index, picture, mask size) of each picture, loaded as the batches ask for them."""
         for index, image in enumerate(images):
             try:
-                pending.append((index, *self.load(image, shrink=True)))
+                loaded = self.load(image, shrink=True)
             except ImageReadError as error:
                 if not skip_unreadable:
                     raise
-                warnings.warn(f"skipped {error}", stacklevel=3)
-            if len(pending) == self.batch_size:
-                run()
-        if pending:
-            run()
-        return masks
+                # 6: past this generator, batched, predict_batches, predict_batch and __call__ to its caller
+                warnings.warn(f"skipped {error}", stacklevel=6)
+                continue
+            yield (index, *loaded)
 
     def predict_video(self, source: str | os.PathLike | int, output: str | os.PathLike | None = None,
                       **options: Any) -> Any:

@@ -2,9 +2,9 @@
 
 ``predict_video`` yields each frame with its mask; ``write_video`` writes the output video (mp4,
 same size and frame rate) of one mode of ``pgnet.predict.compose``, or for ``rgba`` (which common codecs
-cannot hold) a folder of numbered PNGs. Frames are decoded (and resized for the network) on a reader
-thread and composed and encoded on a writer thread, so the network does not wait for either; the
-queues between them are bounded. Audio is not carried over.
+cannot hold) a folder of numbered PNGs. Frames are decoded (and resized for the network) ahead on a
+reader thread (``pgnet.data.prefetch``) and composed and encoded on writer threads, so the network
+does not wait for either; both hold a bounded number of frames. Audio is not carried over.
 
 A capture source is anything with ``cv2.VideoCapture``'s ``isOpened``, ``read``, ``get`` and
 ``release``; ``capture_factory`` (default ``cv2.VideoCapture``) opens it from a path or a camera
@@ -13,6 +13,7 @@ index, which lets tests drive the webcam loop with a fake camera.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import queue
@@ -22,21 +23,20 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from pgnet.data.prefetch import prefetch
 from pgnet.data.preprocessing import resize_for_network
 from pgnet.errors import UserError
+from pgnet.predict.batching import ArrayPredictor, predict_batches
 from pgnet.predict.compose import Composer
 from pgnet.predict.files import PredictionReport
 from pgnet.predict.output_plan import VIDEO_SUFFIX, VideoJob
 from pgnet.writing import move_into_place, write_image
-
-if TYPE_CHECKING:  # annotations only: Predictor.predict_video calls this module
-    from pgnet.predict.predictor import Predictor
 
 VIDEO_FOURCC = "mp4v"  # MPEG-4 part 2, which OpenCV's pip wheels can write
 DEFAULT_FPS = 30.0  # when the source does not tell (many webcams)
@@ -77,7 +77,7 @@ def source_name(source: str | os.PathLike | int) -> str:
 
 
 class FrameReader:
-    """Decodes frames on a thread: iterating gives (RGB frame, network-size copy) pairs in order.
+    """Decodes frames ahead on a thread: iterating gives (RGB frame, network-size copy) pairs in order.
 
     Args:
         source: a video path or a camera index.
@@ -102,6 +102,7 @@ class FrameReader:
         self.source = source
         self.size = None if size is None else int(size)  # None: frames are not resized here
         self.max_frames = max_frames
+        self.depth = max(1, int(depth))
         opener = capture_factory or cv2.VideoCapture
         self.capture = opener(source if isinstance(source, int) else str(source))
         if not self.capture.isOpened():
@@ -112,11 +113,8 @@ class FrameReader:
         count = float(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0)  # -1 or nan for some streams
         self.expected = int(count) if math.isfinite(count) and count >= 1 and not isinstance(source, int) else None
         self.frames = 0
-        self.error: BaseException | None = None
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pgnet-frame-reader", daemon=True)
-        self._thread.start()
+        # One thread: a capture is read in order, one frame after the other.
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="pgnet-frame-reader")
 
     @property
     def total(self) -> int | None:
@@ -125,41 +123,27 @@ class FrameReader:
             return self.max_frames
         return self.expected if self.max_frames is None else min(self.expected, self.max_frames)
 
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
-        try:
-            while self.max_frames is None or self.frames < self.max_frames:
-                ok, frame = self.capture.read()
-                if not ok or frame is None:
-                    break
-                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                small = rgb if self.size is None else resize_for_network(rgb, self.size)
-                if not self._put((rgb, small)):
-                    return
-                self.frames += 1
-        except Exception as error:  # handed to the consumer, which raises it
-            self.error = error
-        finally:
-            self.capture.release()
-            self._put(_END)
+    def _read(self, _: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The next frame (RGB, network-size copy), or None past the end of the source (the
+        argument, the frame's index, is what ``prefetch`` passes)."""
+        ok, frame = self.capture.read()
+        if not ok or frame is None:
+            return None
+        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        return rgb, (rgb if self.size is None else resize_for_network(rgb, self.size))
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        while True:
-            item = self._queue.get()
-            if item is _END:
+        indices = itertools.count() if self.max_frames is None else range(self.max_frames)
+        for _, future in prefetch(self._pool, self._read, indices, self.depth):
+            try:
+                item = future.result()
+            except Exception as error:
+                raise VideoReadError(source_name(self.source), f"decoding failed: {error}") from error
+            if item is None:
                 break
+            self.frames += 1
             yield item
-        self._thread.join()
-        if self.error is not None:
-            raise VideoReadError(source_name(self.source), f"decoding failed: {self.error}") from self.error
+        self.close()
 
     def ended_early(self) -> str | None:
         """A note when the source yielded fewer frames than it announced (truncated or corrupt)."""
@@ -169,9 +153,9 @@ class FrameReader:
         return f"ends early: decoded {self.frames} of the {self.expected} frames its header announces (kept)"
 
     def close(self) -> None:
-        """Stop decoding (the thread releases the capture)."""
-        self._stop.set()
-        self._thread.join()
+        """Stop decoding: drop the frames read ahead and release the capture."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.capture.release()
 
     def __enter__(self) -> FrameReader:
         return self
@@ -213,36 +197,26 @@ def mean_consecutive_change(masks: Iterable[np.ndarray]) -> float:
     return float(np.mean(changes)) if changes else 0.0
 
 
-def predict_frames(predictor: Predictor, reader: FrameReader, smooth: float = 0.0) -> Iterator[VideoFrame]:
+def predict_frames(predictor: ArrayPredictor, reader: Iterable[tuple[np.ndarray, np.ndarray]],
+                   smooth: float = 0.0) -> Iterator[VideoFrame]:
     """Masks of a reader's frames, ``predictor.batch_size`` frames per forward pass, smoothed if asked."""
     smoother = TemporalSmoother(smooth)
-    batch: list[tuple[np.ndarray, np.ndarray]] = []
+    frames = ((frame, small, frame.shape[:2]) for frame, small in reader)
     index = 0
-
-    def run(batch: list[tuple[np.ndarray, np.ndarray]]) -> Iterator[VideoFrame]:
-        nonlocal index
-        masks = predictor.predict_arrays([small for _, small in batch], [frame.shape[:2] for frame, _ in batch])
-        for (frame, _), mask in zip(batch, masks):
+    for batch in predict_batches(predictor, frames):
+        for frame, mask in batch:
             yield VideoFrame(index, frame, smoother(mask))
             index += 1
 
-    for item in reader:
-        batch.append(item)
-        if len(batch) == predictor.batch_size:
-            yield from run(batch)
-            batch = []
-    if batch:
-        yield from run(batch)
 
-
-def _reader_size(predictor: Predictor) -> int | None:
+def _reader_size(predictor: ArrayPredictor) -> int | None:
     """Frames are resized as uint8 on the reader thread with ``fast_decode``; otherwise the predictor
     prepares them the official way (normalised as float, then resized)."""
     return predictor.size if predictor.fast_decode else None
 
 
 def predict_video(
-    predictor: Predictor,
+    predictor: ArrayPredictor,
     source: str | os.PathLike | int,
     smooth: float = 0.0,
     max_frames: int | None = None,
@@ -321,7 +295,7 @@ class FrameWriter:
 
 
 def write_video(
-    predictor: Predictor,
+    predictor: ArrayPredictor,
     source: str | os.PathLike | int,
     output: str | os.PathLike,
     composer: Composer | None = None,
@@ -376,7 +350,7 @@ def _chain(first: VideoFrame, rest: Iterator[VideoFrame]) -> Iterator[VideoFrame
 
 
 def predict_videos(
-    predictor: Predictor,
+    predictor: ArrayPredictor,
     jobs: Iterable[VideoJob],
     composer: Composer,
     smooth: float = 0.0,

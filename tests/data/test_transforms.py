@@ -118,6 +118,18 @@ def test_eval_transform_keeps_the_original_mask():
     assert build_eval_transform(64).input_size is None and build_eval_transform(None).input_size is None
 
 
+def test_training_and_evaluation_normalise_alike():
+    """Training normalises with albumentations (``A.Normalize`` multiplies by 1/std), evaluation with
+    ``pgnet.data.preprocessing.normalize`` (divides by std): equal up to the last float bit."""
+    image, mask = red_object_on_blue_clutter(150, 210)
+    for normalization in ("official", "imagenet"):
+        train = build_train_transform(size=64, hflip=0, border_crop=0, normalization=normalization)
+        evaluation = build_eval_transform(64, normalization=normalization, fast_decode=True, resize_mask=True)
+        (train_image, train_mask), (eval_image, eval_mask) = train(image, mask), evaluation(image, mask)
+        np.testing.assert_allclose(eval_image.numpy(), train_image.numpy(), rtol=0, atol=1e-5)
+        assert torch.equal(eval_mask, train_mask)  # the same bilinear resize
+
+
 def test_invalid_presets_and_options_are_rejected():
     assert {"official", "augmented"} <= set(PRESETS)
     with pytest.raises(ValueError, match="preset"):

@@ -166,14 +166,14 @@ def test_empty_or_missing_folders_are_errors_naming_the_path(setup, tmp_path, ca
 
 def test_finished_datasets_survive_a_crash(setup, tmp_path, monkeypatch):
     root, _, preds, _ = setup
-    original = evaluator._evaluate_folder
 
-    def crash_on_ecssd(method, folder, dataset, *args):
-        if dataset.name == "ECSSD":
-            raise RuntimeError("disk on fire")
-        return original(method, folder, dataset, *args)
+    class CrashOnECSSD(SODMetrics):  # scoring ECSSD fails midway
+        def update(self, pred, gt):
+            if tuple(gt.shape[-2:]) in DATASETS["ECSSD"][2]:
+                raise RuntimeError("disk on fire")
+            return super().update(pred, gt)
 
-    monkeypatch.setattr(evaluator, "_evaluate_folder", crash_on_ecssd)
+    monkeypatch.setattr(evaluator, "SODMetrics", CrashOnECSSD)
     assert eval_main(["--pred-root", str(preds), "--datasets", *DATASETS, "--data-root", str(root),
                       "-o", str(tmp_path), "--no-progress", "--device", "cpu"]) == 1
     assert list(load_json(tmp_path)["results"]) == ["DUTS-TE"]

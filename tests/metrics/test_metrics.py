@@ -372,4 +372,4 @@ def test_cuda_gives_the_cpu_results():
     for key, value in cpu.compute().items():
         # rel: a 1×1 case makes E-measure ~1e14, as in pysodmetrics (it divides by gt_size - 1 + eps)
         assert cuda.compute()[key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
-    assert all(state.device.type == "cuda" for state in cuda._sums.values())
+    assert cuda.state() and all(state.device.type == "cuda" for state in cuda.state().values())

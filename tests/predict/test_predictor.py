@@ -63,12 +63,13 @@ def file_digest(path):
 
 def test_preprocessing_equals_the_eval_transform():
     image = random_image(150, 203)
+    mask = np.zeros(image.shape[:2], np.uint8)
     # --fast-decode: uint8 resize, then normalisation
-    expected = build_eval_transform(SIZE, fast_decode=True).pipeline(image=image)["image"]  # S×S×3, normalised
+    expected = build_eval_transform(SIZE, fast_decode=True)(image, mask)[0].permute(1, 2, 0)  # S×S×3, normalised
     ours = normalize(torch.from_numpy(resize_for_network(image, SIZE)).permute(2, 0, 1)[None])[0]
     np.testing.assert_allclose(ours.permute(1, 2, 0).numpy(), expected, atol=1e-5)
     # the default, official order: normalisation, then float resize
-    expected = build_eval_transform(SIZE).pipeline(image=image)["image"]
+    expected = build_eval_transform(SIZE)(image, mask)[0].permute(1, 2, 0)
     np.testing.assert_allclose(normalize_then_resize(image, SIZE), expected, atol=1e-5)
 
 
