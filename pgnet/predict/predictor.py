@@ -80,7 +80,7 @@ class Predictor:
         preprocessing: the normalisation (and test size) the model was trained with; None: the
             official one. ``from_checkpoint`` reads it from the checkpoint.
         fast_decode: decode large JPEG files at 1/2, 1/4 or 1/8 scale and resize the uint8 picture
-            before normalising it (faster; see the README for its cost). Default: the official
+            before normalising it (faster; docs/performance.md has its cost). Default: the official
             protocol, full decode, normalised as float, then resized.
 
     Call it with one picture (a path, an H×W×3 uint8 RGB array, or a PIL image) to get an H×W
