@@ -24,9 +24,8 @@ from typing import IO
 import cv2
 import numpy as np
 
-from pgnet.errors import UserError
+from pgnet.errors import UserError, format_list
 
-_SHOWN = 10  # colliding paths listed in a message
 _FULL_BYTES = 1 << 20  # a file system with less free space than this counts as full
 _NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
@@ -200,11 +199,6 @@ def _key(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def _listed(items: Sequence[str]) -> str:
-    more = f"; ... and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
-    return "; ".join(items[:_SHOWN]) + more
-
-
 def check_overwrites(outputs: Iterable[tuple[Path, Path]], inputs: Iterable[Path], what: str = "output") -> None:
     """Refuse a run whose outputs would overwrite an input or each other, before any work is done.
 
@@ -222,11 +216,13 @@ def check_overwrites(outputs: Iterable[tuple[Path, Path]], inputs: Iterable[Path
             over_inputs.append(f"{output} (from {source})")
     if over_inputs:
         raise OverwriteError(
-            f"{len(over_inputs)} {what}s would overwrite input files: {_listed(over_inputs)}; "
+            f"{len(over_inputs)} {what}s would overwrite input files: {format_list(over_inputs, separator='; ')}; "
             "choose another output folder"
         )
     shared = [
         f"{output} (from {', '.join(map(str, sources))})" for output, sources in by_output.items() if len(sources) > 1
     ]
     if shared:
-        raise OverwriteError(f"{len(shared)} {what}s would be written more than once in this run: {_listed(shared)}")
+        raise OverwriteError(
+            f"{len(shared)} {what}s would be written more than once in this run: {format_list(shared, separator='; ')}"
+        )

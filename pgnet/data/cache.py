@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from pgnet.data.io import ImageReadError, read_image, read_mask
-from pgnet.errors import UserError
+from pgnet.errors import UserError, format_list
 from pgnet.writing import check_overwrites, write_image, write_text
 
 CACHE_DIR_NAME = ".pgnet_cache"
@@ -141,10 +141,9 @@ class CacheReport:
     def describe(self, directory: str | Path, max_listed: int = 20) -> str:
         """What was done to the cache in ``directory``, listing at most ``max_listed`` failures."""
         lines = [f"{directory}: {self.written} written, {self.fresh} already cached, {self.small} small enough "
-                 f"to read as they are, {len(self.failed)} failed"]
-        lines.extend(f"  failed: {message}" for message in self.failed[:max_listed])
-        if len(self.failed) > max_listed:
-            lines.append(f"  ... and {len(self.failed) - max_listed} more (run datasets/verify.py)")
+                 f"to read as they are, {len(self.failed)} failed" + (" (run datasets/verify.py)" if self.failed else "")]
+        if self.failed:
+            lines.append("  failed: " + format_list(self.failed, max_listed, separator="\n  failed: "))
         return "\n".join(lines)
 
 

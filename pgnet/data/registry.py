@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pgnet.data.io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, list_files
-from pgnet.errors import UnknownNameError, UserError
+from pgnet.errors import UnknownNameError, UserError, format_list
 
 # (image folder, mask folder) names used by many releases and re-packagings.
 GENERIC_PAIR_DIRS: tuple[tuple[str, str], ...] = (
@@ -165,11 +165,12 @@ def resolve_dataset(name: str, root: str | Path) -> DatasetSpec:
     for base, (image_dir, mask_dir) in candidates:
         if image_dir.is_dir() and mask_dir.is_dir():
             return DatasetSpec(layout.name, base, image_dir, mask_dir, layout.expected_count)
-    looked_for = "; ".join(
-        f"{image_dir.relative_to(root)} + {mask_dir.relative_to(root)}" for _, (image_dir, mask_dir) in candidates[:6]
+    looked_for = format_list(
+        (f"{image_dir.relative_to(root)} + {mask_dir.relative_to(root)}" for _, (image_dir, mask_dir) in candidates),
+        6, separator="; ",
     )
     raise DatasetNotFoundError(
-        f"no {layout.name} image/mask folders under {root}; looked for {looked_for}; ... "
+        f"no {layout.name} image/mask folders under {root}; looked for {looked_for} "
         "(see datasets/README.md for the expected layouts)"
     )
 

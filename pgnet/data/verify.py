@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pgnet.data.io import ImageReadError, ImageTooLargeError, PairMismatchError, read_pair
 from pgnet.data.registry import DatasetSpec, pair_files
+from pgnet.errors import format_list
 
 # Decode JPEGs at 1/8 scale where possible: the whole file is still parsed, so corruption and
 # truncation show, at a fraction of the full decode's cost. Sizes are compared on the full-size
@@ -91,9 +92,7 @@ def format_report(report: DatasetReport, max_listed: int = 10) -> str:
     for problems, label in ((report.errors, "ERROR"), (report.notes, "warning")):
         for kind, messages in problems.items():
             lines.append(f"  {label}: {kind}: {len(messages)}")
-            lines.extend(f"    {message}" for message in messages[:max_listed])
-            if len(messages) > max_listed:
-                lines.append(f"    ... and {len(messages) - max_listed} more")
+            lines.append("    " + format_list(messages, max_listed, separator="\n    "))
     if "soft mask" in report.notes:
         lines.append("  (masks with values other than 0 and 255 are binarised at >128 when loaded)")
     lines.append(f"  -> {'ERRORS' if report.errors else 'OK'}")

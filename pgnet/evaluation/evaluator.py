@@ -32,7 +32,7 @@ from pgnet.data.preprocessing import Preprocessing, normalization_stats
 from pgnet.data.registry import SYNTHETIC_NAME, DatasetSpec, pair_files, resolve_dataset
 from pgnet.data.transforms import build_eval_transform
 from pgnet.device import resolve_device
-from pgnet.errors import UserError
+from pgnet.errors import UserError, format_list
 from pgnet.evaluation.folders import PREDICTION_EXTENSIONS, accumulate_folder, match_predictions, prediction_folder
 from pgnet.evaluation.scoring import accumulate_model
 from pgnet.metrics import ALL_METRICS, SODMetrics
@@ -41,8 +41,6 @@ from pgnet.predict.runtime import InferenceRuntime
 from pgnet.writing import check_overwrites
 
 logger = logging.getLogger(__name__)
-
-_SHOWN_NAMES = 10  # names listed in messages about missing files
 
 
 class MissingPredictionsError(FileNotFoundError, UserError):
@@ -86,11 +84,6 @@ class ModelMethod:
             run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
             return f"{run.name}-{path.stem}" if run.name else path.stem
         return path.stem
-
-
-def _shorten(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:_SHOWN_NAMES])
-    return shown + (f", ... ({len(names) - _SHOWN_NAMES} more)" if len(names) > _SHOWN_NAMES else "")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,7 +151,7 @@ def _load_dataset(dataset: EvalDataset, method: ModelMethod, preprocessing: Prep
     unpaired = pair_files(spec.image_dir, spec.mask_dir).unpaired_masks
     if unpaired:
         logger.warning("%s: %d masks have no image in %s and are not scored: %s", dataset.name, len(unpaired),
-                       spec.image_dir, _shorten([p.name for p in unpaired]))
+                       spec.image_dir, format_list([p.name for p in unpaired]))
     transform = build_eval_transform(preprocessing.eval_size, preprocessing.mean, preprocessing.std,
                                      fast_decode=method.fast_decode)
     return build_dataset(spec, transform)
@@ -189,20 +182,20 @@ def _evaluate_folder(method: str, folder: Path, dataset: EvalDataset, device: to
     notes = []
     if match.missing:
         message = (f"{method} on {dataset.name}: {len(match.missing)} of {len(match.missing) + len(match.pairs)} "
-                   f"masks in {dataset.mask_dir} have no prediction in {folder}: {_shorten(match.missing)}")
+                   f"masks in {dataset.mask_dir} have no prediction in {folder}: {format_list(match.missing)}")
         if not allow_missing or not match.pairs:
             raise MissingPredictionsError(message + ("" if allow_missing else " (--allow-missing scores the rest)"))
         logger.warning("%s; scoring the %d that have one", message, len(match.pairs))
-        notes.append(f"{len(match.missing)} masks without a prediction were left out: {_shorten(match.missing)}")
+        notes.append(f"{len(match.missing)} masks without a prediction were left out: {format_list(match.missing)}")
     if match.extra:
         logger.info("%s on %s: %d predictions have no mask and are ignored: %s", method, dataset.name,
-                    len(match.extra), _shorten(match.extra))
+                    len(match.extra), format_list(match.extra))
     metrics = SODMetrics(metric_names, device=device)
     count, resized = accumulate_folder(match.pairs, metrics, device, workers=workers, progress=progress,
                                        description=f"{method} {dataset.name}")
     if resized:
         logger.warning("%s on %s: %d predictions differ in size from their masks and were resized to them: %s",
-                       method, dataset.name, len(resized), _shorten(resized))
+                       method, dataset.name, len(resized), format_list(resized))
         notes.append(f"{len(resized)} predictions were resized to their masks")
     return _result(dataset.name, method, metrics, count, notes)
 
