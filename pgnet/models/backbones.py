@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from pgnet.errors import UnknownNameError
 from pgnet.models.layers import memory_format_of
-from pgnet.models.weights import CheckpointError, CheckpointNotFoundError, read_state_dict
+from pgnet.models.weights import CheckpointNotFoundError, compare_weights, read_state_dict
 
 # Full stage depths of each Swin variant: the drop-path rates are spread over all of them, as in the
 # official model, although only the first three stages are built.
@@ -159,21 +159,7 @@ def load_pretrained(branch: SwinBranch | ResNetBranch, path: str | Path, config_
     source = read_state_dict(path)
     if isinstance(branch, SwinBranch) and "layers.0.downsample.reduction.weight" in source:
         source = {swin_official_to_timm_key(k): v for k, v in source.items()}
-    target = branch.state_dict()
-    loaded, unused, problems = {}, [], []
-    for key, value in source.items():
-        if DROPPED_BACKBONE_KEYS.search(key):
-            unused.append(key)
-        elif key not in target:
-            problems.append(f"unexpected {key}")
-        elif value.shape != target[key].shape:
-            problems.append(f"{key}: file {tuple(value.shape)} vs model {tuple(target[key].shape)}")
-        else:
-            loaded[key] = value
-    problems += [f"missing {k}" for k in sorted(set(target) - set(loaded) - set(source))]
-    if problems:
-        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
-        raise CheckpointError(f"{config_key}: {path} does not fit {branch.variant}: {'; '.join(problems[:10])}{more}")
-    branch.load_state_dict(loaded, strict=True)
-    return unused
-
+    fit = compare_weights(source, branch.state_dict(), drop=DROPPED_BACKBONE_KEYS.search)
+    fit.check(f"{config_key}: {path}", branch.variant)
+    branch.load_state_dict({key: source[key] for key in fit.loaded}, strict=True)
+    return fit.dropped

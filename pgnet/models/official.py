@@ -15,6 +15,7 @@ import torch
 from pgnet.errors import UserError
 from pgnet.models.backbones import RECOMPUTED_BUFFER_SUFFIXES, swin_official_to_timm_key
 from pgnet.models.pgnet import PGNet
+from pgnet.models.weights import WeightsFit, compare_weights
 
 # Inner names of the official blocks → ours (first path segment after the block prefix).
 _FUSION_BLOCK = {"short_cut": "shortcut", "conv": "merge", "conv2": "refine"}
@@ -89,53 +90,53 @@ def is_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
 
 
 def convert_official_state_dict(
-    state_dict: Mapping[str, torch.Tensor], model: PGNet | None = None, *, partial: bool = False
+    state_dict: Mapping[str, torch.Tensor],
+    model: PGNet | None = None,
+    *,
+    partial: bool = False,
+    source: str = "official checkpoint",
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename an official PGNet state dict for ``model`` (the default PGNet when None).
 
     Returns the converted state dict (exactly the model's keys) and the sorted unused source keys.
-    Raises ``ConversionError`` naming any unknown, missing or mis-shaped key, and any recomputed
-    buffer whose value disagrees with the model's.
+    Raises ``ConversionError`` naming ``source`` and any unknown, missing or mis-shaped key, and any
+    recomputed buffer whose value disagrees with the model's.
 
     With ``partial`` every key is only renamed (an unknown key is still an error) and nothing is
     unused: no model is needed, and fitting the result to one is left to
     ``pgnet.models.weights.load_weights_with_report``, which lists what the model has and lacks
     (``swin.norm`` and the recomputed buffers come out unused there).
     """
-    source = strip_ddp_prefix(state_dict)
-    if not partial:
-        model = model if model is not None else PGNet()
-        target = model.state_dict()
-        buffers = dict(model.named_buffers())
-    converted: dict[str, torch.Tensor] = {}
-    unused: list[str] = []
-    errors: list[str] = []
-    for key, value in source.items():
-        if key.startswith(UNUSED_PREFIXES) and not partial:
-            unused.append(key)
-            continue
+    renamed: dict[str, torch.Tensor] = {}
+    file_names: dict[str, str] = {}  # our key -> the official one
+    notes: list[str] = []
+    for key, value in strip_ddp_prefix(state_dict).items():
         ours = official_to_project_key(key)
         if ours is None:
-            errors.append(f"unknown key {key}")
+            notes.append(f"unknown key {key}")
             continue
-        if partial:
-            converted[ours.replace("atten_mask", "attn_mask")] = value
-        elif key.endswith(RECOMPUTED_BUFFER_SUFFIXES):
-            ours = ours.replace("atten_mask", "attn_mask")
-            mine = buffers.get(ours)
-            if mine is None or mine.shape != value.shape or not torch.equal(mine.to(value.dtype), value):
-                errors.append(f"buffer {key} does not match the model's recomputed {ours}")
-            unused.append(key)
-        elif ours not in target:
-            errors.append(f"{key} maps to {ours}, which the model does not have")
-        elif target[ours].shape != value.shape:
-            errors.append(f"{key}: shape {tuple(value.shape)}, model {ours} has {tuple(target[ours].shape)}")
-        else:
-            converted[ours] = value
-    if not partial:
-        errors += [f"missing {k}" for k in sorted(set(target) - set(converted))]
-    if errors:
-        shown = "\n  ".join(errors[:20])
-        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
-        raise ConversionError(f"official checkpoint does not fit PGNet:\n  {shown}{more}")
-    return converted, sorted(unused)
+        ours = ours.replace("atten_mask", "attn_mask")
+        renamed[ours] = value
+        file_names[ours] = key
+    if partial:
+        fit = WeightsFit(loaded=list(renamed))
+    else:
+        model = model if model is not None else PGNet()
+        fit = compare_weights(renamed, model.state_dict(), drop=_unused_key, file_names=file_names)
+        buffers = dict(model.named_buffers())
+        notes += [
+            f"buffer {file_names[key]} does not match the model's recomputed {key}"
+            for key in fit.dropped
+            if key.endswith(RECOMPUTED_BUFFER_SUFFIXES) and not _same_values(buffers.get(key), renamed[key])
+        ]
+    fit.check(source, "PGNet", notes=notes, error=ConversionError)
+    return {key: renamed[key] for key in fit.loaded}, sorted(file_names[key] for key in fit.dropped)
+
+
+def _unused_key(key: str) -> bool:
+    """Keys the conversion leaves out on purpose: never-run modules and buffers timm recomputes."""
+    return key.startswith(UNUSED_PREFIXES) or key.endswith(RECOMPUTED_BUFFER_SUFFIXES)
+
+
+def _same_values(mine: torch.Tensor | None, theirs: torch.Tensor) -> bool:
+    return mine is not None and mine.shape == theirs.shape and torch.equal(mine.to(theirs.dtype), theirs)

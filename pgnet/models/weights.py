@@ -1,16 +1,20 @@
-"""Weights files and what loads from them: the one safe reader, and loading with full accounting.
+"""Weights files, and whether their tensors fit a model.
 
 ``read_weights_file`` reads a ``.pth``/``.pt`` file with ``torch.load(weights_only=True)`` (a file that
 holds code is refused) and turns every failure into one :class:`CheckpointError` line naming the file;
 ``read_state_dict`` adds ``.safetensors`` and unwraps a state dict. Checkpoints, pretrained backbones
 and ``init_from`` all read through them.
 
-
-Used to start a run from released or trained weights (``train.init_from``) and to start a model with
-more modules (another grafting point, another head) from one with fewer. A tensor both have is
-loaded; a tensor only the model has keeps the model's initialisation and is listed as new; a tensor
-only the checkpoint has is listed as unused. A tensor whose shape differs is an error naming it and
-both shapes, and then nothing is loaded.
+:func:`compare_weights` answers "do these weights fit this model?" for every loader: which tensors
+load, which the model has and the file lacks (missing), which the file has and the model lacks
+(unexpected), which differ in shape, and which the caller leaves out on purpose (dropped). Each
+loader keeps its own rule on top, through :meth:`WeightsFit.check`: a checkpoint must fit exactly
+(``pgnet.checkpoint.load_weights``), a backbone file may also hold what PGNet drops
+(``pgnet.models.backbones.load_pretrained``), an official file is renamed first
+(``pgnet.models.official``), and ``train.init_from`` loads what fits and accounts for the rest
+(:func:`load_weights_with_report`): a tensor only the model has keeps the model's initialisation and
+is listed as new, one only the checkpoint has is listed as unused, and a tensor whose shape differs
+is an error naming it and both shapes (then nothing is loaded).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import pickle
 import re
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pgnet.errors import UserError
+from pgnet.errors import UserError, format_list
 
-MAX_LISTED_MISMATCHES = 20
 # Leading bytes of files people pass by mistake, and what they are.
 _FOREIGN_SIGNATURES = (
     (b"\xff\xd8\xff", "a JPEG image"),
@@ -115,6 +118,88 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+@dataclass
+class WeightsFit:
+    """How the tensors of a file fit a model's state dict, as :func:`compare_weights` found.
+
+    Keys are the model's names, in the model's order (``loaded``, ``missing``, ``mismatched``) or
+    the file's (``unexpected``, ``dropped``).
+    """
+
+    loaded: list[str] = field(default_factory=list)  # in both, of the same shape
+    missing: list[str] = field(default_factory=list)  # the model's, not in the file (or dropped)
+    unexpected: list[str] = field(default_factory=list)  # the file's, not in the model
+    mismatched: dict[str, tuple[str, str]] = field(default_factory=dict)  # in both: key -> (file, model) shape
+    dropped: list[str] = field(default_factory=list)  # the file's, left out on purpose by the caller
+    file_names: Mapping[str, str] = field(default_factory=dict)  # the file's own name of a renamed key
+
+    def problems(self, missing: bool = True, unexpected: bool = True) -> list[str]:
+        """What keeps the file from fitting, one entry per kind (shapes, then missing and unexpected
+        keys unless told to tolerate them), each listing at most ten keys."""
+        kinds = (
+            ("wrong shapes: ", [f"{self._named(k)} (file {f}, model {m})" for k, (f, m) in self.mismatched.items()]),
+            ("missing ", self.missing if missing else []),
+            ("unexpected ", [self._named(key) for key in self.unexpected] if unexpected else []),
+        )
+        return [label + format_list(keys) for label, keys in kinds if keys]
+
+    def check(
+        self,
+        subject: str,
+        target: str = "the model",
+        *,
+        missing: bool = True,
+        unexpected: bool = True,
+        notes: Sequence[str] = (),
+        error: type[UserError] = CheckpointError,
+    ) -> None:
+        """Raise ``error``, one line "``subject`` does not fit ``target``: ...", when :meth:`problems`
+        or the caller's own ``notes`` (problems found before comparing, listed first) say so."""
+        problems = ([format_list(notes, separator="; ")] if notes else []) + self.problems(missing, unexpected)
+        if problems:
+            raise error(f"{subject} does not fit {target}: {'; '.join(problems)}")
+
+    def _named(self, key: str) -> str:
+        name = self.file_names.get(key, key)
+        return key if name == key else f"{name} as {key}"
+
+
+def compare_weights(
+    weights: Mapping[str, Any],
+    target: Mapping[str, torch.Tensor],
+    *,
+    drop: Callable[[str], Any] | None = None,
+    file_names: Mapping[str, str] | None = None,
+) -> WeightsFit:
+    """How ``weights`` (a file's state dict, in the model's names) fit ``target`` (a model's state dict).
+
+    ``target`` may hold meta tensors: only names and shapes are read. Keys of ``weights`` for which
+    ``drop`` is true are left out on purpose. ``file_names`` gives the file's own name of keys that
+    were renamed, so that messages name both (``decoder.d3.conv.0.weight as decoder.graft_block...``).
+    Nothing is raised here: :meth:`WeightsFit.check` applies the caller's rule.
+    """
+    usable = {key for key in weights if drop is None or not drop(key)}
+    fit = WeightsFit(file_names=file_names or {})
+    for key, value in target.items():
+        if key not in usable:
+            fit.missing.append(key)
+        elif _shape(weights[key]) == _shape(value):
+            fit.loaded.append(key)
+        else:
+            fit.mismatched[key] = (_shape(weights[key]), _shape(value))
+    for key in weights:
+        if key not in usable:
+            fit.dropped.append(key)
+        elif key not in target:
+            fit.unexpected.append(key)
+    return fit
+
+
+def _shape(value: Any) -> str:
+    """``(64, 3, 3, 3)`` for a tensor; the type's name for anything else."""
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 class WeightsMismatchError(UserError):
     """Checkpoint tensors whose shapes differ from the model's; the message names each one."""
 
@@ -181,24 +266,9 @@ def account_weights(
     module they fill entirely, e.g. ``decoder.cnn4_block.cmgm (14)``; repeated blocks are shown once
     with ``*`` for the index.
     """
-    mismatched = [
-        f"{key}: checkpoint {_shape(value)}, model {_shape(target[key])}"
-        for key, value in state_dict.items()
-        if key in target and tuple(value.shape) != tuple(target[key].shape)
-    ]
-    if mismatched:
-        shown = "\n  ".join(mismatched[:MAX_LISTED_MISMATCHES])
-        more = len(mismatched) - MAX_LISTED_MISMATCHES
-        raise WeightsMismatchError(
-            f"{source} does not fit the model ({len(mismatched)} tensors of another shape):\n  {shown}"
-            + (f"\n  ... and {more} more" if more > 0 else "")
-        )
-    report = LoadReport(
-        source=source,
-        loaded=[key for key in target if key in state_dict],
-        new=[key for key in target if key not in state_dict],
-        unused=[key for key in state_dict if key not in target],
-    )
+    fit = compare_weights(state_dict, target)
+    fit.check(source, missing=False, unexpected=False, error=WeightsMismatchError)
+    report = LoadReport(source=source, loaded=fit.loaded, new=fit.missing, unused=fit.unexpected)
     report.loaded_values = sum(state_dict[key].numel() for key in report.loaded)
     report.new_groups = group_by_module(report.new, target)
     report.unused_groups = group_by_module(report.unused, state_dict)
@@ -237,6 +307,3 @@ def group_by_module(keys: Iterable[str], all_keys: Iterable[str]) -> list[tuple[
         for pattern, found in merged.items()
     ]
 
-
-def _shape(tensor: torch.Tensor) -> str:
-    return "×".join(str(size) for size in tensor.shape) or "scalar"
