@@ -5,26 +5,37 @@ A project checkpoint is a dict ``{"format": "pgnet", "version": 1, "model_config
 own states beside. Files without ``preprocessing`` (older ones, official ones) get the official one.
 It holds only tensors, numbers, strings and containers of them, so it loads with
 ``torch.load(weights_only=True)``.
+
+:func:`read_model_weights` is the one place that tells a project checkpoint from a released official
+one; ``load_model``, ``convert_official_checkpoint`` and ``train.init_from`` all read through it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pgnet.config import ConfigError, model_config_from_dict
 from pgnet.data.preprocessing import Preprocessing
+from pgnet.errors import format_list
 from pgnet.models.official import convert_official_state_dict, is_official_state_dict
 from pgnet.models.pgnet import ModelConfig, PGNet
-from pgnet.models.weights import CheckpointError, first_line, read_weights_file
+from pgnet.models.weights import CheckpointError, compare_weights, first_line, read_weights_file
 from pgnet.writing import atomic_write
 
 CHECKPOINT_FORMAT = "pgnet"
 CHECKPOINT_VERSION = 1
-_SHOWN_KEYS = 8
+
+
+class MissingWeightsError(CheckpointError):
+    """A project checkpoint without the weights asked for (``ema`` where the trainer kept none)."""
+
+
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
     """Write ``state`` to ``path`` atomically (``pgnet.writing.atomic_write``).
 
@@ -54,11 +65,6 @@ def require_fields(state: Mapping[str, Any], source: str | Path, names: Sequence
         )
 
 
-def _shown(items: Sequence[str]) -> str:
-    more = f", ... ({len(items) - _SHOWN_KEYS} more)" if len(items) > _SHOWN_KEYS else ""
-    return ", ".join(items[:_SHOWN_KEYS]) + more
-
-
 def weight_entries(state: Mapping[str, Any]) -> list[str]:
     """Entries of a project checkpoint that hold network weights (a non-empty dict of tensors)."""
     return sorted(
@@ -67,64 +73,10 @@ def weight_entries(state: Mapping[str, Any]) -> list[str]:
     )
 
 
-def _check_type(name: str, value: Any, default: Any) -> str | None:
-    """Why ``value`` cannot stand for a ModelConfig field whose default is ``default`` (None if it can)."""
-    if default is None:
-        ok = value is None or isinstance(value, str)
-        expected = "a string or null"
-    elif isinstance(default, bool):
-        ok, expected = isinstance(value, bool), "true or false"
-    elif isinstance(default, int):
-        ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
-    elif isinstance(default, float):
-        ok, expected = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
-    elif isinstance(default, str):
-        ok, expected = isinstance(value, str), "a string"
-    elif isinstance(default, (tuple, list)):
-        ok = isinstance(value, (tuple, list)) and all(isinstance(item, str) for item in value)
-        expected = "a list of strings"
-    else:
-        return None
-    return None if ok else f"{name} = {value!r} ({type(value).__name__}), expected {expected}"
-
-
-def model_config_from_checkpoint(values: Any, source: str) -> ModelConfig:
-    """The ModelConfig stored in a checkpoint, checked key by key and type by type."""
-    if not isinstance(values, Mapping):
-        raise CheckpointError(f"checkpoint {source}: model_config is a {type(values).__name__}, expected a mapping")
-    defaults = {f.name: getattr(ModelConfig(), f.name) for f in fields(ModelConfig)}
-    unknown = sorted(set(map(str, values)) - set(defaults))
-    if unknown:
-        raise CheckpointError(f"checkpoint {source}: unknown model_config keys {', '.join(unknown)}")
-    problems = [p for name, value in values.items() if (p := _check_type(name, value, defaults[name]))]
-    if problems:
-        raise CheckpointError(f"checkpoint {source}: wrongly typed model_config values: {'; '.join(problems)}")
-    try:
-        return ModelConfig.from_dict(dict(values))
-    except (TypeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"checkpoint {source}: invalid model_config: {first_line(error)}") from None
-
-
 def load_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], source: str) -> None:
-    """``model.load_state_dict(weights, strict=True)``; a misfit names the missing, unexpected and
-    mis-shaped keys in one line."""
-    target = model.state_dict()
-    missing = sorted(set(target) - set(weights))
-    unexpected = sorted(set(weights) - set(target))
-    shapes = [
-        f"{key} (file {tuple(weights[key].shape)}, model {tuple(target[key].shape)})"
-        for key in sorted(set(target) & set(weights))
-        if isinstance(weights[key], torch.Tensor) and weights[key].shape != target[key].shape
-    ]
-    problems = []
-    if shapes:
-        problems.append(f"wrong shapes: {_shown(shapes)}")
-    if missing:
-        problems.append(f"missing keys: {_shown(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_shown(unexpected)}")
-    if problems:
-        raise CheckpointError(f"{source}: the weights do not fit the model; {'; '.join(problems)}")
+    """``model.load_state_dict(weights, strict=True)``; a misfit is one :class:`CheckpointError` line
+    naming ``source`` and the mis-shaped, missing and unexpected keys."""
+    compare_weights(weights, model.state_dict()).check(source)
     model.load_state_dict(weights, strict=True)
 
 
@@ -142,34 +94,67 @@ def model_checkpoint(model: PGNet, preprocessing: Preprocessing | None = None, *
     }
 
 
-def model_from_checkpoint(state: Mapping[str, Any], source: str = "checkpoint", weights: str = "model") -> PGNet:
-    """Build the network a checkpoint dict describes (project format or an official state dict).
+@dataclass
+class ModelWeights:
+    """The network weights of a checkpoint file, and what builds and feeds the network they fit."""
 
-    Every problem is a one-line :class:`CheckpointError` naming ``source``: missing fields, wrongly
-    typed config values, absent weights (listing the weights it has), keys or shapes that do not fit.
+    path: Path
+    weights: str  # which weights of a project checkpoint were read ("model", "ema")
+    state_dict: dict[str, torch.Tensor]  # a project checkpoint's; an official file's as released
+    config: ModelConfig  # the checkpoint's (backbone files left out); the default one for an official file
+    preprocessing: Preprocessing  # the checkpoint's; the official one where it records none
+    official: bool  # a released official checkpoint: its keys go through ``convert_official_state_dict``
+
+    @property
+    def description(self) -> str:
+        """The file and which of its weights, as logs and messages name them."""
+        kind = "official PGNet checkpoint, converted" if self.official else f"{self.weights} weights"
+        return f"{self.path} ({kind})"
+
+
+def read_model_weights(path: str | Path, weights: str = "model") -> ModelWeights:
+    """Read the network weights of a project checkpoint (its ``weights`` entry) or an official one.
+
+    Every problem is a one-line :class:`CheckpointError` naming the file: unreadable, neither kind,
+    a missing field, a stored ``model_config`` that the config schema refuses (the message names the
+    key, as for a config file), absent weights (:class:`MissingWeightsError`, listing those it has).
     """
+    path = Path(path)
+    state = load_checkpoint(path)
+    preprocessing = Preprocessing.from_checkpoint(state, source=str(path))
     if state.get("format") == CHECKPOINT_FORMAT:
-        require_fields(state, source, ("model_config",))
-        config = model_config_from_checkpoint(state["model_config"], source)
-        # Backbone files are only for initialisation: a full checkpoint needs none of them.
-        config.swin_pretrained = config.resnet_pretrained = None
-        if state.get(weights) is None:
-            available = weight_entries(state)
-            raise CheckpointError(
-                f"checkpoint {source}: no {weights!r} weights (it has: {', '.join(available) or 'none'})"
-            )
+        require_fields(state, path, ("model_config",))
         try:
-            model = PGNet(config)
-        except (TypeError, ValueError, KeyError, RuntimeError) as error:
-            raise CheckpointError(f"checkpoint {source}: cannot build its model_config: {first_line(error)}") from None
-        load_weights(model, state[weights], f"checkpoint {source} ({weights!r} weights)")
-        return model
+            config = model_config_from_dict(state["model_config"], "model_config")
+        except ConfigError as error:
+            raise CheckpointError(f"checkpoint {path}: {error}") from None
+        # Backbone files are only for initialisation: a full checkpoint needs none of them.
+        config = dataclasses.replace(config, swin_pretrained=None, resnet_pretrained=None)
+        if not isinstance(state.get(weights), Mapping):
+            available = weight_entries(state)
+            raise MissingWeightsError(
+                f"checkpoint {path}: no {weights!r} weights (it has: {', '.join(available) or 'none'})"
+            )
+        return ModelWeights(path, weights, dict(state[weights]), config, preprocessing, official=False)
     if is_official_state_dict(state):
-        model = PGNet()
-        converted, _ = convert_official_state_dict(state, model)
-        model.load_state_dict(converted, strict=True)
-        return model
-    raise CheckpointError(f"{source}: neither a pgnet checkpoint nor an official PGNet state dict")
+        return ModelWeights(path, weights, state, ModelConfig(), preprocessing, official=True)
+    raise CheckpointError(
+        f"{path}: neither a pgnet checkpoint nor an official PGNet state dict "
+        f"(it has: {format_list(sorted(map(str, state)), 3) or 'nothing'})"
+    )
+
+
+def build_model(found: ModelWeights) -> PGNet:
+    """The network ``found`` describes, holding its weights (training mode, on the CPU)."""
+    try:
+        model = PGNet(found.config)
+    except (TypeError, ValueError, KeyError, RuntimeError) as error:
+        raise CheckpointError(f"checkpoint {found.path}: cannot build its model_config: {first_line(error)}") from None
+    weights = found.state_dict
+    if found.official:
+        weights, _ = convert_official_state_dict(weights, model, source=f"official checkpoint {found.path}")
+    load_weights(model, weights, f"checkpoint {found.description}")
+    return model
 
 
 def load_model(
@@ -187,21 +172,17 @@ def load_model_and_preprocessing(
     path: str | Path, device: str | torch.device | None = None, weights: str = "model"
 ) -> tuple[PGNet, Preprocessing]:
     """``load_model``, with the input preprocessing the checkpoint records (official when none)."""
-    state = load_checkpoint(path)
-    preprocessing = Preprocessing.from_checkpoint(state, source=str(path))
-    model = model_from_checkpoint(state, source=str(path), weights=weights)
-    return model.to(device or "cpu").eval(), preprocessing
+    found = read_model_weights(path, weights)
+    return build_model(found).to(device or "cpu").eval(), found.preprocessing
 
 
 def convert_official_checkpoint(source: str | Path, destination: str | Path) -> list[str]:
     """Convert a released official checkpoint to a project checkpoint; returns the unused keys."""
-    state = load_checkpoint(source)
-    if state.get("format") == CHECKPOINT_FORMAT:
+    found = read_model_weights(source)
+    if not found.official:
         raise CheckpointError(f"{source}: already a pgnet checkpoint; nothing to convert (use it as it is)")
-    if not is_official_state_dict(state):
-        raise CheckpointError(f"{source}: not an official PGNet state dict (keys such as {_shown(sorted(state)[:3])})")
     model = PGNet()
-    converted, unused = convert_official_state_dict(state, model)
+    converted, unused = convert_official_state_dict(found.state_dict, model, source=f"official checkpoint {source}")
     model.load_state_dict(converted, strict=True)
     save_checkpoint(model_checkpoint(model, converted_from=str(source)), destination)
     return unused

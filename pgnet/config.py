@@ -247,6 +247,26 @@ def build_config(values: dict[str, Any]) -> Config:
     return config
 
 
+def model_config_from_dict(values: Any, key: str = "model") -> ModelConfig:
+    """A :class:`ModelConfig` from plain values (a checkpoint's ``model_config``), checked as the
+    ``model:`` section of a config file is: known keys, types and ranges.
+
+    Raises ConfigError naming every bad value under ``key`` (``model_config.width: expected an
+    integer, got '64'``), not only the first, separated by ``; ``.
+    """
+    if not isinstance(values, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {type(values).__name__}")
+    problems = []
+    for name, value in values.items():  # one at a time, to name every problem
+        try:
+            _from_plain(ModelConfig, {name: value}, f"{key}.")
+        except ConfigError as error:
+            problems.append(str(error))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return _from_plain(ModelConfig, values, f"{key}.")
+
+
 def save_config(config: Config, path: str | Path) -> None:
     """Write ``config`` as YAML, atomically."""
     from pgnet.writing import write_text

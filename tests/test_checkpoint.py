@@ -11,6 +11,7 @@ import torch
 
 import pgnet
 from pgnet.checkpoint import load_checkpoint, save_checkpoint
+from pgnet.models.weights import CheckpointError
 
 WRITER = """
 import sys, torch
@@ -65,3 +66,22 @@ def test_bad_files_are_named(tmp_path):
     torch.save({"some.weight": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match=r"other\.pth: neither a pgnet checkpoint nor an official"):
         pgnet.load_model(tmp_path / "other.pth")
+
+
+def test_a_stored_model_config_gets_the_messages_of_a_config_file(tmp_path):
+    def stored(**values):
+        state = {"format": "pgnet", "version": 1, "model_config": values, "model": {}}
+        return save_checkpoint(state, tmp_path / "bad.pth")
+
+    with pytest.raises(CheckpointError) as raised:
+        pgnet.load_model(stored(width="64", graft_points="r5-s2"))
+    assert str(raised.value) == (
+        f"checkpoint {tmp_path / 'bad.pth'}: model_config.width: expected an integer, got '64'; "
+        "model_config.graft_points: expected a list, got 'r5-s2'"
+    )
+    for values, message in (
+        ({"width": 0}, r"bad\.pth: model_config\.width: 0 is out of range \(allowed: an integer >= 1\)"),
+        ({"widht": 64}, r"bad\.pth: unknown key model_config\.widht; did you mean model_config\.width, "),
+    ):
+        with pytest.raises(CheckpointError, match=message):
+            pgnet.load_model(stored(**values))

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pgnet.config import ConfigError, load_config, save_config
+from pgnet.config import ConfigError, load_config, model_config_from_dict, save_config
 from pgnet.models import ModelConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -190,3 +190,18 @@ def test_yaml_numbers_and_duplicate_keys(tmp_path):
     write(tmp_path / "twice.yaml", "train:\n  epochs: 3\n  seed: 1\n  epochs: 4\n")
     with pytest.raises(ConfigError, match=r"twice\.yaml: invalid YAML: duplicate key 'epochs'"):
         load_config(tmp_path / "twice.yaml")
+
+
+def test_a_model_config_dict_is_checked_as_the_model_section_of_a_file():
+    config = ModelConfig(swin="swin_tiny_patch4_window7_224", graft_points=("r5-s2", "r4-s1"), drop_path_rate=0)
+    assert model_config_from_dict(config.to_dict()) == config
+    for override, values in (("model.width=0", {"width": 0}), ("model.graft_points=r5-s2", {"graft_points": "r5-s2"}),
+                             ("model.widht=64", {"widht": 64})):
+        with pytest.raises(ConfigError) as from_file:
+            load_config(None, [override])
+        with pytest.raises(ConfigError) as from_dict:
+            model_config_from_dict(values)
+        assert str(from_dict.value) == str(from_file.value)
+    with pytest.raises(ConfigError, match=r"^model_config\.width: expected an integer, got '64'; "
+                                          r"model_config\.window_shift: expected true or false, got 1$"):
+        model_config_from_dict({"width": "64", "num_heads": 4, "window_shift": 1}, "model_config")

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from pgnet.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from pgnet.checkpoint import MissingWeightsError, read_model_weights
 from pgnet.config import Config
 from pgnet.errors import UserError
-from pgnet.models.official import convert_official_state_dict, is_official_state_dict
+from pgnet.models.official import convert_official_state_dict
 from pgnet.models.pgnet import ModelConfig, PGNet
 from pgnet.models.weights import CheckpointNotFoundError, LoadReport, account_weights, load_weights_with_report
 
@@ -92,7 +92,7 @@ def freeze(model: PGNet, names: Sequence[str]) -> tuple[int, int]:
 
 
 def read_starting_weights(path: str | Path, weights: str = "model") -> tuple[dict[str, torch.Tensor], str, dict]:
-    """The weights of a checkpoint file in this project's names.
+    """The weights of a checkpoint file in this project's names (``pgnet.checkpoint.read_model_weights``).
 
     Returns (state dict, a description of the source, the model config the weights were trained
     with: the checkpoint's, or the default one for an official file).
@@ -101,22 +101,15 @@ def read_starting_weights(path: str | Path, weights: str = "model") -> tuple[dic
     if not path.is_file():
         raise CheckpointNotFoundError(f"train.init_from: {path} does not exist")
     try:
-        state = load_checkpoint(path)
+        found = read_model_weights(path, weights)
+        state = found.state_dict
+        if found.official:
+            state, _ = convert_official_state_dict(state, partial=True, source=f"official checkpoint {path}")
+    except MissingWeightsError as error:
+        raise FineTuneError(f"train.init_weights: {error}") from error
     except ValueError as error:
         raise FineTuneError(f"train.init_from: {error}") from error
-    if state.get("format") == CHECKPOINT_FORMAT:
-        if state.get(weights) is None:
-            raise FineTuneError(
-                f"train.init_from: {path} has no {weights!r} weights (train.init_weights); it has "
-                f"{', '.join(k for k in ('model', 'ema') if state.get(k) is not None)}"
-            )
-        return dict(state[weights]), f"{path} ({weights} weights)", dict(state.get("model_config", {}))
-    if is_official_state_dict(state):
-        converted, _ = convert_official_state_dict(state, partial=True)
-        return converted, f"{path} (official PGNet checkpoint, converted)", ModelConfig().to_dict()
-    raise FineTuneError(
-        f"train.init_from: {path} is neither a pgnet checkpoint nor an official PGNet state dict"
-    )
+    return state, found.description, found.config.to_dict()
 
 
 def config_differences(theirs: Mapping, ours: ModelConfig) -> list[str]:

@@ -122,7 +122,8 @@ def test_new_modules_keep_their_initialisation_and_shapes_must_match(tiny_checkp
     assert {name for name, _ in report.new_groups} == {"decoder.cnn4_block.cmgm", "attention_heads.1"}
 
     wrong = dict(source, **{"head_pred.weight": torch.zeros(1, 32, 3, 3)})
-    with pytest.raises(WeightsMismatchError, match=r"head_pred\.weight: checkpoint 1×32×3×3, model 1×64×3×3"):
+    shapes = r"head_pred\.weight \(file \(1, 32, 3, 3\), model \(1, 64, 3, 3\)\)"
+    with pytest.raises(WeightsMismatchError, match=shapes):
         load_weights_with_report(model, wrong)
     assert torch.equal(model.state_dict()["decoder.graft.cmgm.key.weight"], after["decoder.graft.cmgm.key.weight"])
 
@@ -184,19 +185,22 @@ def test_part_names():
     [
         (["train.init_from=/nonexistent/pgnet_dh.pth"], "train.init_from: /nonexistent/pgnet_dh.pth does not exist"),
         (["train.init_from=NOT_A_CHECKPOINT"], "text.pth: not a PyTorch file (neither a zip archive nor a pickle)"),
-        (["train.init_from=NOT_A_STATE_DICT"], "is neither a pgnet checkpoint nor an official PGNet state dict"),
+        (["train.init_from=NOT_A_STATE_DICT"],
+         "train.init_from: NOT_A_STATE_DICT: neither a pgnet checkpoint nor an official PGNet state dict"),
         (["train.init_from=NO_EMA", "train.init_weights=ema"],
-         "has no 'ema' weights (train.init_weights); it has model"),
+         "train.init_weights: checkpoint NO_EMA: no 'ema' weights (it has: model)"),
         (["train.freeze=[swim]"], "'swim' matches no part of the model; valid names: swin, resnet, decoder, graft, "
                                   "graft.r5-s2, heads"),
         (["train.freeze=[swin, resnet, decoder, heads]"], "leaves no parameter to train"),
-        (["train.init_from=TINY", "model.width=32"], "decoder.swin4_block.reduce.0.weight: checkpoint 64×384×1×1, "
-                                                     "model 32×384×1×1"),
+        (["train.init_from=TINY", "model.width=32"], "TINY (model weights) does not fit the model: wrong shapes: "
+                                                     "decoder.swin4_block.reduce.0.weight (file (64, 384, 1, 1), "
+                                                     "model (32, 384, 1, 1))"),
     ],
 )
 def test_errors_come_before_the_run_folder(tmp_path, init_files, extra, message):
     names = init_files
     overrides = [next((o.replace(k, str(v)) for k, v in names.items() if k in o), o) for o in extra]
+    message = next((message.replace(k, str(v)) for k, v in names.items() if k in message), message)
     config = tiny_config(*overrides)
     with pytest.raises((ValueError, FileNotFoundError), match=re.escape(message)):
         Trainer(config, tmp_path / "run")
