@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import pgnet
-from pgnet.checkpoint import load_checkpoint, save_checkpoint
+from pgnet.checkpoint import MissingWeightsError, load_checkpoint, read_model_weights, save_checkpoint
+from pgnet.data.preprocessing import Preprocessing
+from pgnet.models import ModelConfig
 from pgnet.models.weights import CheckpointError
 
 WRITER = """
@@ -85,3 +87,19 @@ def test_a_stored_model_config_gets_the_messages_of_a_config_file(tmp_path):
     ):
         with pytest.raises(CheckpointError, match=message):
             pgnet.load_model(stored(**values))
+
+
+def test_one_reader_tells_project_from_official_checkpoints(tmp_path):
+    official = save_checkpoint({"module.decoder.GF.qv.weight": torch.zeros(1)}, tmp_path / "official.pth")
+    found = read_model_weights(official, weights="ema")  # an official file has one set of weights
+    assert found.official and found.config == ModelConfig() and found.preprocessing == Preprocessing()
+    assert found.description == f"{official} (official PGNet checkpoint, converted)"
+    project = save_checkpoint({"format": "pgnet", "model_config": {"width": 32, "swin_pretrained": "swin.pth"},
+                               "model": {"w": torch.zeros(1)}}, tmp_path / "mine.pth")
+    found = read_model_weights(project)
+    assert not found.official and set(found.state_dict) == {"w"} and found.description == f"{project} (model weights)"
+    assert found.config == ModelConfig(width=32)  # backbone files are for initialisation only
+    with pytest.raises(MissingWeightsError, match=r"mine\.pth: no 'ema' weights \(it has: model\)$"):
+        read_model_weights(project, "ema")
+    with pytest.raises(CheckpointError, match=r"other\.pth: neither .* \(it has: a, b, c, \.\.\. \(1 more\)\)$"):
+        read_model_weights(save_checkpoint({key: torch.zeros(1) for key in "abcd"}, tmp_path / "other.pth"))

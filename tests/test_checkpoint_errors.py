@@ -43,7 +43,8 @@ def test_every_bad_checkpoint_gives_one_line_naming_the_file(tiny, tmp_path):
         expect_checkpoint_error(save_checkpoint(broken, tmp_path / "no_config.pth"), "missing field model_config")
     typed = {**state, "model_config": {**state["model_config"], "width": "64", "graft_points": "r5-s2"}}
     expect_checkpoint_error(save_checkpoint(typed, tmp_path / "typed.pth"),
-                            r"wrongly typed model_config values: width = '64' \(str\), expected an integer; graft")
+                            r"typed\.pth: model_config\.width: expected an integer, got '64'; "
+                            r"model_config\.graft_points: expected a list, got 'r5-s2'$")
     expect_checkpoint_error(path, r"no 'ema' weights \(it has: model\)", weights="ema")
     shaped = {**state, "model": {**state["model"], "head_pred.weight": torch.zeros(3, 3)}}
     expect_checkpoint_error(save_checkpoint(shaped, tmp_path / "shaped.pth"),
