@@ -33,6 +33,7 @@ class ModelEma(nn.Module):
 
 
 def check_decay(decay: float) -> None:
+    """Raise ValueError unless ``decay`` (``train.ema_decay``) is strictly between 0 and 1."""
     if not 0.0 < decay < 1.0:
         raise ValueError(f"train.ema_decay must be in (0, 1), got {decay}")
 
