@@ -2,7 +2,8 @@
 
 The first Ctrl-C or SIGTERM (schedulers, ``timeout``) asks the trainer to finish the current step,
 save ``last.pth`` and stop with :class:`TrainingInterrupted`; a second one stops at once. While
-training, :func:`stop_signals_to` routes both signals to the trainer's handler.
+training, :func:`stop_signals_to` routes both signals to the trainer's handler. A callback asks the
+same with ``Trainer.request_stop``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM: the run saved ``last.pth`` and stopped; ``exit_status`` is 128 + the signal."""
+    """Ctrl-C, SIGTERM or a callback: the run saved ``last.pth`` and stopped. ``exit_status`` is 128 +
+    the signal (``signum`` True: SIGINT, as for a callback); the message is ``reason`` or the signal's name."""
 
-    def __init__(self, signum: int = signal.SIGINT):
-        super().__init__(signal.Signals(signum).name)
-        self.exit_status = 128 + int(signum)
+    def __init__(self, signum: int | bool = signal.SIGINT, reason: str | None = None):
+        stop = requested_signal(signum)
+        super().__init__(reason or stop.name)
+        self.exit_status = 128 + int(stop)
 
 
 def requested_signal(requested: int | bool) -> signal.Signals:

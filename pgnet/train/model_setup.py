@@ -1,4 +1,4 @@
-"""What a training run trains and how it steps: the model (fine-tuning applied), its EMA, the
+"""What a training run trains and how it steps: the model (fine-tuning applied), the
 optimiser, the schedule, the fp16 gradient scaler, the loss and the wrappers (SyncBatchNorm, DDP,
 ``torch.compile``) the forward pass goes through.
 """
@@ -7,18 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from pgnet.checkpoint import CheckpointError
 from pgnet.config import Config
 from pgnet.device import autocast_dtype, resolve_precision
 from pgnet.models.pgnet import PGNet, create_model
 from pgnet.train.distributed import DistInfo
-from pgnet.train.ema import ModelEma
 from pgnet.train.finetune import FineTuning
 from pgnet.train.losses import PGNetLoss
 from pgnet.train.optim import build_optimizer, build_scheduler
@@ -31,7 +28,6 @@ class TrainingParts:
     calls (the model, wrapped by DDP and/or ``torch.compile`` when asked)."""
 
     model: PGNet
-    ema: ModelEma | None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
@@ -40,20 +36,16 @@ class TrainingParts:
     train_step: TrainStep
 
     def checkpoint_fields(self) -> dict[str, Any]:
-        """The optimiser, schedule, scaler and EMA states for a checkpoint (the model goes in whole)."""
+        """The optimiser, schedule and scaler states for a checkpoint (the model goes in whole)."""
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "ema": self.ema.module.state_dict() if self.ema else None}
+                "scaler": self.scaler.state_dict()}
 
-    def load(self, state: Mapping[str, Any], path: str | Path) -> None:
-        """Load the model and ``checkpoint_fields`` from the checkpoint ``state`` read from ``path``."""
+    def load(self, state: Mapping[str, Any]) -> None:
+        """Load the model and ``checkpoint_fields`` from the checkpoint ``state``."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None:
-            if state.get("ema") is None:
-                raise CheckpointError(f"{path}: train.ema_decay is set but the checkpoint has no EMA weights")
-            self.ema.module.load_state_dict(state["ema"])
 
 
 def wrap_network(model: nn.Module, device: torch.device, dist: DistInfo, compile_graph: bool) -> nn.Module:
@@ -82,7 +74,6 @@ def build_training_parts(config: Config, finetuning: FineTuning, device: torch.d
     model = model.to(memory_format=memory_format)
     if dist.enabled and train.sync_bn and device.type == "cuda":  # SyncBatchNorm is CUDA-only
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ema = ModelEma(model, train.ema_decay) if train.ema_decay else None
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, config.schedule, steps_per_epoch, train.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -90,4 +81,4 @@ def build_training_parts(config: Config, finetuning: FineTuning, device: torch.d
     network = wrap_network(model, device, dist, train.compile)
     train_step = TrainStep(model, criterion, optimizer, network=network, autocast_dtype=dtype, scaler=scaler,
                            memory_format=memory_format, clip_grad=train.clip_grad)
-    return TrainingParts(model, ema, optimizer, scheduler, scaler, criterion, network, train_step)
+    return TrainingParts(model, optimizer, scheduler, scaler, criterion, network, train_step)

@@ -1,62 +1,44 @@
-"""The progress of a training epoch: its tqdm bar, the training speed, the logged steps (a log line
-and the TensorBoard loss, learning-rate, speed and memory scalars) and the unreadable samples it
-skipped."""
+"""The progress of a training run on the terminal and in its log: the tqdm bar of each epoch, a log
+line for each logged step and the unreadable samples an epoch skipped."""
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Mapping
-
-import torch
 from tqdm import tqdm
 
-from pgnet.train.run_setup import peak_memory_gib
-from pgnet.train.tensorboard import TrainingBoard
+from pgnet.train.callbacks import Callback, StepResult, Trainer
 
 
-class EpochProgress:
-    """The progress of epoch ``epoch`` (0-based) of ``epochs``: ``total`` optimiser steps from
-    ``initial`` on. Reports to ``logger`` and ``board`` (None: a process other than rank 0, whose
-    bar is hidden and which logs no step)."""
+class Progress(Callback):
+    """The bar of the epoch in progress (rank 0; its loss, learning rate and speed), the log line of
+    every logged step (``train.log_every``; rank 0) and a warning for the unreadable samples an epoch
+    left out."""
 
-    def __init__(self, epoch: int, epochs: int, total: int, initial: int, logger: logging.Logger,
-                 board: TrainingBoard | None, device: torch.device):
-        self.epoch, self.logger, self.board, self.device = epoch, logger, board, device
-        self.bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", disable=board is None,
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        self.bar = tqdm(total=trainer.steps_per_epoch, initial=trainer.position.step_in_epoch,
+                        desc=f"epoch {epoch + 1}/{trainer.config.train.epochs}", disable=not trainer.dist.is_main,
                         dynamic_ncols=True, leave=False)
-        self._restart_window()
 
-    def _restart_window(self) -> None:
-        self.images, self.since = 0, time.perf_counter()
-
-    def step(self, images: int) -> None:
-        """One optimiser step done, over ``images`` images (all processes together)."""
-        self.images += images
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
         self.bar.update(1)
-
-    def show(self, step: int, terms: Mapping[str, float], optimizer: torch.optim.Optimizer, log: bool) -> None:
-        """Show the loss, learning rate and speed (images/s since the last logged step) of global step
-        ``step``; when ``log``, also log them."""
-        elapsed = time.perf_counter() - self.since
-        rate = self.images / elapsed if elapsed > 0 else 0.0
-        lr = optimizer.param_groups[-1]["lr"]
-        self.bar.set_postfix(loss=f"{terms['total']:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
-        if not log:
+        if not result.updated:
             return
-        if self.board is not None:
-            self.board.losses(step, terms, {group["name"]: group["lr"] for group in optimizer.param_groups}, rate,
-                              peak_memory_gib(self.device))
-            self.logger.info("step %d: %s, lr %.3g, %.1f img/s", step,
-                             ", ".join(f"{k} {v:.4f}" for k, v in terms.items()), lr, rate)
-        self._restart_window()
+        lr = trainer.optimizer.param_groups[-1]["lr"]
+        self.bar.set_postfix(loss=f"{result.losses['total']:.4f}", lr=f"{lr:.2e}",
+                             img_s=f"{result.images_per_second:.1f}")
+        if result.log and trainer.dist.is_main:
+            trainer.logger.info("step %d: %s, lr %.3g, %.1f img/s", result.step,
+                                ", ".join(f"{k} {v:.4f}" for k, v in result.losses.items()), lr,
+                                result.images_per_second)
 
-    def close(self, step: int, skipped: int) -> None:
-        """End the epoch at global step ``step``, having left out ``skipped`` unreadable samples (all
-        processes together)."""
+    def on_train_epoch_end(self, trainer: Trainer, epoch: int, skipped: int) -> None:
         self.bar.close()
         if skipped:
-            self.logger.warning("epoch %d: %d unreadable samples skipped (named in the warnings above)",
-                                self.epoch + 1, skipped)
-        if self.board is not None:
-            self.board.skipped_samples(step, skipped)
+            trainer.logger.warning("epoch %d: %d unreadable samples skipped (named in the warnings above)",
+                                   epoch + 1, skipped)
+
+    def teardown(self, trainer: Trainer) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -23,7 +23,9 @@ their epoch's end (no extra disk).
 - :func:`link_checkpoint`: ``best.pth`` and ``epoch_NNNN.pth`` as hard links to ``last.pth`` when
   they hold the same state (a copy where the file system has no hard links), replaced atomically.
 - :func:`rotate_epoch_checkpoints`: ``epoch_NNNN.pth`` for a finished epoch, and only the
-  ``keep_recent`` most recent kept; :func:`link_epoch_end_checkpoints` adds ``best.pth``.
+  ``keep_recent`` most recent kept; :func:`link_epoch_end_checkpoints` adds ``best.pth``, and the
+  :class:`CheckpointLinks` callback calls it at every epoch end (and on resume, to finish what a kill
+  left).
 - :func:`new_run_dir`: the name of a new run's folder.
 """
 
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pgnet.errors import UserError
+from pgnet.train.callbacks import Callback, Trainer
 from pgnet.writing import atomic_create
 
 LOCK_NAME = ".lock"
@@ -157,3 +160,21 @@ def link_epoch_end_checkpoints(checkpoint_dir: str | Path, finished_epochs: int,
     if is_best and not (best.exists() and best.samefile(last)):
         link_checkpoint(last, best)
     rotate_epoch_checkpoints(checkpoint_dir, finished_epochs, keep_recent)
+
+
+class CheckpointLinks(Callback):
+    """``best.pth`` and ``epoch_NNNN.pth`` (the ``keep_recent`` most recent) as links to the
+    ``last.pth`` of each epoch's end (rank 0). On resume at an epoch's end, it completes the links a
+    kill between ``last.pth`` and them left undone."""
+
+    def __init__(self, keep_recent: int):
+        self.keep_recent = keep_recent
+
+    def setup(self, trainer: Trainer) -> None:
+        if trainer.resumed and trainer.position.step_in_epoch == 0:
+            self.on_epoch_end(trainer, trainer.position.epoch - 1)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+        if trainer.dist.is_main:
+            is_best = trainer.state.best_step == trainer.position.global_step  # validated best at this epoch end
+            link_epoch_end_checkpoints(trainer.run.checkpoint_dir, epoch + 1, self.keep_recent, is_best)

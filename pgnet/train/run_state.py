@@ -2,10 +2,12 @@
 
 :class:`RunState` is what a run has done so far: its :class:`Position` (epoch, step in the epoch,
 global step), its best validation score (by the :class:`BestRule`), the non-finite steps it skipped
-and its validation history. :func:`training_checkpoint` adds the model, optimiser, schedule, scaler
-and EMA (:class:`pgnet.train.model_setup.TrainingParts`) and every RNG state
-(:mod:`pgnet.train.rng`): everything a resumed run needs to continue exactly where it was written,
-which :func:`resume_run` does. :func:`run_summary`: the figures of a finished run.
+(counted by the :class:`NonFiniteGuard` callback) and its validation history.
+:func:`training_checkpoint` adds the model, optimiser, schedule and scaler
+(:class:`pgnet.train.model_setup.TrainingParts`), the EMA weights, the callbacks' states and every
+RNG state (:mod:`pgnet.train.rng`): everything a resumed run needs to continue exactly where it was
+written, which :func:`resume_run` and :func:`finish_resume` do. :func:`run_summary`: the figures of a
+finished run.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from pgnet.checkpoint import load_checkpoint, model_checkpoint, require_fields
+from pgnet.checkpoint import CheckpointError, load_checkpoint, model_checkpoint, require_fields
 from pgnet.config import Config
 from pgnet.data.preprocessing import Preprocessing
+from pgnet.train.callbacks import Callback, StepResult, Trainer, callback_states, load_callback_states
+from pgnet.train.ema import ModelEma
 from pgnet.train.model_setup import TrainingParts
 from pgnet.train.rng import fork_rank_stream, restore_rng_state, rng_state
-from pgnet.train.run_dir import link_epoch_end_checkpoints
 from pgnet.train.run_setup import RunContext, peak_memory_gib
 
 # What a training checkpoint holds beyond the model's config and preprocessing.
@@ -97,34 +100,66 @@ class BestRule:
         return best is None or (score > best if self.mode == "max" else score < best)
 
 
-def training_checkpoint(parts: TrainingParts, preprocessing: Preprocessing, state: RunState) -> dict[str, Any]:
-    """The checkpoint of a run: model, ``preprocessing``, ``parts``' states, ``state`` and every RNG state."""
+class NonFiniteGuard(Callback):
+    """Counts the steps skipped for a NaN or infinite loss in the run's state, with a warning naming
+    the step and its loss terms; beyond ``allowed`` (``train.max_nonfinite_steps``) such steps, it stops
+    the run with :class:`NonFiniteLossError` (``last.pth`` stays the last good checkpoint)."""
+
+    def __init__(self, allowed: int):
+        self.allowed = allowed
+
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+        if not result.nonfinite:
+            return
+        described = ", ".join(f"{name}={value:.4g}" for name, value in result.losses.items())
+        message = f"non-finite loss at global step {result.step} ({described})"
+        trainer.state.count_nonfinite(message, self.allowed)
+        trainer.logger.warning("%s: step skipped (%d of %d allowed)", message, trainer.state.nonfinite_steps,
+                               self.allowed)
+
+
+def training_checkpoint(parts: TrainingParts, preprocessing: Preprocessing, state: RunState, ema: ModelEma | None,
+                        callbacks: Sequence[Callback]) -> dict[str, Any]:
+    """The checkpoint of a run: model, ``preprocessing``, ``parts``' states, ``ema``'s weights, ``state``,
+    the ``callbacks``' states and every RNG state."""
     return model_checkpoint(parts.model, preprocessing=preprocessing, **parts.checkpoint_fields(),
-                            **state.checkpoint_fields(), rng=rng_state())
+                            ema=ema.module.state_dict() if ema is not None else None, **state.checkpoint_fields(),
+                            callbacks=callback_states(callbacks), rng=rng_state())
 
 
-def resume_run(run: RunContext, parts: TrainingParts, config: Config, steps_per_epoch: int) -> RunState:
-    """Continue the run in ``run``'s folder: load its ``last.pth`` into ``parts`` and the RNGs, log where
-    it resumes (and the overrides of ``config`` that take effect there), finish the epoch-end links a
-    kill left; returns the run's state. A CheckpointError names the fields ``last.pth`` lacks."""
+def resume_run(run: RunContext, parts: TrainingParts, config: Config,
+               steps_per_epoch: int) -> tuple[RunState, dict[str, Any]]:
+    """Continue the run in ``run``'s folder: load its ``last.pth`` into ``parts`` and log where it
+    resumes (and the overrides of ``config`` that take effect there); returns the run's state and the
+    checkpoint, for :func:`finish_resume`. A CheckpointError names the fields ``last.pth`` lacks."""
     path = run.checkpoint_dir / "last.pth"
     checkpoint = load_checkpoint(path, map_location=run.device)
     require_fields(checkpoint, path, TRAINING_FIELDS)
-    parts.load(checkpoint, path)
+    parts.load(checkpoint)
     state = RunState.from_checkpoint(checkpoint)
-    restore_rng_state(checkpoint["rng"])
-    if run.dist.enabled:  # each rank continues its own stream from the saved rank-0 state
-        fork_rank_stream(run.dist.rank)
     position = state.position
     run.logger.info("resumed from %s at epoch %d, step %d of %d in the epoch (global step %d)", path,
                     position.epoch + 1, position.step_in_epoch, steps_per_epoch, position.global_step)
     for change in config.resume_changes:
         if change["step"] == position.global_step:
             run.logger.info("resume override %s: %r -> %r", change["key"], change["old"], change["new"])
-    if run.dist.is_main and position.step_in_epoch == 0:  # finish what a kill at epoch end left
-        link_epoch_end_checkpoints(run.checkpoint_dir, position.epoch, config.train.keep_recent,
-                                   state.best_step == position.global_step)
-    return state
+    return state, checkpoint
+
+
+def finish_resume(run: RunContext, checkpoint: Mapping[str, Any], ema: ModelEma | None,
+                  callbacks: Sequence[Callback]) -> None:
+    """Once the callbacks are set up: load the EMA weights and the callbacks' states of ``checkpoint``
+    (older checkpoints have no callback states), then every RNG state, last, so that nothing drawn
+    before the first step shifts the random streams."""
+    if ema is not None:
+        if checkpoint.get("ema") is None:
+            raise CheckpointError(f"{run.checkpoint_dir / 'last.pth'}: train.ema_decay is set but the checkpoint "
+                                  "has no EMA weights")
+        ema.module.load_state_dict(checkpoint["ema"])
+    load_callback_states(callbacks, checkpoint.get("callbacks", {}))
+    restore_rng_state(checkpoint["rng"])
+    if run.dist.enabled:  # each rank continues its own stream from the saved rank-0 state
+        fork_rank_stream(run.dist.rank)
 
 
 def run_summary(run: RunContext, state: RunState, rule: BestRule, validation_sets: Sequence[str], seconds: float,

@@ -1,6 +1,7 @@
 """TensorBoard logging of a training run: scalars, PR curves, pictures, the layout and the descriptions.
 
-:class:`TrainingBoard` is what the trainer calls; it owns the ``SummaryWriter`` (rank 0 only). Tags
+:class:`TrainingBoard` owns the ``SummaryWriter``; the :class:`TensorBoard` callback writes a run's
+events through it (rank 0 only), capturing the CMGM attention for the training pictures. Tags
 (``<point>`` a grafting point such as ``r5-s2``, ``<set>`` a validation set, ``<picture>`` one of
 the fixed validation pictures as ``<set>/<name>``, ``<query>`` object, boundary or background):
 
@@ -18,6 +19,7 @@ validation pictures show the same few validation images at every validation.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -33,6 +35,8 @@ from torch import nn
 from torch.utils.tensorboard.summary import pr_curve_raw
 
 from pgnet.data.transforms import denormalize
+from pgnet.train.callbacks import Callback, StepResult, Trainer, ValidationResult, is_due
+from pgnet.train.run_setup import peak_memory_gib
 from pgnet.train.tb_history import open_summary_writer
 from pgnet.train.visualize import (
     agl_picture,
@@ -120,7 +124,7 @@ class TrainingBoard:
     for pictures.
     """
 
-    picture_count = PICTURE_SAMPLES  # validation images the trainer passes to ``validation_pictures``
+    picture_count = PICTURE_SAMPLES  # validation images the callback passes to ``validation_pictures``
 
     def __init__(self, log_dir: str | Path, *, resume: bool, graft_points: Sequence[str],
                  mean: Sequence[float], std: Sequence[float], fresh: bool):
@@ -265,3 +269,69 @@ class TrainingBoard:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class TensorBoard(Callback):
+    """The run's TensorBoard events in ``RUN/tb`` (rank 0): the losses, learning rates, speed and peak
+    memory of every logged step, the unreadable samples of each epoch, every validation's metrics, PR
+    curves and pictures, and every ``image_every`` steps the pictures of the step's first training
+    image, with the CMGM attention captured in its forward pass (``image_every`` 0: no pictures).
+
+    The events are flushed before every checkpoint, so that a resumed run finds all those of the steps
+    before its checkpoint on disk (see ``pgnet.train.tb_history``).
+    """
+
+    def __init__(self, image_every: int):
+        self.image_every = image_every
+        self.board: TrainingBoard | None = None
+        self._capture: contextlib.ExitStack | None = None  # the attention capture of a picture step
+        self._attention: list[torch.Tensor] = []
+
+    def setup(self, trainer: Trainer) -> None:
+        if trainer.dist.is_main:
+            self.board = TrainingBoard(trainer.run_dir / "tb", resume=trainer.resumed, mean=trainer.data.mean,
+                                       std=trainer.data.std, graft_points=trainer.model.decoder.graft_points,
+                                       fresh=trainer.position.global_step == 0)
+
+    def on_micro_batch_start(self, trainer: Trainer, step: int, index: int, batch: Mapping[str, Any]) -> None:
+        if self.board is not None and index == 0 and is_due(step, self.image_every):
+            self._capture = contextlib.ExitStack()
+            self._attention = self._capture.enter_context(capture_cmgm_attention(trainer.model))
+
+    def on_micro_batch_end(self, trainer: Trainer, step: int, index: int, batch: Mapping[str, Any],
+                           output: Any) -> None:
+        if self._capture is not None:
+            self._capture.close()
+            self._capture = None
+            self.board.training_pictures(step, batch, output, self._attention)  # at the step of its losses
+
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+        if self.board is not None and result.log:
+            learning_rates = {group["name"]: group["lr"] for group in trainer.optimizer.param_groups}
+            self.board.losses(result.step, result.losses, learning_rates, result.images_per_second,
+                              peak_memory_gib(trainer.device))
+
+    def on_train_epoch_end(self, trainer: Trainer, epoch: int, skipped: int) -> None:
+        if self.board is not None:
+            self.board.skipped_samples(trainer.position.global_step, skipped)
+
+    def on_validation_end(self, trainer: Trainer, result: ValidationResult) -> None:
+        if self.board is None:
+            return
+        for name, metrics in result.metrics.items():
+            self.board.validation(result.step, name, metrics, result.curves[name])
+        if self.image_every:
+            self.board.validation_pictures(result.step, trainer.validation_model,
+                                           trainer.data.picture_samples(self.board.picture_count), trainer.device,
+                                           trainer.train_step.autocast)
+
+    def on_save(self, trainer: Trainer, name: str) -> None:
+        if self.board is not None:
+            self.board.flush()
+
+    def teardown(self, trainer: Trainer) -> None:
+        if self._capture is not None:
+            self._capture.close()
+            self._capture = None
+        if self.board is not None:
+            self.board.close()

@@ -4,7 +4,9 @@ described in :mod:`pgnet.train.run_dir`.
 What the loop runs on is set up elsewhere: device, processes, run folder and log in
 :mod:`pgnet.train.run_setup`; data in :mod:`pgnet.train.data_setup`; the model and what trains it
 in :mod:`pgnet.train.model_setup`; where the run stands, and its checkpoints, in
-:mod:`pgnet.train.run_state`.
+:mod:`pgnet.train.run_state`. The loop runs the steps, validates and saves; everything around it
+(the EMA, progress, TensorBoard, checkpoint links, the non-finite loss guard, and any callback given)
+is a callback, in :mod:`pgnet.train.callbacks`.
 """
 
 from __future__ import annotations
@@ -12,45 +14,77 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from pgnet.checkpoint import save_checkpoint
 from pgnet.config import Config, save_config
 from pgnet.train import distributed, run_log, run_state
+from pgnet.train.callbacks import Callback, StepResult, ValidationResult, check_callbacks, is_due
 from pgnet.train.data_setup import TrainingData
+from pgnet.train.ema import EMA, ModelEma
 from pgnet.train.finetune import FineTuning
-from pgnet.train.interrupt import TrainingInterrupted, requested_signal, stop_signals_to
+from pgnet.train.interrupt import TrainingInterrupted, stop_signals_to
 from pgnet.train.model_setup import build_training_parts
-from pgnet.train.progress import EpochProgress
-from pgnet.train.run_dir import link_epoch_end_checkpoints
+from pgnet.train.progress import Progress
+from pgnet.train.run_dir import CheckpointLinks
 from pgnet.train.run_setup import open_run
-from pgnet.train.run_state import NonFiniteLossError
-from pgnet.train.tensorboard import TrainingBoard
-from pgnet.train.visualize import capture_cmgm_attention
+from pgnet.train.run_state import NonFiniteGuard, NonFiniteLossError
+from pgnet.train.tensorboard import TensorBoard
 from pgnet.writing import write_text
 
-__all__ = ["NonFiniteLossError", "Trainer", "TrainingInterrupted"]
+__all__ = ["NonFiniteLossError", "Trainer", "TrainingInterrupted", "default_callbacks"]
+
+
+def default_callbacks(config: Config) -> list[Callback]:
+    """The callbacks every run has, from ``config.train``: the non-finite loss guard, the EMA (when
+    ``ema_decay`` is set), progress, TensorBoard and the best/epoch checkpoint links, in that order."""
+    train = config.train
+    return [NonFiniteGuard(train.max_nonfinite_steps), *([EMA(train.ema_decay)] if train.ema_decay else []),
+            Progress(), TensorBoard(train.image_every), CheckpointLinks(train.keep_recent)]
+
+
+class Throughput:
+    """Images per second since the last :meth:`restart`."""
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self.images, self.since = 0, time.perf_counter()
+
+    def add(self, images: int) -> float:
+        """Count ``images`` more; returns the rate so far."""
+        self.images += images
+        elapsed = time.perf_counter() - self.since
+        return self.images / elapsed if elapsed > 0 else 0.0
 
 
 class Trainer:
     """Train PGNet as ``config`` says, writing to ``run_dir``.
 
     Without ``run_dir`` a new folder ``output_dir/name-YYYYmmdd-HHMMSS`` is made. With
-    ``resume=True`` the run continues from ``run_dir/checkpoints/last.pth``. :meth:`fit` trains, then
-    releases what the run holds (:meth:`close`), however it ends.
+    ``resume=True`` the run continues from ``run_dir/checkpoints/last.pth``. ``callbacks`` run after
+    the config's own (:func:`default_callbacks`). :meth:`fit` trains, then releases what the run holds
+    (:meth:`close`), however it ends.
     """
 
-    def __init__(self, config: Config, run_dir: str | Path | None = None, resume: bool = False):
-        self.config = config
+    def __init__(self, config: Config, run_dir: str | Path | None = None, resume: bool = False,
+                 callbacks: Sequence[Callback] = ()):
+        self.config, self.resumed = config, resume
+        self.callbacks = [*default_callbacks(config), *callbacks]
+        check_callbacks(self.callbacks)
+        self._running: list[Callback] = []  # the callbacks set up, torn down by close()
+        self._stop: TrainingInterrupted | None = None  # the stop requested, raised at the next step boundary
         # Starting weights and frozen parts are checked before the run folder is made.
         self.finetuning = FineTuning(config, resume=resume)
         self.run = open_run(config, run_dir, resume, f"pgnet.train.{id(self)}")
         self.device, self.dist, self.run_dir, self.logger = (self.run.device, self.run.dist, self.run.run_dir,
                                                              self.run.logger)
-        self.writer: TrainingBoard | None = None
         try:
             self._set_up(resume)
         except BaseException:
@@ -66,44 +100,66 @@ class Trainer:
         self.steps_per_epoch = self.data.steps_per_epoch(train.grad_accum, train.max_steps_per_epoch)
         parts = build_training_parts(config, self.finetuning, self.device, self.dist, self.steps_per_epoch,
                                      self.logger.info)
-        self.parts, self.model, self.ema, self.network = parts, parts.model, parts.ema, parts.network
+        self.parts, self.model, self.network = parts, parts.model, parts.network
         self.optimizer, self.scheduler, self.criterion = parts.optimizer, parts.scheduler, parts.criterion
         self.train_step = parts.train_step
         self.best_rule = run_state.BestRule(train.best_metric, train.best_mode, len(self.data.validation_labels))
-        self._stop_requested: int | bool = 0  # the signal that asked to stop (True: SIGINT)
-        self.state = (run_state.resume_run(self.run, self.parts, config, self.steps_per_epoch) if resume
-                      else run_state.RunState())
+        self.state, checkpoint = (run_state.resume_run(self.run, self.parts, config, self.steps_per_epoch) if resume
+                                  else (run_state.RunState(), None))
         if self.dist.is_main:  # on resume: the changes accepted by pgnet.train.resume recorded
             save_config(config, self.run_dir / "config.yaml")
-            self.writer = TrainingBoard(self.run_dir / "tb", resume=resume, mean=self.data.mean, std=self.data.std,
-                                        graft_points=self.model.decoder.graft_points,
-                                        fresh=self.position.global_step == 0)
+        for callback in self.callbacks:
+            self._running.append(callback)
+            callback.setup(self)
+        if checkpoint is not None:
+            run_state.finish_resume(self.run, checkpoint, self.ema, self.callbacks)
 
     @property
     def position(self) -> run_state.Position:
         """Where training stands (``state.position``)."""
         return self.state.position
 
+    @property
+    def ema(self) -> ModelEma | None:
+        """The moving average the :class:`~pgnet.train.ema.EMA` callback keeps (None without one):
+        validation evaluates it and checkpoints hold it as ``ema``."""
+        return next((callback.average for callback in self.callbacks if isinstance(callback, EMA)), None)
+
+    @property
+    def validation_model(self) -> nn.Module:
+        """What validation evaluates: the EMA weights when kept, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _call(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` of every callback, in order."""
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
     # ------------------------------------------------------------------ checkpoints
 
     def save(self, name: str = "last") -> Path | None:
-        """Write ``checkpoints/{name}.pth`` atomically (rank 0 only), with the TensorBoard events so far."""
+        """Write ``checkpoints/{name}.pth`` atomically (rank 0 only), with the callbacks' states."""
         if not self.dist.is_main:
             return None
-        if self.writer is not None:
-            self.writer.flush()  # a resumed run can rewrite only the events after its checkpoint
-        return save_checkpoint(run_state.training_checkpoint(self.parts, self.data.preprocessing, self.state),
-                               self.run.checkpoint_dir / f"{name}.pth")
+        self._call("on_save", name)
+        checkpoint = run_state.training_checkpoint(self.parts, self.data.preprocessing, self.state, self.ema,
+                                                   self.callbacks)
+        return save_checkpoint(checkpoint, self.run.checkpoint_dir / f"{name}.pth")
 
     # ------------------------------------------------------------------ training
 
-    def _request_stop(self, signum: int, frame: Any) -> None:
+    def request_stop(self, reason: str = "a callback") -> None:
+        """Stop at the next step boundary, as for Ctrl-C: ``last.pth`` is saved and :meth:`fit` raises
+        TrainingInterrupted (exit status 130, its message ``reason``); ``resume=True`` continues the run."""
+        if self._stop is None:
+            self._stop = TrainingInterrupted(reason=reason)
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
         """First Ctrl-C or SIGTERM: finish the current step, save, stop. A second one: stop at once."""
-        if self._stop_requested:
+        if self._stop is not None:
             raise KeyboardInterrupt
-        self._stop_requested = signum
-        self.logger.warning("%s: saving last.pth after this step (send it again to stop at once)",
-                            requested_signal(signum).name)
+        self._stop = TrainingInterrupted(signum)
+        self.logger.warning("%s: saving last.pth after this step (send it again to stop at once)", self._stop)
 
     def fit(self) -> dict[str, Any]:
         """Train to ``train.epochs``; returns the summary (also written to ``summary.json``)."""
@@ -120,66 +176,62 @@ class Trainer:
                              "highest" if train.best_mode == "max" else "lowest", self.best_rule)
         started = time.perf_counter()
         try:
-            self._train_all_epochs()
+            with stop_signals_to(self._on_stop_signal), run_log.data_warnings_logged(self.logger):
+                self._call("on_run_start")
+                self._train_all_epochs()
             summary = self._summary(time.perf_counter() - started)
+            self._call("on_run_end", summary)
         finally:
             self.close()  # the run folder is free for the next writer (e.g. a resume), however fit ends
         return summary
 
     def _train_all_epochs(self) -> None:
         train = self.config.train
-        with stop_signals_to(self._request_stop), run_log.data_warnings_logged(self.logger):
-            while self.position.epoch < train.epochs:
-                epoch = self.position.epoch
-                self._train_epoch(epoch)
-                if self._stop_requested:
-                    stop = requested_signal(self._stop_requested)
-                    self.save("last")
-                    self.logger.warning("stopped by %s; resume with --resume %s", stop.name, self.run_dir)
-                    raise TrainingInterrupted(stop)
-                is_best = False
-                if self.data.has_validation and ((epoch + 1) % train.val_every == 0 or epoch + 1 == train.epochs):
-                    is_best = self._update_best(self.validate(epoch), epoch)
-                self.position.epoch, self.position.step_in_epoch = epoch + 1, 0
+        while self.position.epoch < train.epochs:
+            epoch = self.position.epoch
+            self._train_epoch(epoch)
+            if self._stop is not None:
                 self.save("last")
-                if self.dist.is_main:
-                    link_epoch_end_checkpoints(self.run.checkpoint_dir, self.position.epoch, train.keep_recent, is_best)
-                distributed.barrier(self.dist)
+                self.logger.warning("stopped by %s; resume with --resume %s", self._stop, self.run_dir)
+                raise self._stop
+            if self.data.has_validation and ((epoch + 1) % train.val_every == 0 or epoch + 1 == train.epochs):
+                self._update_best(self.validate(epoch), epoch)
+            self.position.epoch, self.position.step_in_epoch = epoch + 1, 0
+            self.save("last")
+            self._call("on_epoch_end", epoch)
+            distributed.barrier(self.dist)
 
     def _train_epoch(self, epoch: int) -> None:
         train = self.config.train
         self.network.train()
-        start_step = self.position.step_in_epoch
-        progress = EpochProgress(epoch, train.epochs, self.steps_per_epoch, start_step, self.logger, self.writer,
-                                 self.device)
-        for micro_batches in self.data.epoch_steps(epoch, start_step, train.grad_accum):
+        self._call("on_epoch_start", epoch)
+        throughput = Throughput()  # since the last logged step
+        for micro_batches in self.data.epoch_steps(epoch, self.position.step_in_epoch, train.grad_accum):
+            step = self.position.global_step + 1
             # DDP needs every process in the backward pass: a step runs when all have a sample.
             if distributed.every_rank(bool(micro_batches), self.dist, self.device):
-                terms = self._optimizer_step(micro_batches, self._is_due(train.image_every))
+                losses, nonfinite = self._optimizer_step(step, micro_batches)
             else:  # nothing to learn from: the step is skipped, the schedule moves on
-                self.logger.warning("step %d skipped: its batches had no readable sample",
-                                    self.position.global_step + 1)
+                self.logger.warning("step %d skipped: its batches had no readable sample", step)
                 self.scheduler.step()
-                terms = None
+                losses, nonfinite = None, False
             self.position.step_in_epoch += 1
-            self.position.global_step += 1
-            progress.step(sum(b["image"].shape[0] for b in micro_batches) * self.dist.world_size)
-            if terms is not None:
-                progress.show(self.position.global_step, terms, self.optimizer, log=self._is_due(train.log_every))
-            if train.checkpoint_every_steps and self.position.global_step % train.checkpoint_every_steps == 0:
+            self.position.global_step = step
+            images = sum(b["image"].shape[0] for b in micro_batches) * self.dist.world_size
+            log = losses is not None and not nonfinite and is_due(step, train.log_every)
+            self._call("on_step_end", StepResult(step, losses, nonfinite, images, throughput.add(images), log))
+            if log:
+                throughput.restart()
+            if is_due(step, train.checkpoint_every_steps):
                 self.save("last")
-            if self._stop_requested or self.position.step_in_epoch >= self.steps_per_epoch:
+            if self._stop is not None or self.position.step_in_epoch >= self.steps_per_epoch:
                 break
         skipped = distributed.all_reduce_sum(torch.tensor(self.data.skipped, device=self.device), self.dist)
-        progress.close(self.position.global_step, int(skipped.item()))
+        self._call("on_train_epoch_end", epoch, int(skipped.item()))
 
-    def _is_due(self, every: int) -> bool:
-        return bool(every) and (self.position.global_step + 1) % every == 0
-
-    def _optimizer_step(self, micro_batches: list[dict[str, Any]], log_images: bool) -> dict[str, float] | None:
-        """Forward/backward every micro-batch, then one optimiser step. Returns the mean loss terms, or
-        None when the step was skipped for a non-finite loss."""
-        train = self.config.train
+    def _optimizer_step(self, step: int, micro_batches: list[dict[str, Any]]) -> tuple[dict[str, float], bool]:
+        """Forward/backward every micro-batch, then one optimiser step (discarded for a non-finite loss).
+        Returns the mean loss terms and whether a loss was non-finite."""
         totals: dict[str, torch.Tensor] = {}
         nonfinite = torch.zeros((), device=self.device)
         for index, batch in enumerate(micro_batches):
@@ -187,62 +239,49 @@ class Trainer:
             mask = batch["mask"].to(self.device, non_blocking=True)
             last = index == len(micro_batches) - 1
             sync = contextlib.nullcontext() if last or not self.dist.enabled else self.network.no_sync()
-            pictures = log_images and index == 0 and self.writer is not None
-            capture = capture_cmgm_attention(self.model) if pictures else contextlib.nullcontext([])
-            with sync, capture as attention:
+            self._call("on_micro_batch_start", step, index, batch)
+            with sync:
                 result = self.train_step.forward_backward(image, mask, len(micro_batches))
+            self._call("on_micro_batch_end", step, index, batch, result.output)
             nonfinite += result.nonfinite
             for name, value in {"total": result.loss, **result.terms}.items():
                 totals[name] = totals.get(name, 0) + value.float() / len(micro_batches)
-            if pictures:  # at the step its losses are logged at
-                self.writer.training_pictures(self.position.global_step + 1, batch, result.output, attention)
-        nonfinite = distributed.all_reduce_sum(nonfinite, self.dist)
-        if nonfinite.item() > 0:
+        skip = distributed.all_reduce_sum(nonfinite, self.dist).item() > 0
+        if skip:
             self.train_step.discard()
-            described = ", ".join(f"{k}={v.item():.4g}" for k, v in totals.items())
-            message = f"non-finite loss at global step {self.position.global_step + 1} ({described})"
-            self.state.count_nonfinite(message, train.max_nonfinite_steps)
-            self.logger.warning("%s: step skipped (%d of %d allowed)", message, self.state.nonfinite_steps,
-                                train.max_nonfinite_steps)
-            self.scheduler.step()
-            return None
-        self.train_step.apply()
+        else:
+            self.train_step.apply()
         self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
-        return {name: distributed.all_reduce_mean(value, self.dist).item() for name, value in totals.items()}
+        return {name: distributed.all_reduce_mean(value, self.dist).item() for name, value in totals.items()}, skip
 
     # ------------------------------------------------------------------ validation
 
     @torch.no_grad()
     def validate(self, epoch: int) -> dict[str, dict[str, float]]:
-        """Evaluate the model (the EMA when kept) on every validation set: ``{label: metrics}``."""
-        model = self.ema.module if self.ema is not None else self.model
+        """Evaluate :attr:`validation_model` on every validation set after epoch ``epoch``: ``{label: metrics}``."""
+        model = self.validation_model
+        step = self.position.global_step
         results: dict[str, dict[str, float]] = {}
+        curves: dict[str, dict[str, Any] | None] = {}
         if self.dist.is_main:
             model.eval()
             for name, evaluation in self.data.validation_sets():
-                metrics, curves = evaluation.run(model, self.device, self.train_step.autocast)
-                results[name] = metrics
-                self.writer.validation(self.position.global_step, name, metrics, curves)
+                results[name], curves[name] = evaluation.run(model, self.device, self.train_step.autocast)
                 self.logger.info("epoch %d %s: %s", epoch + 1, name,
-                                 ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-            if self.config.train.image_every:
-                self.writer.validation_pictures(self.position.global_step, model,
-                                                self.data.picture_samples(self.writer.picture_count), self.device,
-                                                self.train_step.autocast)
-            self.state.history.append({"epoch": epoch + 1, "step": self.position.global_step, "metrics": results})
+                                 ", ".join(f"{k} {v:.4f}" for k, v in results[name].items()))
+            self.state.history.append({"epoch": epoch + 1, "step": step, "metrics": results})
+        self._call("on_validation_end", ValidationResult(epoch, step, results, curves))
         distributed.barrier(self.dist)
         return results
 
-    def _update_best(self, results: dict[str, dict[str, float]], epoch: int) -> bool:
-        """Whether ``results`` beat the best so far (then ``best.pth`` becomes this epoch's ``last.pth``)."""
+    def _update_best(self, results: dict[str, dict[str, float]], epoch: int) -> None:
+        """Record ``results`` as the best so far when they beat it (``best.pth`` then becomes this
+        epoch's ``last.pth``)."""
         score = self.best_rule.score(results)
         if score is None or not self.best_rule.beats(score, self.state.best):
-            return False
+            return
         self.state.best, self.state.best_step = score, self.position.global_step
         self.logger.info("new best %s %.4f at epoch %d", self.best_rule, score, epoch + 1)
-        return True
 
     # ------------------------------------------------------------------ the end
 
@@ -253,13 +292,14 @@ class Trainer:
         if self.dist.is_main:
             write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
             self.logger.info("done in %.0f s: %s", seconds, json.dumps(summary))
-            if self.writer is not None:
-                self.writer.close()
         return summary
 
     def close(self) -> None:
-        """Close the TensorBoard and log files, release the run folder and leave the DDP process group
-        (what ending the process does); calling it again does nothing more."""
-        if self.writer is not None:
-            self.writer.close()
-        self.run.close(getattr(self, "network", None))
+        """Tear the callbacks down (closing the TensorBoard files), close the log, release the run
+        folder and leave the DDP process group (what ending the process does); calling it again does
+        nothing more."""
+        try:
+            while self._running:
+                self._running.pop().teardown(self)
+        finally:
+            self.run.close(getattr(self, "network", None))

@@ -7,6 +7,7 @@ import shlex
 import pytest
 import torch
 from helpers import make_folder
+from test_callbacks import StopAfter
 from test_trainer import REPO, TINY
 
 from pgnet.checkpoint import load_checkpoint, save_checkpoint
@@ -262,15 +263,7 @@ def test_resumed_fine_tuning_run_ends_with_the_uninterrupted_weights(tiny_checkp
     straight = Trainer(tiny_config(*extra), tmp_path / "straight")
     straight.fit()
 
-    interrupted = Trainer(tiny_config(*extra), tmp_path / "interrupted")
-    step = interrupted._optimizer_step
-
-    def stop_after_three(*args, **kwargs):
-        result = step(*args, **kwargs)
-        interrupted._stop_requested = interrupted.position.global_step >= 2  # the third step is the last
-        return result
-
-    interrupted._optimizer_step = stop_after_three
+    interrupted = Trainer(tiny_config(*extra), tmp_path / "interrupted", callbacks=[StopAfter(3)])
     with pytest.raises(TrainingInterrupted):
         interrupted.fit()
     assert load_checkpoint(tmp_path / "interrupted" / "checkpoints" / "last.pth")["position"]["global_step"] == 3

@@ -11,6 +11,7 @@ from test_trainer import REPO, TINY
 from pgnet.cli.common import run_command
 from pgnet.config import ConfigError, load_config
 from pgnet.train import distributed
+from pgnet.train.callbacks import Callback
 from pgnet.train.interrupt import TrainingInterrupted, requested_signal, stop_signals_to
 from pgnet.train.run_dir import check_not_busy
 from pgnet.train.run_setup import open_run
@@ -63,17 +64,23 @@ def test_trainer_close_leaves_the_process_group_and_frees_the_folder(two_rank_gr
     trainer.close()  # again: nothing more
 
 
+class EndWith(Callback):
+    """Ends the run at its start with ``ending`` (None: lets it train)."""
+
+    def __init__(self, ending: BaseException | None):
+        self.ending = ending
+
+    def on_run_start(self, trainer):
+        if self.ending is not None:
+            raise self.ending
+
+
 @pytest.mark.parametrize("ending", [None, NonFiniteLossError("nan"), TrainingInterrupted(signal.SIGTERM)])
 def test_fit_closes_the_run_however_it_ends(tmp_path, monkeypatch, ending):
-    trainer = Trainer(tiny_config("train.epochs=1"), tmp_path / "run")
+    trainer = Trainer(tiny_config("train.epochs=1", "train.max_steps_per_epoch=1"), tmp_path / "run",
+                      callbacks=[EndWith(ending)])
     left = []
     monkeypatch.setattr(distributed, "cleanup", lambda info, network=None: left.append((info, network)))
-
-    def train_all_epochs():
-        if ending is not None:
-            raise ending
-
-    monkeypatch.setattr(trainer, "_train_all_epochs", train_all_epochs)
     if ending is None:
         trainer.fit()
     else:
