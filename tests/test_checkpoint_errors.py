@@ -59,7 +59,7 @@ def test_resume_conversion_and_backbone_errors_are_one_line(tiny, tmp_path, caps
     path, state = tiny
     with pytest.raises(CheckpointError, match=r"last\.pth: missing field rng \(it has: "):
         require_fields(state, "runs/x/last.pth", ("model", "rng"))
-    assert convert_main([str(path), str(tmp_path / "again.pth")]) == 2  # a bad source: a usage error (issue 14)
+    assert convert_main([str(path), str(tmp_path / "again.pth")]) == 2  # a bad source: a usage error
     assert "already a pgnet checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "again.pth").exists()
     (tmp_path / "swin.pth").write_bytes(path.read_bytes()[:5000])

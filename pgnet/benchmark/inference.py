@@ -201,16 +201,9 @@ def _model_key(variant: InferenceVariant) -> tuple[Any, ...]:
             variant.autocast_dtype if graphed else None)
 
 
-def measure_largest_batch(
-    model: PGNet,
-    device: torch.device,
-    variant: InferenceVariant,
-    size: int = 1024,
-    limit: int = 1024,
-    iterations: int = 5,
-    tolerance: float = 0.0,
-    seed: int = 0,
-) -> dict[str, Any]:
+def measure_largest_batch(model: PGNet, device: torch.device, variant: InferenceVariant, size: int = 1024,
+                          limit: int = 1024, iterations: int = 5, tolerance: float = 0.0, seed: int = 0
+                          ) -> dict[str, Any]:
     """Images/s of ``variant`` at the largest batch that runs on the CUDA device (≤ ``limit``).
 
     A batch "fits" when a forward pass completes. Batch 1 must; a larger batch that raises (out of

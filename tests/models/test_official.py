@@ -117,6 +117,6 @@ def test_converter_cli_reports_errors(tmp_path):
         text=True,
         timeout=300,
     )
-    assert result.returncode == 2  # a bad source: a usage error (issue 14)
+    assert result.returncode == 2  # a bad source: a usage error
     assert "missing" in result.stderr
     assert not (tmp_path / "out.pth").exists()
