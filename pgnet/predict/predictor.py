@@ -184,22 +184,25 @@ class Predictor:
         raising ``ImageReadError``.
         """
         masks: list[np.ndarray | None] = [None] * len(images)
-        for batch in predict_batches(self, self._load_each(images, skip_unreadable)):
+        unreadable: list[ImageReadError] = []
+        for batch in predict_batches(self, self._load_each(images, unreadable if skip_unreadable else None)):
             for index, mask in batch:
                 masks[index] = mask
+        for error in unreadable:
+            warnings.warn(f"skipped {error}", stacklevel=3)  # past __call__, to its caller
         return masks
 
-    def _load_each(self, images: Sequence[ImageInput], skip_unreadable: bool
+    def _load_each(self, images: Sequence[ImageInput], unreadable: list[ImageReadError] | None
                    ) -> Iterator[tuple[int, np.ndarray, tuple[int, int]]]:
-        """(index, picture, mask size) of each picture, loaded as the batches ask for them."""
+        """(index, picture, mask size) of each picture, loaded as the batches ask for them; a picture
+        that cannot be read is added to ``unreadable`` (None: its error is raised)."""
         for index, image in enumerate(images):
             try:
                 loaded = self.load(image, shrink=True)
             except ImageReadError as error:
-                if not skip_unreadable:
+                if unreadable is None:
                     raise
-                # 6: past this generator, batched, predict_batches, predict_batch and __call__ to its caller
-                warnings.warn(f"skipped {error}", stacklevel=6)
+                unreadable.append(error)
                 continue
             yield (index, *loaded)
 
