@@ -30,7 +30,7 @@ from pgnet.data.registry import (
 )
 from pgnet.data.split import split_pairs
 from pgnet.data.synthetic import SyntheticDataset
-from pgnet.data.transforms import PairTransform, build_eval_transform, to_sample
+from pgnet.data.transforms import SampleTransform, build_eval_transform, to_sample
 from pgnet.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class EmptyDatasetError(UserError):
 
 
 class SODDataset(Dataset):
-    """Image/mask pairs from disk through a :class:`PairTransform`.
+    """Image/mask pairs from disk through a :class:`SampleTransform`.
 
     Items are dicts: ``image`` float32 3×H×W normalised, ``mask`` float32 1×H×W in [0, 1], ``name``
     (file stem) and ``size`` (original (H, W)); None, after a warning naming the file, for a pair that
@@ -56,7 +56,7 @@ class SODDataset(Dataset):
     def __init__(
         self,
         pairs: Sequence[tuple[str | Path, str | Path]],
-        transform: PairTransform | None = None,
+        transform: SampleTransform | None = None,
         *,
         cache: ImageCache | None = None,
         reduced_decode: bool = True,
@@ -155,7 +155,7 @@ def _spec_from_config(config: dict[str, Any], name: str | None) -> DatasetSpec:
 
 
 def build_dataset(
-    config: Mapping[str, Any] | DatasetSpec, transform: PairTransform | None = None, *, check: bool = True
+    config: Mapping[str, Any] | DatasetSpec, transform: SampleTransform | None = None, *, check: bool = True
 ) -> Dataset:
     """One dataset from a config entry.
 
@@ -238,7 +238,7 @@ def _reject_unknown(options: Mapping[str, Any], name: str, valid: Sequence[str])
 
 
 def build_train_dataset(
-    configs: Sequence[Mapping[str, Any]], transform: PairTransform | None = None, *, check: bool = True
+    configs: Sequence[Mapping[str, Any]], transform: SampleTransform | None = None, *, check: bool = True
 ) -> ConcatDataset:
     """Several datasets mixed with repeat factors, e.g. DUTS-TR ×1 + HRSOD-TR ×4 (the DH setting).
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pgnet.data.transforms import PairTransform, build_eval_transform, to_sample
+from pgnet.data.transforms import SampleTransform, build_eval_transform, to_sample
 from pgnet.errors import UserError
 from pgnet.writing import write_image
 
@@ -199,7 +199,7 @@ class SyntheticDataset(Dataset):
     """``n`` synthetic samples of ``size`` from ``seed``; items are dicts like :class:`SODDataset`'s."""
 
     def __init__(
-        self, n: int, size: int | tuple[int, int] = 512, seed: int = 0, transform: PairTransform | None = None
+        self, n: int, size: int | tuple[int, int] = 512, seed: int = 0, transform: SampleTransform | None = None
     ) -> None:
         if n < 1:
             raise UserError(f"a synthetic dataset needs n >= 1, got {n}")

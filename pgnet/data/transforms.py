@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 # albumentations looks for a newer release online when imported, unless this is set (also a slow
 # start and a warning offline): set here, the one module that imports it, for every entry point.
@@ -79,39 +79,48 @@ def _mask_tensor(mask: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(mask.astype(np.float32) / np.float32(255.0)).unsqueeze(0)
 
 
-class PairTransform:
-    """An albumentations pipeline for an image/mask pair that returns tensors.
+class SampleTransform(Protocol):
+    """What a dataset needs of a transform: called with ``image`` (H×W×3 uint8 RGB) and ``mask``
+    (H×W uint8 0/255), it returns (image float32 3×h×w normalised, mask float32 1×h'×w' in [0, 1]).
+    ``input_size``: a side readers may decode images down to (None: decode them whole);
+    ``resizes_mask``: whether the mask follows the image's size (else it keeps its own, to score
+    predictions resized back to it)."""
 
-    Call with ``image`` (H×W×3 uint8 RGB) and ``mask`` (H×W uint8 0/255, same size unless
-    ``resizes_mask`` is False); returns (image float32 3×h×w normalised, mask float32 1×h'×w' in
-    [0, 1]). ``input_size`` is the side the pipeline first resizes to (None: no resize): readers may
-    decode images down to it. With ``resizes_mask=False`` (evaluation) only the image goes through
-    the pipeline and the mask keeps its original resolution.
+    input_size: int | None
+    resizes_mask: bool
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def set_random_seed(self, seed: int) -> None: ...
+
+
+class PairTransform:
+    """An albumentations pipeline (training) for an image/mask pair that returns tensors.
+
+    The mask goes through the pipeline with the image. ``input_size`` is the side the pipeline first
+    resizes to: readers may decode images down to it.
     """
 
-    def __init__(self, pipeline: A.Compose, input_size: int | None, resizes_mask: bool = True) -> None:
+    resizes_mask = True
+
+    def __init__(self, pipeline: A.Compose, input_size: int | None) -> None:
         self.pipeline = pipeline
         self.input_size = input_size
-        self.resizes_mask = resizes_mask
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.resizes_mask:
-            result = self.pipeline(image=image, mask=mask)
-            image, mask = result["image"], result["mask"]
-        else:
-            image = self.pipeline(image=image)["image"]
-        image_tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
-        return image_tensor, _mask_tensor(mask)
+        result = self.pipeline(image=image, mask=mask)
+        image_tensor = torch.from_numpy(np.ascontiguousarray(result["image"].transpose(2, 0, 1), dtype=np.float32))
+        return image_tensor, _mask_tensor(result["mask"])
 
     def set_random_seed(self, seed: int) -> None:
         """Reseed the pipeline's random generators (per worker, for reproducible runs)."""
         self.pipeline.set_random_seed(seed)
 
     def __repr__(self) -> str:
-        return f"PairTransform(input_size={self.input_size}, resizes_mask={self.resizes_mask}, {self.pipeline!r})"
+        return f"PairTransform(input_size={self.input_size}, {self.pipeline!r})"
 
 
-class EvalTransform(PairTransform):
+class EvalTransform:
     """The evaluation preprocessing (``pgnet.data.preprocessing.prepare_image``) of an image/mask pair.
 
     The image becomes the 3×size×size float32 network input (size None: its own size); the mask,
@@ -142,7 +151,7 @@ class EvalTransform(PairTransform):
 
 
 def to_sample(
-    transform: PairTransform, image: np.ndarray, mask: np.ndarray, name: str, size: tuple[int, int]
+    transform: SampleTransform, image: np.ndarray, mask: np.ndarray, name: str, size: tuple[int, int]
 ) -> dict[str, Any]:
     """Apply ``transform`` and pack one dataset item: image, mask, name, size (original (H, W))."""
     image_tensor, mask_tensor = transform(image, mask)
@@ -214,7 +223,7 @@ def build_train_transform(
             A.ColorJitter(brightness=strength, contrast=strength, saturation=strength, hue=strength / 10, p=0.8)
         )
     steps.append(_normalize(mean, std, normalization))
-    return PairTransform(A.Compose(steps, seed=seed), input_size=size, resizes_mask=True)
+    return PairTransform(A.Compose(steps, seed=seed), input_size=size)
 
 
 def build_eval_transform(
