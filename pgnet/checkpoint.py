@@ -8,13 +8,19 @@ It holds only tensors, numbers, strings and containers of them, so it loads with
 
 :func:`read_model_weights` is the one place that tells a project checkpoint from a released official
 one; ``load_model``, ``convert_official_checkpoint`` and ``train.init_from`` all read through it.
+
+A model package is the released form of a model: a folder holding ``config.json`` (the model config
+and the preprocessing), ``model.safetensors`` (the weights only, float32 or float16) and a
+``README.md`` model card. Nothing in it is a pickle. :func:`read_model_weights` reads a package folder
+as one more kind of input, so every command and ``Predictor`` accepts it where it accepts a checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +32,17 @@ from pgnet.errors import format_list
 from pgnet.models.official import convert_official_state_dict, is_official_state_dict
 from pgnet.models.pgnet import ModelConfig, PGNet
 from pgnet.models.weights import CheckpointError, compare_weights, first_line, read_weights_file
-from pgnet.writing import atomic_write
+from pgnet.writing import atomic_write, write_bytes, write_text
 
 CHECKPOINT_FORMAT = "pgnet"
 CHECKPOINT_VERSION = 1
+PACKAGE_FORMAT = "pgnet-package"
+PACKAGE_VERSION = 1
+PACKAGE_CONFIG = "config.json"
+PACKAGE_WEIGHTS = "model.safetensors"
+PACKAGE_CARD = "README.md"
+# Entries of a training checkpoint that describe the run (kept in ``ModelWeights.info`` for model cards).
+RUN_INFO_FIELDS = ("best", "best_step", "history", "position", "converted_from")
 
 
 class MissingWeightsError(CheckpointError):
@@ -104,6 +117,7 @@ class ModelWeights:
     config: ModelConfig  # the checkpoint's (backbone files left out); the default one for an official file
     preprocessing: Preprocessing  # the checkpoint's; the official one where it records none
     official: bool  # a released official checkpoint: its keys go through ``convert_official_state_dict``
+    info: dict[str, Any] = field(default_factory=dict)  # the run's record (RUN_INFO_FIELDS) when the file has it
 
     @property
     def description(self) -> str:
@@ -118,8 +132,13 @@ def read_model_weights(path: str | Path, weights: str = "model") -> ModelWeights
     Every problem is a one-line :class:`CheckpointError` naming the file: unreadable, neither kind,
     a missing field, a stored ``model_config`` that the config schema refuses (the message names the
     key, as for a config file), absent weights (:class:`MissingWeightsError`, listing those it has).
+    A folder is read as a model package (:func:`read_model_package`).
     """
     path = Path(path)
+    if path.is_dir():
+        if weights != "model":
+            raise MissingWeightsError(f"model package {path}: holds one set of weights; {weights!r} cannot be chosen")
+        return read_model_package(path)
     state = load_checkpoint(path)
     preprocessing = Preprocessing.from_checkpoint(state, source=str(path))
     if state.get("format") == CHECKPOINT_FORMAT:
@@ -135,7 +154,8 @@ def read_model_weights(path: str | Path, weights: str = "model") -> ModelWeights
             raise MissingWeightsError(
                 f"checkpoint {path}: no {weights!r} weights (it has: {', '.join(available) or 'none'})"
             )
-        return ModelWeights(path, weights, dict(state[weights]), config, preprocessing, official=False)
+        info = {key: state[key] for key in RUN_INFO_FIELDS if state.get(key) is not None}
+        return ModelWeights(path, weights, dict(state[weights]), config, preprocessing, official=False, info=info)
     if is_official_state_dict(state):
         return ModelWeights(path, weights, state, ModelConfig(), preprocessing, official=True)
     raise CheckpointError(
@@ -186,3 +206,74 @@ def convert_official_checkpoint(source: str | Path, destination: str | Path) -> 
     model.load_state_dict(converted, strict=True)
     save_checkpoint(model_checkpoint(model, converted_from=str(source)), destination)
     return unused
+
+
+def write_model_package(
+    found: ModelWeights, folder: str | Path, *, half: bool = False, card: str = "", overwrite: bool = False
+) -> Path:
+    """Write the model ``found`` describes as a package folder (see the module docstring).
+
+    ``half`` stores floating-point weights as float16 (half the size; read back as float32). ``card``
+    is the text of ``README.md``. An existing package is refused unless ``overwrite``. Each file is
+    written atomically; an official checkpoint's keys are converted first.
+    """
+    from safetensors.torch import save  # lazy: only exporting and reading packages need it
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"model package {folder}: exists and is not a folder")
+    if (folder / PACKAGE_CONFIG).exists() and not overwrite:
+        raise CheckpointError(f"model package {folder}: already holds a {PACKAGE_CONFIG} (overwrite it with --overwrite)")
+    weights = build_model(found).state_dict()  # converted, checked against the network it builds
+    dtype = torch.float16 if half else torch.float32
+    tensors = {key: (value.to(dtype) if value.is_floating_point() else value).detach().contiguous().clone()
+               for key, value in weights.items()}  # cloned: safetensors refuses tensors sharing memory
+    config = {
+        "format": PACKAGE_FORMAT,
+        "version": PACKAGE_VERSION,
+        "model_config": found.config.to_dict(),
+        "preprocessing": found.preprocessing.to_dict(),
+        "dtype": str(dtype).removeprefix("torch."),
+        "source": found.description,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    write_bytes(folder / PACKAGE_WEIGHTS, save(tensors, metadata={"format": "pt"}))
+    write_text(folder / PACKAGE_CARD, card)
+    write_text(folder / PACKAGE_CONFIG, json.dumps(config, indent=2) + "\n")  # last: its presence marks a whole package
+    return folder
+
+
+def read_model_package(folder: str | Path, dtype: torch.dtype = torch.float32) -> ModelWeights:
+    """Read a model package folder: its config, preprocessing and weights (floating point as ``dtype``).
+
+    Every problem is a one-line :class:`CheckpointError` naming the folder or file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config_path, weights_path = folder / PACKAGE_CONFIG, folder / PACKAGE_WEIGHTS
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise CheckpointError(f"model package {folder}: no {path.name} (a package holds {PACKAGE_CONFIG} and "
+                                  f"{PACKAGE_WEIGHTS})")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"model package {config_path}: unreadable ({first_line(error)})") from None
+    if not isinstance(config, dict) or config.get("format") != PACKAGE_FORMAT:
+        raise CheckpointError(f"model package {config_path}: not a pgnet package config (no format {PACKAGE_FORMAT!r})")
+    require_fields(config, config_path, ("model_config", "preprocessing"))
+    try:
+        model_config = model_config_from_dict(config["model_config"], "model_config")
+    except ConfigError as error:
+        raise CheckpointError(f"model package {config_path}: {error}") from None
+    model_config = dataclasses.replace(model_config, swin_pretrained=None, resnet_pretrained=None)
+    preprocessing = Preprocessing.from_checkpoint(config, source=str(config_path))
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"model package {weights_path}: truncated or corrupt ({first_line(error)})") from None
+    tensors = {key: value.to(dtype) if value.is_floating_point() else value for key, value in tensors.items()}
+    return ModelWeights(folder, "model", tensors, model_config, preprocessing, official=False,
+                        info={"source": config.get("source")})

@@ -1,4 +1,5 @@
-"""``pgnet-export`` / ``scripts/export_onnx.py``: export a checkpoint's inference path to ONNX."""
+"""``pgnet-export`` / ``scripts/export_onnx.py``: export a checkpoint's inference path to ONNX, or the
+model as a package folder (``--format package``: config, safetensors weights, model card)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,24 @@ PROG = "pgnet-export"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """``CHECKPOINT OUT.onnx [--logits] [--static-size H W] [--verify]``."""
+    """``CHECKPOINT OUT.onnx [--logits] [--static-size H W] [--verify]`` or ``CHECKPOINT DIR --format package``."""
     parser = build_command_parser(
         PROG,
         "Export PGNet to ONNX: input 'image' float32 Bx3xHxW RGB 0-255, output 'mask' float32 "
         "Bx1xHxW probabilities; batch, height and width dynamic.",
-        "Example: scripts/export_onnx.py runs/dh/best.pth pgnet.onnx --verify",
+        "Examples: scripts/export_onnx.py runs/dh/best.pth pgnet.onnx --verify\n"
+        "          pgnet-export runs/dh/best.pth models/dh --format package --half",
         f"{EXIT_STATUS_HELP}; --verify: 1 when onnxruntime and PyTorch differ by more than the tolerance",
     )
     parser.add_argument("checkpoint", help="project checkpoint, or an official one")
-    parser.add_argument("output", help="the .onnx file to write")
+    parser.add_argument("output", help="the .onnx file to write (a folder with --format package)")
+    parser.add_argument("--format", default="onnx", choices=("onnx", "package"),
+                        help="onnx: one ONNX file; package: a folder of config.json, model.safetensors (weights "
+                        "only, no pickle) and README.md, read by every pgnet command and Predictor.from_pretrained")
+    package = parser.add_argument_group("package options")
+    package.add_argument("--half", action="store_true", help="store the weights as float16 (read back as float32)")
+    package.add_argument("--license", default="unspecified", help="the licence named in the model card")
+    package.add_argument("--overwrite", action="store_true", help="replace an existing package")
     parser.add_argument(
         "--weights", default="model", choices=("model", "ema"), help="which weights of a project checkpoint"
     )
@@ -46,7 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _export(args: argparse.Namespace) -> int:
     # Imported here, not at the top: --help and argument errors stay fast without torch.
     from pgnet.checkpoint import load_model_and_preprocessing
-    from pgnet.predict.export import compare_onnx, export_onnx
+    from pgnet.predict.export import compare_onnx, export_onnx, export_package
+
+    if args.format == "package":
+        folder = export_package(args.checkpoint, args.output, weights=args.weights, half=args.half,
+                                license=args.license, overwrite=args.overwrite)
+        size = sum(path.stat().st_size for path in folder.iterdir()) / 2**20
+        print(f"wrote {folder} ({size:.1f} MiB)")
+        return 0
 
     with errors_as(UserError, ImportError):  # onnx not installed: a usage error naming the module
         model, preprocessing = load_model_and_preprocessing(args.checkpoint, "cpu", weights=args.weights)

@@ -264,6 +264,22 @@ def read_image(path: str | Path, max_side: int | None = None) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def decode_image(data: bytes | np.ndarray, source: str = "upload") -> np.ndarray:
+    """Decode a picture's bytes (a file received over the network, ...) as H×W×3 uint8 RGB.
+
+    The pixel limit is applied to the header's size before decoding (``ImageTooLargeError``);
+    undecodable bytes raise ``ImageReadError``. ``source`` names the bytes in messages.
+    """
+    data = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
+    if data.size == 0:
+        raise ImageReadError(source, "empty file")
+    _check_pixels(source, probe_image_size(data, oriented=False))
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageReadError(source, "cannot decode image (corrupt, truncated or not an image)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 def _orientations(image: np.ndarray) -> list[np.ndarray]:
     """The eight rotations and mirror images of an H×W(×C) array (EXIF orientations 1-8)."""
     rotations = [np.rot90(image, turns) for turns in range(4)]

@@ -16,6 +16,9 @@ pooling stride of the official ``r5-s2`` point is a constant. A ``global`` graft
 r2 pools a grid that scales with the input, and its stride (a Python integer) would be frozen at the
 traced size: such models are exported with a fixed height and width (``static_size``). ``window``
 points pad their grid to whole windows inside the graph and export with dynamic sizes.
+
+``export_package`` writes the other released form, a model package folder (``pgnet.checkpoint``:
+config, safetensors weights, model card), which every pgnet command reads like a checkpoint.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from pgnet.checkpoint import ModelWeights, read_model_weights, write_model_package
 from pgnet.data.preprocessing import Preprocessing, normalize
 from pgnet.models.pgnet import PGNet
 from pgnet.writing import write_bytes
@@ -152,3 +157,47 @@ def compare_onnx(
             raise AssertionError(f"{path}: output shape {actual.shape} for input {shape}, expected {expected.shape}")
         differences.append(float(np.abs(actual - expected).max()))
     return differences
+
+
+def model_card(found: ModelWeights, half: bool = False, license: str = "unspecified") -> str:
+    """The ``README.md`` of a model package: what the model is, where it came from, how to use it, and
+    the run's last validation scores when the checkpoint recorded them."""
+    config, pre = found.config, found.preprocessing
+    lines = [
+        "# PGNet salient object detection model", "",
+        f"- source checkpoint: `{found.description}`",
+        f"- licence: {license}",
+        f"- network: Swin `{config.swin}` at {config.swin_input_size} px, ResNet `{config.resnet}`",
+        f"- weights: {'float16 (read back as float32)' if half else 'float32'}, `model.safetensors`",
+        f"- preprocessing: RGB, (x - mean) / std on the 0-255 scale, mean {list(pre.mean)}, std {list(pre.std)}; "
+        f"test size {pre.eval_size}x{pre.eval_size}",
+    ]
+    info: dict[str, Any] = found.info
+    if "position" in info:
+        lines.append(f"- training: epoch {info['position'].get('epoch')}, step {info['position'].get('global_step')}")
+    if info.get("converted_from"):
+        lines.append(f"- converted from the official checkpoint `{info['converted_from']}`")
+    history = info.get("history") or []
+    if history and isinstance(history[-1], dict) and history[-1].get("metrics"):
+        last = history[-1]
+        lines += ["", f"## Last validation (epoch {last.get('epoch')}, step {last.get('step')})", ""]
+        for dataset, scores in last["metrics"].items():
+            figures = ", ".join(f"{name} {value:.4f}" for name, value in scores.items() if isinstance(value, float))
+            lines.append(f"- {dataset} (validation data): {figures}")
+    if info.get("best") is not None:
+        lines.append(f"- best validation score: {info['best']:.4f} at step {info.get('best_step')}")
+    lines += ["", "## Use", "", "```",
+              "pgnet-predict -c THIS_FOLDER pictures/ -o masks/",
+              "pgnet-serve THIS_FOLDER",
+              "python -c \"import pgnet; pgnet.Predictor.from_pretrained('THIS_FOLDER')\"", "```", ""]
+    return "\n".join(lines)
+
+
+def export_package(
+    checkpoint: str | Path, folder: str | Path, *, weights: str = "model", half: bool = False,
+    license: str = "unspecified", overwrite: bool = False,
+) -> Path:
+    """Write the model of a project or official ``checkpoint`` as a package folder (weights only,
+    safetensors; float16 with ``half``) with its model card."""
+    found = read_model_weights(checkpoint, weights)
+    return write_model_package(found, folder, half=half, card=model_card(found, half, license), overwrite=overwrite)

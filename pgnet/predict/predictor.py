@@ -131,6 +131,12 @@ class Predictor:
         options.setdefault("preprocessing", preprocessing)
         return cls(model, device=device, **options)
 
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device | None = None, **options: Any) -> Predictor:
+        """A predictor for a model package folder (``pgnet-export --format package``); ``options`` as for
+        ``from_checkpoint``, which reads packages and checkpoints alike."""
+        return cls.from_checkpoint(folder, device, **options)
+
     @property
     def device(self) -> torch.device:
         return self.runtime.device
