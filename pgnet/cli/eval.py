@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         EPILOG.rstrip(),
     )
     sources = parser.add_argument_group("what to evaluate")
-    sources.add_argument("-c", "--checkpoint", help="a project checkpoint or an official one")
+    sources.add_argument("-c", "--checkpoint", help="a project checkpoint, an official one, or a model package folder")
     sources.add_argument("--name", help="method name of the checkpoint (default: from its path)")
     sources.add_argument("--weights", default="model", choices=("model", "ema"), help="weights of a project checkpoint")
     sources.add_argument("--preds", nargs="+", metavar="METHOD=FOLDER",

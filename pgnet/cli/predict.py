@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="*", help="pictures, videos, folders, or glob patterns (quote them)")
     parser.add_argument("-o", "--output", required=True,
                         help="folder for the outputs (created; names kept: pictures .png, videos .mp4)")
-    parser.add_argument("-c", "--checkpoint", required=True, help="project checkpoint, or an official one")
+    parser.add_argument("-c", "--checkpoint", required=True,
+                        help="project checkpoint, an official one, or a model package folder")
     parser.add_argument(
         "--weights", default="model", choices=("model", "ema"), help="which weights of a project checkpoint"
     )
