@@ -223,7 +223,8 @@ def write_model_package(
     if folder.exists() and not folder.is_dir():
         raise CheckpointError(f"model package {folder}: exists and is not a folder")
     if (folder / PACKAGE_CONFIG).exists() and not overwrite:
-        raise CheckpointError(f"model package {folder}: already holds a {PACKAGE_CONFIG} (overwrite it with --overwrite)")
+        raise CheckpointError(f"model package {folder}: already holds a {PACKAGE_CONFIG} "
+                              "(overwrite it with --overwrite)")
     weights = build_model(found).state_dict()  # converted, checked against the network it builds
     dtype = torch.float16 if half else torch.float32
     tensors = {key: (value.to(dtype) if value.is_floating_point() else value).detach().contiguous().clone()
