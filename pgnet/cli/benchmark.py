@@ -2,7 +2,7 @@
 loader and the evaluator, each fast path against the straightforward one; a table and JSON), and single
 benchmarks as commands: ``data`` (one loader worker), ``metrics`` (pgnet.metrics against pysodmetrics),
 ``video`` (video prediction, smoothing, foreground refinement), ``cost`` (a grafting configuration's
-cost). See ``pgnet.benchmark``.
+cost), ``serve`` (``pgnet-serve`` under load). See ``pgnet.benchmark``.
 
 The handlers import the library (torch, timm) when they run, not at the top, so that ``--help`` is fast.
 """
@@ -25,7 +25,8 @@ EXAMPLE = """examples:
   scripts/benchmark.py data --n 6 --passes 3          # one loader worker on 3840x2160 JPEGs
   scripts/benchmark.py metrics --n 10 --json m.json   # pgnet.metrics against pysodmetrics
   scripts/benchmark.py video --frames 30              # video prediction, smoothing, foreground refinement
-  scripts/benchmark.py cost --graft-points r5-s2 r4-s1:window --out cost.json"""
+  scripts/benchmark.py cost --graft-points r5-s2 r4-s1:window --out cost.json
+  scripts/benchmark.py serve models/dh --clients 16 --seconds 30   # pgnet-serve under load"""
 
 
 def _add_suite_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,6 +120,23 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--train-batch", type=int, default=2)
     cost.add_argument("--repetitions", type=int, default=3)
     cost.add_argument("--out", help="also write the figures to this JSON file")
+
+    serve = _add_command(commands, "serve", "pgnet-serve under load: C concurrent clients for T seconds against a "
+                         "server started on 127.0.0.1; throughput, latency percentiles, responses by status, "
+                         "the server's RSS at start and end.")
+    serve.add_argument("model", help="a model package folder or a checkpoint")
+    serve.add_argument("--clients", type=int, default=8, help="concurrent clients (1-256, default 8)")
+    serve.add_argument("--seconds", type=float, default=20.0, help="how long (at most 600, default 20)")
+    serve.add_argument("--max-requests", type=int, default=10_000, help="stop after this many requests")
+    serve.add_argument("--width", type=int, default=640, help="width of the synthetic JPEG pictures")
+    serve.add_argument("--height", type=int, default=480)
+    serve.add_argument("--mode", default="mask", help="output mode requested (default mask)")
+    serve.add_argument("--device", default="auto", help="the server's device")
+    serve.add_argument("--max-batch", type=int, default=8, help="the server's largest batch (1: one at a time)")
+    serve.add_argument("--max-wait-ms", type=float, default=10.0)
+    serve.add_argument("--max-queue", type=int, default=64)
+    serve.add_argument("--threads", type=int, help="the server's torch threads")
+    serve.add_argument("--json", type=Path, default=None, help="write the figures here")
     return parser
 
 
@@ -248,7 +266,24 @@ def run_cost(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {None: run_suite, "data": run_data, "metrics": run_metrics, "video": run_video, "cost": run_cost}
+def run_serve(args: argparse.Namespace) -> int:
+    """pgnet-serve under load; exits 1 when a request failed other than by a 503 of a full queue."""
+    from pgnet.benchmark.serve import format_load, serve_benchmark  # here: keeps --help fast (OpenCV, httpx)
+
+    server_args = ["--device", args.device, "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+                   "--max-queue", str(args.max_queue), *(["--threads", str(args.threads)] if args.threads else [])]
+    figures = serve_benchmark(args.model, args.clients, args.seconds, args.max_requests, (args.height, args.width),
+                              args.mode, server_args, log=_log)
+    print(format_load(figures))
+    if args.json is not None:
+        _write_json(args.json, figures)
+        print(f"wrote {args.json}")
+    failed = set(figures["statuses"]) - {"200", "503"} or figures["server_exit_status"] != 0
+    return EXIT_NOT_DONE if failed else 0
+
+
+COMMANDS = {None: run_suite, "data": run_data, "metrics": run_metrics, "video": run_video, "cost": run_cost,
+            "serve": run_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
