@@ -45,6 +45,7 @@ from pgnet.writing import encode_image
 
 SETTINGS_ENV = "PGNET_SERVE_SETTINGS"  # the settings as JSON, for uvicorn's worker processes
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+MAX_BLUR = 500.0  # the largest blur sigma a request may ask (larger ones cost without changing the look)
 
 
 @dataclass
@@ -114,7 +115,7 @@ class Service:
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth if self.batcher else 0)
 
     def load(self) -> None:
-        """Load the model (unless given) and run one warm-up prediction (blocking)."""
+        """Load the model (unless given) and run one warm-up batch (blocking)."""
         if self.settings.threads:
             import torch
 
@@ -123,8 +124,9 @@ class Service:
             self.predictor = Predictor.from_checkpoint(self.settings.model, self.settings.device,
                                                        precision=self.settings.precision,
                                                        batch_size=self.settings.max_batch)
-        size = self.predictor.size
-        self.predictor.predict_arrays([np.zeros((size, size, 3), np.uint8)], [(size, size)])
+        # A full batch: the memory of the largest forward pass is taken before the first request.
+        size, count = self.predictor.size, self.settings.max_batch
+        self.predictor.predict_arrays([np.zeros((size, size, 3), np.uint8)] * count, [(size, size)] * count)
 
     async def start(self) -> None:
         """Load and warm the model in a thread, then start batching; ``/readyz`` answers 200 after."""
@@ -212,7 +214,7 @@ def decode(data: bytes, what: str) -> np.ndarray:
         raise ServeError(413, str(error), reason="pixels") from None
     except ImageReadError:
         if probe_image_size(data) is None:
-            raise ServeError(415, f"{what} is not a picture OpenCV can decode (PNG, JPEG, WebP, BMP, TIFF, ...)",
+            raise ServeError(415, f"the {what} sent is in no format OpenCV decodes (PNG, JPEG, WebP, BMP, TIFF, ...)",
                              reason="unsupported") from None
         raise ServeError(422, f"{what}: cannot decode the picture (corrupt or truncated)",
                          reason="undecodable") from None
@@ -223,6 +225,8 @@ def composer_for(options: dict[str, str], background: np.ndarray | None) -> Comp
     mode = options.get("mode", "mask")
     try:
         blur = float(options.get("blur", DEFAULT_BLUR))
+        if not 0 < blur <= MAX_BLUR:  # also refuses nan and inf
+            raise ValueError(f"blur must be a sigma in pixels above 0 and at most {MAX_BLUR:g}, got {blur:g}")
         refine = options.get("refine", "false").lower() in ("1", "true", "yes", "on")
         return Composer(mode, options.get("color") or None, background=background, blur=blur,
                         refine_foreground=refine)
@@ -329,6 +333,10 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         return error_response(error.status_code, str(error.detail), getattr(error, "headers", None))
 
+    @app.exception_handler(Exception)
+    async def failed(request: Request, error: Exception) -> JSONResponse:  # a bug: logged by uvicorn, JSON here
+        return error_response(500, f"internal error ({type(error).__name__}); see the server log")
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         return error_response(422, "; ".join(str(item.get("msg")) for item in error.errors()))
@@ -377,9 +385,9 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
         check_key(request)
         if not service.ready.is_set() or service.batcher is None:
             raise ServeError(503, "the model is still loading", {"Retry-After": "5"}, reason="not_ready")
-        body = await read_body(request, settings.max_upload_bytes)
         try:
             async with asyncio.timeout(settings.timeout_s):
+                body = await read_body(request, settings.max_upload_bytes)
                 response = await answer(request, body)
         except TimeoutError:
             raise ServeError(504, f"no result within the request deadline of {settings.timeout_s:g} s",

@@ -96,6 +96,7 @@ def test_refused_inputs_get_their_status_and_the_worker_goes_on(serve_predictor,
                 "empty": await post("/v1/predict", content=b"", headers=auth),
                 "bad mode": await post("/v1/predict?mode=sepia", content=good, headers=auth),
                 "bad colour": await post("/v1/predict?mode=color&color=red", content=good, headers=auth),
+                "endless blur": await post("/v1/predict?mode=blur&blur=inf", content=good, headers=auth),
                 "no background": await post("/v1/predict?mode=background", content=good, headers=auth),
                 "no image field": await post("/v1/predict", files={"picture": ("p.png", good)}, headers=auth),
                 "good": await post("/v1/predict", content=good, headers={"X-API-Key": "s3cret"}),
@@ -105,8 +106,8 @@ def test_refused_inputs_get_their_status_and_the_worker_goes_on(serve_predictor,
     responses = run(scenario())
     statuses = {name: response.status_code for name, response in responses.items()}
     assert statuses == {"no key": 401, "wrong key": 401, "oversize": 413, "bomb": 413, "not an image": 415,
-                        "truncated": 422, "empty": 422, "bad mode": 422, "bad colour": 422, "no background": 422,
-                        "no image field": 422, "good": 200, "metrics": 200}
+                        "truncated": 422, "empty": 422, "bad mode": 422, "bad colour": 422, "endless blur": 422,
+                        "no background": 422, "no image field": 422, "good": 200, "metrics": 200}
     for name, response in responses.items():
         if response.status_code >= 400:
             assert response.json()["error"]["status"] == response.status_code, name
