@@ -16,7 +16,7 @@ from pgnet.cli.common import build_command_parser, run_command
 
 PROG = "pgnet-serve"
 EXIT_STATUSES = ("exit status: 0 stopped (SIGTERM or Ctrl-C: requests in flight are finished first); "
-                 "2 usage error (a bad option, model or key file)")
+                 "2 usage error (a bad option, model or key file); 3 the server could not start (the port is taken)")
 
 
 def build_parser() -> argparse.ArgumentParser:
