@@ -83,8 +83,6 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, timeout_s=args.timeout,
         max_upload_bytes=int(args.max_upload_mb * 2**20), api_key_file=args.api_key_file,
         cors_origins=list(args.cors_origin), threads=threads)
-    # uvicorn re-raises SIGTERM after its graceful shutdown; a handler of our own makes that a clean exit 0.
-    signal.signal(signal.SIGTERM, lambda number, frame: None)
     options = {"host": args.host, "port": args.port, "timeout_graceful_shutdown": args.timeout + 5,
                "log_level": "info"}
     if args.workers == 1:
@@ -93,10 +91,13 @@ def _serve(args: argparse.Namespace) -> int:
         # Loaded before listening, so that a bad model is a usage error (exit 2), not a server that never gets ready.
         predictor = Predictor.from_checkpoint(args.model, settings.device, precision=args.precision,
                                               batch_size=args.max_batch)
-        uvicorn.run(create_app(settings, predictor), **options)
+        app, options["workers"] = create_app(settings, predictor), 1
     else:
         os.environ[SETTINGS_ENV] = settings.to_json()
-        uvicorn.run("pgnet.serve.app:app_from_environment", factory=True, workers=args.workers, **options)
+        app, options["workers"], options["factory"] = "pgnet.serve.app:app_from_environment", args.workers, True
+    # uvicorn re-raises SIGTERM after its graceful shutdown; a handler of our own makes that a clean exit 0.
+    signal.signal(signal.SIGTERM, lambda number, frame: None)
+    uvicorn.run(app, **options)
     return 0
 
 
