@@ -8,6 +8,7 @@ against the straightforward path in the same run, on the same input.
 - :mod:`~pgnet.benchmark.inference`, :mod:`~pgnet.benchmark.training`: the variants and their measurement;
 - :mod:`~pgnet.benchmark.loader`, :mod:`~pgnet.benchmark.evaluator`, :mod:`~pgnet.benchmark.video`: the
   data loader, the metrics (also against pysodmetrics), video prediction and foreground refinement;
+- :mod:`~pgnet.benchmark.serve`: ``pgnet-serve`` under load from concurrent HTTP clients;
 - :mod:`~pgnet.benchmark.options`, :mod:`~pgnet.benchmark.targets`, :mod:`~pgnet.benchmark.suite`: what
   the suite measures, the targets table and its summary, the suite itself.
 
