@@ -146,11 +146,14 @@ class Config:
 class _YamlLoader(yaml.SafeLoader):
     """YAML 1.2 booleans and floats: only true/false are booleans, so ``amp: off`` or ``name: no``
     stay strings, and ``1e-3`` is a number (YAML 1.1 wants ``1.0e-3``). A key given twice in one
-    mapping is an error."""
+    mapping is an error; merge keys (``<<: *anchor``) bring an anchored mapping's keys, which the
+    mapping's own keys override."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # merged by SafeConstructor.flatten_mapping
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
