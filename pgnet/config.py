@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from pgnet.config_ranges import ConfigError, check_config, check_value
-from pgnet.data.entry import DatasetEntry  # the schema of data.train/data.val items, re-exported
+from pgnet.data.entry import SPLIT_KEYS, SYNTHETIC_KEYS, DatasetEntry  # the schema of data.train/data.val items
 from pgnet.models.grafting import GRAFT_POINTS
 from pgnet.models.pgnet import ModelConfig
 
@@ -364,3 +364,56 @@ def _to_plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _to_plain(v) for k, v in value.items()}
     return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset entries: what builds them, what names them (the trainer's validation and pgnet-eval --config)
+
+
+def dataset_options(entry: DatasetEntry) -> dict[str, Any]:
+    """The builder dict of one config entry (synthetic options only for synthetic data)."""
+    options = dataclasses.asdict(entry)
+    options.pop("label")
+    if entry.split == "all" or entry.name.lower() == "synthetic":
+        for key in SPLIT_KEYS:
+            options.pop(key)
+    if entry.name.lower() != "synthetic":
+        for key in SYNTHETIC_KEYS:
+            options.pop(key)
+        if options["root"] is None:
+            raise ConfigError(f"data: dataset {entry.name} needs a root")
+    else:
+        if entry.split != "all":
+            raise ConfigError("data: synthetic data has no split; give the validation set another seed")
+        options.pop("root")
+    return options
+
+
+def validation_labels(entries: Sequence[DatasetEntry]) -> list[str]:
+    """A unique name per validation set: its ``label``, else its name, followed where that name is
+    repeated by the shortest end of its root that tells them apart (``generic@setA``), or its seed
+    for synthetic sets, or its position."""
+    names = [entry.label or entry.name for entry in entries]
+    labels = []
+    for index, (entry, name) in enumerate(zip(entries, names)):
+        twins = [other for other, other_name in zip(entries, names) if other_name == name and other.label is None]
+        if entry.label is not None or len(twins) < 2:
+            labels.append(name)
+            continue
+        if entry.root is None:
+            labels.append(f"{name}@seed{entry.seed}")
+            continue
+        parts = Path(entry.root).parts
+        roots = [Path(other.root).parts for other in twins if other.root is not None and other is not entry]
+        for length in range(1, len(parts) + 1):
+            if all(other[-length:] != parts[-length:] for other in roots):
+                labels.append(f"{name}@{'-'.join(parts[-length:])}")
+                break
+        else:
+            labels.append(f"{name}@{index + 1}")
+    seen: dict[str, int] = {}
+    for index, label in enumerate(labels):  # still equal (the same set twice): number them
+        seen[label] = seen.get(label, 0) + 1
+        if labels.count(label) > 1:
+            labels[index] = f"{label}#{seen[label]}"
+    return labels
