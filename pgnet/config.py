@@ -243,6 +243,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     return build_config(apply_overrides(values, overrides))
 
 
+def keys_set(path: str | Path, overrides: Sequence[str] = (), section: str = "model") -> frozenset[str]:
+    """The keys of ``section`` that the config file (with its ``_base_`` files) or the overrides set;
+    the others take the schema's defaults (or, for ``model``, a ``train.init_from`` checkpoint's)."""
+    values = apply_overrides(read_yaml_tree(path), overrides).get(section)
+    return frozenset(values) if isinstance(values, dict) else frozenset()
+
+
 def build_config(values: dict[str, Any]) -> Config:
     """Validate a plain nested dict against the schema (types, ranges, and names that must be unique)."""
     config = _from_plain(Config, values, "")

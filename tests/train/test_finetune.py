@@ -208,6 +208,24 @@ def test_errors_come_before_the_run_folder(tmp_path, init_files, extra, message)
     assert not (tmp_path / "run").exists()
 
 
+def test_settings_the_command_line_sets_win_and_a_mismatch_names_the_fix(tiny_checkpoint, tmp_path, capsys):
+    """The checkpoint's settings are adopted except those set; a set one that changes shapes is an error
+    naming each differing setting and the overrides that give the checkpoint's."""
+    from pgnet.cli import train
+
+    data = ["data.train=[{name: synthetic, n: 2, size: 64}]", "data.val=[]", "train.device=cpu"]
+    status = train.main(["--config", str(REPO / "configs" / "finetune.yaml"), "--init-from", str(tiny_checkpoint),
+                         "--run-dir", str(tmp_path / "run"), "model.width=32", "model.swin_input_size=96", *data])
+    err = capsys.readouterr().err
+    assert status == 2 and not (tmp_path / "run").exists()
+    assert f"model settings from {tiny_checkpoint}: swin=swin_tiny_patch4_window7_224, drop_path_rate=0.2" in err
+    assert ("model settings of the config or the command line, not the checkpoint's: swin_input_size=96 "
+            "(checkpoint: 64), width=32 (checkpoint: 64)") in err
+    assert "does not fit the model: wrong shapes" in err
+    assert "trained with other model settings (swin_input_size: 64 -> 96; width: 64 -> 32)" in err
+    assert "or set model.swin_input_size=64 model.width=64" in err
+
+
 def test_init_from_and_resume_exclude_each_other(capsys):
     from pgnet.cli import train
 
@@ -284,9 +302,9 @@ def test_accounting_groups_repeated_blocks():
     assert report.unused_groups == [("extra", 2)]
 
 
-# The README's models are Swin-B at 1024: the same commands run here on a tiny model at 64.
+# The README's models are Swin-B at 1024: the same commands run here on a tiny model at 64 (the model
+# settings come from the tiny starting checkpoint).
 README_TINY_TRAIN = [
-    "model.swin=swin_tiny_patch4_window7_224", "model.swin_input_size=64", "model.drop_path_rate=0.2",
     "data.size=64", "data.multiscale=[64]", "data.eval_size=64", "data.batch_size=2", "data.num_workers=0",
     "train.epochs=1", "train.max_steps_per_epoch=2", "train.image_every=0", "train.device=cpu",
 ]
@@ -318,6 +336,9 @@ def test_readme_fine_tuning_commands_run(tiny_checkpoint, tmp_path, monkeypatch,
 
     assert script("verify")["main"](commands[0][2:]) == 0
     assert train.main([*commands[1][1:], *README_TINY_TRAIN]) == 0
+    assert ("model settings from pgnet_dh.pth: swin=swin_tiny_patch4_window7_224, swin_input_size=64, "
+            "drop_path_rate=0.2") in capsys.readouterr().err
+    assert load_config(tmp_path / "runs" / "mine" / "config.yaml").model.swin_input_size == 64  # what it adopted
     log = (tmp_path / "runs" / "mine" / "log.txt").read_text()
     assert "weights from pgnet_dh.pth (model weights):" in log and "9 train samples" in log
     assert "epoch 1 generic:" in log  # validated on the held-out picture
