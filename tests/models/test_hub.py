@@ -113,3 +113,29 @@ def test_the_command_lists_fetches_checks_and_says_what_to_fetch_by_hand(served,
     assert capsys.readouterr().out.splitlines()[-1] == f"{digest}  {folder / 'blob.bin'}"
     assert weights_main(["get", "nothing.pth"]) == 2
     assert "unknown weights file 'nothing.pth'" in capsys.readouterr().err
+
+
+def test_the_readme_backbone_command_fetches_both_into_pretrained(tmp_path, monkeypatch, capsys):
+    """The README's command as written, against tiny stand-ins served from 127.0.0.1 (a registry file
+    gives their URLs and hashes); the files then load as the configs name them."""
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("### Pretrained backbones", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    (command,) = [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+    assert command[:2] == ["pgnet-weights", "get"]
+    served = tmp_path / "served"
+    served.mkdir()
+    stand_ins = {"swin_base_patch4_window7_224_22k.pth": b"swin" * 100, "resnet18-5c106cde.pth": b"resnet" * 100}
+    registry = {}
+    with serve_folder(served) as (base, _):
+        for name, data in stand_ins.items():
+            (served / name).write_bytes(data)
+            registry[name] = {"url": f"{base}/{name}", "sha256": hashlib.sha256(data).hexdigest()}
+        (tmp_path / "registry.json").write_text(json.dumps(registry))
+        monkeypatch.setenv(REGISTRY_ENV, str(tmp_path / "registry.json"))
+        monkeypatch.chdir(tmp_path)
+        assert weights_main([*command[1:], "--no-progress"]) == 0
+    for name, data in stand_ins.items():
+        assert (tmp_path / "pretrained" / name).read_bytes() == data

@@ -320,28 +320,44 @@ def readme_commands(section: str) -> list[list[str]]:
 
 
 def test_readme_fine_tuning_commands_run(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    from helpers import script
+    """The README's commands as written, from a folder holding only the pictures: the weights command
+    fetches the starting checkpoint from a server on 127.0.0.1 (a tiny stand-in for the released file,
+    whose URL and SHA-256 a registry file gives), then fine-tuning adopts its model settings."""
+    import hashlib
+    import json
 
-    from pgnet.cli import predict, train
+    from helpers import script, serve_folder
+
+    from pgnet.cli import predict, train, weights
+    from pgnet.models.hub import REGISTRY_ENV
 
     commands = readme_commands("Fine-tune on your own pictures")
-    assert [c[:2] for c in commands] == [["python", "datasets/verify.py"], ["pgnet-train", "--config"],
-                                         ["pgnet-predict", "new_pictures/"]]
+    assert [c[:2] for c in commands] == [["pgnet-weights", "get"], ["python", "datasets/verify.py"],
+                                         ["pgnet-train", "--config"], ["pgnet-predict", "new_pictures/"]]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").symlink_to(REPO / "configs")
     make_folder(tmp_path / "my_pictures", count=10, size=(56, 72))
     make_folder(tmp_path / "new", count=2, size=(60, 80), seed=5)
     (tmp_path / "new" / "image").rename(tmp_path / "new_pictures")
-    (tmp_path / "pgnet_dh.pth").write_bytes(tiny_checkpoint.read_bytes())
+    served = tmp_path.parent / f"{tmp_path.name}-served"
+    served.mkdir()
+    (served / "PGNet_DUT+HR.pth").write_bytes(tiny_checkpoint.read_bytes())
+    digest = hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
 
-    assert script("verify")["main"](commands[0][2:]) == 0
-    assert train.main([*commands[1][1:], *README_TINY_TRAIN]) == 0
-    assert ("model settings from pgnet_dh.pth: swin=swin_tiny_patch4_window7_224, swin_input_size=64, "
+    with serve_folder(served) as (base, _):
+        registry = served / "registry.json"
+        registry.write_text(json.dumps({"PGNet_DUT+HR.pth": {"url": f"{base}/PGNet_DUT%2BHR.pth", "sha256": digest}}))
+        monkeypatch.setenv(REGISTRY_ENV, str(registry))
+        assert weights.main([*commands[0][1:], "--no-progress"]) == 0
+    assert "wrote PGNet_DUT+HR.pth (" in capsys.readouterr().out
+    assert script("verify")["main"](commands[1][2:]) == 0
+    assert train.main([*commands[2][1:], *README_TINY_TRAIN]) == 0
+    assert ("model settings from PGNet_DUT+HR.pth: swin=swin_tiny_patch4_window7_224, swin_input_size=64, "
             "drop_path_rate=0.2") in capsys.readouterr().err
     assert load_config(tmp_path / "runs" / "mine" / "config.yaml").model.swin_input_size == 64  # what it adopted
     log = (tmp_path / "runs" / "mine" / "log.txt").read_text()
-    assert "weights from pgnet_dh.pth (model weights):" in log and "9 train samples" in log
+    assert "weights from PGNet_DUT+HR.pth (model weights):" in log and "9 train samples" in log
     assert "epoch 1 generic:" in log  # validated on the held-out picture
-    assert predict.main([*commands[2][1:], *README_TINY_PREDICT]) == 0
+    assert predict.main([*commands[3][1:], *README_TINY_PREDICT]) == 0
     assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["s00.png", "s01.png"]
     assert "wrote 2 mask pictures" in capsys.readouterr().out
