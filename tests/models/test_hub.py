@@ -12,6 +12,7 @@ import torch
 from helpers import serve_folder
 
 from pgnet.cli.weights import main as weights_main
+from pgnet.config import load_config
 from pgnet.models.backbones import ResNetBranch, load_pretrained
 from pgnet.models.hub import REGISTRY_ENV, DownloadError, KnownFile, download, known_files, sha256_of
 from pgnet.models.weights import CheckpointError
@@ -117,7 +118,7 @@ def test_the_command_lists_fetches_checks_and_says_what_to_fetch_by_hand(served,
 
 def test_the_readme_backbone_command_fetches_both_into_pretrained(tmp_path, monkeypatch, capsys):
     """The README's command as written, against tiny stand-ins served from 127.0.0.1 (a registry file
-    gives their URLs and hashes); the files then load as the configs name them."""
+    gives their URLs and hashes); the files land where the official recipe's config names them."""
     import shlex
     from pathlib import Path
 
@@ -139,3 +140,5 @@ def test_the_readme_backbone_command_fetches_both_into_pretrained(tmp_path, monk
         assert weights_main([*command[1:], "--no-progress"]) == 0
     for name, data in stand_ins.items():
         assert (tmp_path / "pretrained" / name).read_bytes() == data
+    model = load_config(Path(__file__).resolve().parents[2] / "configs" / "_base_" / "official.yaml").model
+    assert {model.swin_pretrained, model.resnet_pretrained} == {f"pretrained/{name}" for name in stand_ins}
