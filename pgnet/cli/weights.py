@@ -96,16 +96,16 @@ def _get(name: str, args: argparse.Namespace) -> bool:
         print(f"{entry.name}: no direct download; {manual_instructions(entry, destination)}, then run this "
               "command again to check it", file=sys.stderr)
         return False
-    with tqdm(total=None, unit="B", unit_scale=True, desc=entry.name, disable=args.no_progress) as bar:
-        def progress(done: int, total: int | None) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+    try:
+        with tqdm(total=None, unit="B", unit_scale=True, desc=entry.name, disable=args.no_progress) as bar:
+            def progress(done: int, total: int | None) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
 
-        try:
             download(entry.url, destination, entry, progress=progress)
-        except UserError as error:
-            print(f"{entry.name}: {error}", file=sys.stderr)
-            return False
+    except UserError as error:
+        print(f"{entry.name}: {error}", file=sys.stderr)
+        return False
     print(f"wrote {destination} ({destination.stat().st_size / 2**20:.1f} MiB, SHA-256 {sha256_of(destination)}"
           + (", as published)" if entry.sha256 or entry.sha256_prefix else ")"))
     return True

@@ -189,8 +189,8 @@ def download(
             raise DownloadError(f"{url}: HTTP {error.code} {error.reason}; {by_hand}") from None
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
-        raise DownloadError(f"{url}: {reason} (what arrived is kept in {partial}: the next try continues "
-                            f"it); or {by_hand}") from None
+        kept = f" (what arrived is kept in {partial}: the next try continues it)" if partial.exists() else ""
+        raise DownloadError(f"{url}: {reason}{kept}; try again, or {by_hand}") from None
     problem = hash_problem(partial, entry) if entry is not None else None
     if problem:
         partial.unlink()

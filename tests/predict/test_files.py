@@ -59,4 +59,4 @@ def test_the_bar_counts_pictures_as_they_are_written_not_at_the_end(tmp_path, mo
     assert len(report.written) == 8 and BarRecorder.last.n == 8
     # The writes of the first pictures were done while the last ones were predicted (a bar that counted
     # only collected writes stood at 0 until the end: 2 × workers writes are kept in flight).
-    assert predictor.bar_at_batch[-1] >= 5, predictor.bar_at_batch
+    assert predictor.bar_at_batch[-1] >= 3, predictor.bar_at_batch
