@@ -142,3 +142,16 @@ def test_the_readme_backbone_command_fetches_both_into_pretrained(tmp_path, monk
         assert (tmp_path / "pretrained" / name).read_bytes() == data
     model = load_config(Path(__file__).resolve().parents[2] / "configs" / "_base_" / "official.yaml").model
     assert {model.swin_pretrained, model.resnet_pretrained} == {f"pretrained/{name}" for name in stand_ins}
+
+
+def test_convert_and_the_checkpoint_loaders_check_a_known_hash(tmp_path, monkeypatch, capsys):
+    from pgnet.cli.convert import main as convert_main
+
+    path = tmp_path / "PGNet_DUT+HR.pth"
+    path.write_bytes(PAYLOAD)
+    (tmp_path / "registry.json").write_text(json.dumps({"PGNet_DUT+HR.pth": {"sha256": "0" * 64}}))
+    monkeypatch.setenv(REGISTRY_ENV, str(tmp_path / "registry.json"))
+    assert convert_main([str(path), str(tmp_path / "out.pth")]) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {path}: not the released PGNet_DUT+HR.pth (SHA-256 {sha256_of(path)}, expected 0000" in err
+    assert not (tmp_path / "out.pth").exists()
