@@ -29,6 +29,7 @@ import torch
 from pgnet.config import ConfigError, model_config_from_dict
 from pgnet.data.preprocessing import Preprocessing
 from pgnet.errors import format_list
+from pgnet.models.hub import check_known_file
 from pgnet.models.official import convert_official_state_dict, is_official_state_dict
 from pgnet.models.pgnet import ModelConfig, PGNet
 from pgnet.models.weights import CheckpointError, compare_weights, first_line, read_weights_file
@@ -139,6 +140,8 @@ def read_model_weights(path: str | Path, weights: str = "model") -> ModelWeights
         if weights != "model":
             raise MissingWeightsError(f"model package {path}: holds one set of weights; {weights!r} cannot be chosen")
         return read_model_package(path)
+    if path.is_file():
+        check_known_file(path, "checkpoint")  # a released file's name with other contents is refused
     state = load_checkpoint(path)
     preprocessing = Preprocessing.from_checkpoint(state, source=str(path))
     if state.get("format") == CHECKPOINT_FORMAT:

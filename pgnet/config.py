@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from pgnet.config_ranges import ConfigError, check_config, check_value
-from pgnet.data.entry import DatasetEntry  # the schema of data.train/data.val items, re-exported
+from pgnet.data.entry import SPLIT_KEYS, SYNTHETIC_KEYS, DatasetEntry  # the schema of data.train/data.val items
 from pgnet.models.grafting import GRAFT_POINTS
 from pgnet.models.pgnet import ModelConfig
 
@@ -146,11 +146,14 @@ class Config:
 class _YamlLoader(yaml.SafeLoader):
     """YAML 1.2 booleans and floats: only true/false are booleans, so ``amp: off`` or ``name: no``
     stay strings, and ``1e-3`` is a number (YAML 1.1 wants ``1.0e-3``). A key given twice in one
-    mapping is an error."""
+    mapping is an error; merge keys (``<<: *anchor``) bring an anchored mapping's keys, which the
+    mapping's own keys override."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # merged by SafeConstructor.flatten_mapping
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -238,6 +241,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     """Load, merge and validate a config (the defaults when ``path`` is None)."""
     values = read_yaml_tree(path) if path is not None else {}
     return build_config(apply_overrides(values, overrides))
+
+
+def keys_set(path: str | Path, overrides: Sequence[str] = (), section: str = "model") -> frozenset[str]:
+    """The keys of ``section`` that the config file (with its ``_base_`` files) or the overrides set;
+    the others take the schema's defaults (or, for ``model``, a ``train.init_from`` checkpoint's)."""
+    values = apply_overrides(read_yaml_tree(path), overrides).get(section)
+    return frozenset(values) if isinstance(values, dict) else frozenset()
 
 
 def build_config(values: dict[str, Any]) -> Config:
@@ -361,3 +371,56 @@ def _to_plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _to_plain(v) for k, v in value.items()}
     return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset entries: what builds them, what names them (the trainer's validation and pgnet-eval --config)
+
+
+def dataset_options(entry: DatasetEntry) -> dict[str, Any]:
+    """The builder dict of one config entry (synthetic options only for synthetic data)."""
+    options = dataclasses.asdict(entry)
+    options.pop("label")
+    if entry.split == "all" or entry.name.lower() == "synthetic":
+        for key in SPLIT_KEYS:
+            options.pop(key)
+    if entry.name.lower() != "synthetic":
+        for key in SYNTHETIC_KEYS:
+            options.pop(key)
+        if options["root"] is None:
+            raise ConfigError(f"data: dataset {entry.name} needs a root")
+    else:
+        if entry.split != "all":
+            raise ConfigError("data: synthetic data has no split; give the validation set another seed")
+        options.pop("root")
+    return options
+
+
+def validation_labels(entries: Sequence[DatasetEntry]) -> list[str]:
+    """A unique name per validation set: its ``label``, else its name, followed where that name is
+    repeated by the shortest end of its root that tells them apart (``generic@setA``), or its seed
+    for synthetic sets, or its position."""
+    names = [entry.label or entry.name for entry in entries]
+    labels = []
+    for index, (entry, name) in enumerate(zip(entries, names)):
+        twins = [other for other, other_name in zip(entries, names) if other_name == name and other.label is None]
+        if entry.label is not None or len(twins) < 2:
+            labels.append(name)
+            continue
+        if entry.root is None:
+            labels.append(f"{name}@seed{entry.seed}")
+            continue
+        parts = Path(entry.root).parts
+        roots = [Path(other.root).parts for other in twins if other.root is not None and other is not entry]
+        for length in range(1, len(parts) + 1):
+            if all(other[-length:] != parts[-length:] for other in roots):
+                labels.append(f"{name}@{'-'.join(parts[-length:])}")
+                break
+        else:
+            labels.append(f"{name}@{index + 1}")
+    seen: dict[str, int] = {}
+    for index, label in enumerate(labels):  # still equal (the same set twice): number them
+        seen[label] = seen.get(label, 0) + 1
+        if labels.count(label) > 1:
+            labels[index] = f"{label}#{seen[label]}"
+    return labels

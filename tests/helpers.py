@@ -1,9 +1,14 @@
-"""What several test files share: small pictures and dataset folders on disk, and the datasets/ scripts."""
+"""What several test files share: small pictures and dataset folders on disk, the datasets/ scripts,
+and a local HTTP server."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import io
 import runpy
 import struct
+import threading
 from pathlib import Path
 
 import cv2
@@ -52,3 +57,43 @@ def make_folder(root: Path, count: int = 4, size: tuple[int, int] = (48, 64), se
 def script(name: str) -> dict:
     """The names a datasets/ script defines (its main, build_parser ...), without running it."""
     return runpy.run_path(str(REPO / "datasets" / f"{name}.py"), run_name=f"datasets_{name}")
+
+
+@contextlib.contextmanager
+def serve_folder(folder: Path):
+    """An HTTP server on 127.0.0.1 serving ``folder``, with Range requests (``bytes=N-``); yields
+    (base URL, the Range headers it received)."""
+    ranges: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def log_message(self, *args):  # quiet
+            pass
+
+        def send_head(self):
+            header = self.headers.get("Range")
+            path = Path(self.translate_path(self.path))
+            if header is None or not path.is_file():
+                return super().send_head()
+            ranges.append(header)
+            start = int(header.removeprefix("bytes=").rstrip("-"))
+            data = path.read_bytes()
+            if start >= len(data):
+                self.send_error(416)
+                return None
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Length", str(len(data) - start))
+            self.end_headers()
+            return io.BytesIO(data[start:])
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", ranges
+    finally:
+        server.shutdown()
+        server.server_close()

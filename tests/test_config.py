@@ -192,6 +192,25 @@ def test_yaml_numbers_and_duplicate_keys(tmp_path):
         load_config(tmp_path / "twice.yaml")
 
 
+def test_yaml_merge_keys_bring_an_anchored_mapping_that_own_keys_override(tmp_path):
+    path = write(tmp_path / "merge.yaml", (
+        "data:\n"
+        "  train:\n"
+        "    - &duts {name: DUTS-TR, root: data/DUTS}\n"
+        "    - {<<: *duts, repeat: 4}\n"
+        "  val:\n"
+        "    - <<: *duts\n"
+        "      name: DUTS-TE\n"
+    ))
+    config = load_config(path)
+    assert [(entry.name, entry.root, entry.repeat) for entry in config.data.train] == [
+        ("DUTS-TR", "data/DUTS", 1), ("DUTS-TR", "data/DUTS", 4)]
+    assert [(entry.name, entry.root) for entry in config.data.val] == [("DUTS-TE", "data/DUTS")]
+    write(tmp_path / "twice.yaml", "train: {<<: {epochs: 3}, seed: 1, seed: 2}\n")
+    with pytest.raises(ConfigError, match="duplicate key 'seed'"):
+        load_config(tmp_path / "twice.yaml")
+
+
 def test_a_model_config_dict_is_checked_as_the_model_section_of_a_file():
     config = ModelConfig(swin="swin_tiny_patch4_window7_224", graft_points=("r5-s2", "r4-s1"), drop_path_rate=0)
     assert model_config_from_dict(config.to_dict()) == config

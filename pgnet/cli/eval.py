@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--datasets", nargs="+", metavar="NAME", help="registered datasets (e.g. DUTS-TE HRSOD-TE)")
     data.add_argument("--data-root", help="root the named datasets are found under: a dataset's own root (data/DUTS) "
                       "or the folder holding them by release (data, with DUTS/, HRSOD/, UHRSD/, DAVIS-S/ ...)")
-    data.add_argument("--config", help="a training config: evaluate on its data.val datasets (name + root)")
+    data.add_argument("--config", help="a training config: evaluate on its data.val sets as its training "
+                      "validates on them (held-out splits, synthetic sets)")
     data.add_argument("--gt", nargs="+", metavar="NAME=MASK_FOLDER", help="ground-truth folders by dataset name")
     data.add_argument("--images", nargs="+", metavar="NAME=IMAGE_FOLDER",
                       help="image folders for --gt datasets (needed with a checkpoint)")

@@ -48,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     # Imported here, not at the top: --help and argument errors stay fast without torch.
-    from pgnet.config import load_config
+    from pgnet.config import keys_set, load_config
+    from pgnet.train.finetune import adopt_model_settings
     from pgnet.train.resume import plan_resume
     from pgnet.train.trainer import Trainer
 
@@ -65,6 +66,10 @@ def _train(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.overrides)
         if args.init_from:
             config.train.init_from = args.init_from
+        # The model settings the config and the command line leave unset come from a project checkpoint.
+        config, lines = adopt_model_settings(config, keys_set(args.config, args.overrides))
+        for line in lines:
+            print(line, file=sys.stderr)
     trainer = Trainer(config, run_dir, resume=bool(args.resume))
     try:
         # a user error met while training (a full disk while saving: last.pth stays intact) exits 1;

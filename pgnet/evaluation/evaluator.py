@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pgnet.checkpoint import load_model_and_preprocessing
-from pgnet.config import ConfigError, load_config
+from pgnet.config import ConfigError, dataset_options, load_config, validation_labels
 from pgnet.data.datasets import build_dataset
 from pgnet.data.io import MASK_EXTENSIONS, list_files
 from pgnet.data.loader import build_eval_loader
@@ -49,12 +49,18 @@ class MissingPredictionsError(FileNotFoundError, UserError):
 
 @dataclass
 class EvalDataset:
-    """A test set: masks, and the images a model needs (None when only prediction folders are scored)."""
+    """A test set: masks, and the images a model needs (None when only prediction folders are scored).
+
+    A ``data.val`` entry of a training config keeps its builder dict (``options``): the model is then
+    scored on exactly what the training validated on (a held-out split, built-in synthetic pictures,
+    which have no folders: ``mask_dir`` None).
+    """
 
     name: str
-    mask_dir: Path
+    mask_dir: Path | None
     image_dir: Path | None = None
     spec: Any = None  # the registry's DatasetSpec, when resolved by name
+    options: dict[str, Any] | None = None  # a config entry's builder dict (``pgnet.config.dataset_options``)
 
 
 @dataclass
@@ -100,15 +106,23 @@ def resolve_datasets(names: Sequence[str], root: str | Path) -> list[EvalDataset
 
 
 def config_datasets(config_path: str | Path) -> list[EvalDataset]:
-    """The ``data.val`` datasets of a training config (each ``name`` + ``root``), resolved on disk."""
+    """The ``data.val`` sets of a training config, as its training validates on them: each entry's
+    pictures (its held-out part for ``split: val``; built-in synthetic sets drawn from their seed),
+    named with the training's validation labels."""
     entries = load_config(config_path).data.val
     if not entries:
         raise ConfigError(f"{config_path}: data.val lists no dataset")
     datasets = []
-    for entry in entries:
-        if entry.name.lower() == SYNTHETIC_NAME or entry.root is None:
-            raise ConfigError(f"{config_path}: data.val entry {entry.name!r} has no folders on disk to evaluate")
-        datasets += resolve_datasets([entry.name], entry.root)
+    for label, entry in zip(validation_labels(entries), entries):
+        try:
+            options = dataset_options(entry)
+        except ConfigError as error:
+            raise ConfigError(f"{config_path}: {error}") from None
+        if entry.name.lower() == SYNTHETIC_NAME:
+            datasets.append(EvalDataset(label, None, options=options))
+            continue
+        spec = resolve_dataset(entry.name, entry.root)
+        datasets.append(EvalDataset(label, spec.mask_dir, spec.image_dir, spec, options=options))
     return datasets
 
 
@@ -121,6 +135,8 @@ def check_saved_predictions(datasets: Sequence[EvalDataset], method: ModelMethod
     inputs: list[Path] = []
     outputs: list[tuple[Path, Path]] = []
     for dataset in datasets:
+        if dataset.mask_dir is None:  # built-in pictures: nothing on disk to protect
+            continue
         inputs += list_files(dataset.mask_dir, MASK_EXTENSIONS) if dataset.mask_dir.is_dir() else []
         if dataset.image_dir is None or not dataset.image_dir.is_dir():
             continue
@@ -145,6 +161,10 @@ def method_preprocessing(method: ModelMethod, recorded: Preprocessing) -> Prepro
 
 def _load_dataset(dataset: EvalDataset, method: ModelMethod, preprocessing: Preprocessing) -> Dataset:
     """The dataset of images at the test size (masks at their size), warning about unpaired masks."""
+    transform = build_eval_transform(preprocessing.eval_size, preprocessing.mean, preprocessing.std,
+                                     fast_decode=method.fast_decode)
+    if dataset.mask_dir is None and dataset.options is not None:  # built-in synthetic pictures
+        return build_dataset(dataset.options, transform)
     if dataset.image_dir is None:
         raise UserError(f"dataset {dataset.name}: a model needs images, but only masks ({dataset.mask_dir}) are known")
     spec = dataset.spec or DatasetSpec(dataset.name, dataset.mask_dir.parent, dataset.image_dir, dataset.mask_dir)
@@ -152,9 +172,7 @@ def _load_dataset(dataset: EvalDataset, method: ModelMethod, preprocessing: Prep
     if unpaired:
         logger.warning("%s: %d masks have no image in %s and are not scored: %s", dataset.name, len(unpaired),
                        spec.image_dir, format_list([p.name for p in unpaired]))
-    transform = build_eval_transform(preprocessing.eval_size, preprocessing.mean, preprocessing.std,
-                                     fast_decode=method.fast_decode)
-    return build_dataset(spec, transform)
+    return build_dataset(dataset.options if dataset.options is not None else spec, transform)
 
 
 def _evaluate_model(runtime: InferenceRuntime, dataset: EvalDataset, method: ModelMethod,
@@ -178,6 +196,8 @@ def _evaluate_model(runtime: InferenceRuntime, dataset: EvalDataset, method: Mod
 
 def _evaluate_folder(method: str, folder: Path, dataset: EvalDataset, device: torch.device,
                      metric_names: Sequence[str], allow_missing: bool, workers: int, progress: bool) -> MethodResult:
+    if dataset.mask_dir is None:
+        raise UserError(f"dataset {dataset.name}: built-in pictures have no mask files to score prediction folders on")
     match = match_predictions(folder, dataset.mask_dir)
     notes = []
     if match.missing:

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from pgnet.errors import UnknownNameError
+from pgnet.models.hub import check_known_file
 from pgnet.models.layers import memory_format_of
 from pgnet.models.weights import CheckpointNotFoundError, compare_weights, read_state_dict
 
@@ -156,6 +157,7 @@ def load_pretrained(branch: SwinBranch | ResNetBranch, path: str | Path, config_
     path = Path(path)
     if not path.is_file():
         raise CheckpointNotFoundError(f"{config_key}: pretrained weights file not found: {path}")
+    check_known_file(path, f"{config_key}:")  # a released file's name with other contents is refused
     source = read_state_dict(path)
     if isinstance(branch, SwinBranch) and "layers.0.downsample.reduction.weight" in source:
         source = {swin_official_to_timm_key(k): v for k, v in source.items()}

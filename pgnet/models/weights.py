@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import struct
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,11 @@ _FOREIGN_SIGNATURES = (
     (b"\x08\x01\x12", "an ONNX model"),
     (b"{", "a JSON or text file"),
 )
+
+# How torch's weights-only unpickler names a global it refuses, in every wording it has used:
+# "Unsupported global: GLOBAL os.system was not an allowed global by default",
+# "Trying to load unsupported GLOBAL posix.system whose module posix is blocked".
+_REFUSED_GLOBAL = re.compile(r"(?:unsupported global:\s*(?:GLOBAL\s+)?|unsupported GLOBAL\s+)([\w.]+)", re.IGNORECASE)
 
 
 class CheckpointError(UserError):
@@ -84,14 +90,14 @@ def read_weights_file(path: str | Path, map_location: str | torch.device = "cpu"
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        found = re.search(r"Unsupported global: ([^\s]+)", str(error))
+        found = _REFUSED_GLOBAL.search(str(error))
         if found:
             raise CheckpointError(
                 f"{what} {path}: holds objects other than tensors and plain data ({found[1]}); refused, "
                 "because loading it could run code"
             ) from None
         raise CheckpointError(f"{what} {path}: corrupt (not a readable pickle)") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, struct.error) as error:
         raise CheckpointError(f"{what} {path}: truncated or corrupt ({first_line(error)})") from None
 
 

@@ -1,7 +1,7 @@
 """Output pictures from a picture and its saliency mask: masks, cut-outs, overlays, new backgrounds.
 
 Every function takes and returns numpy arrays (H×W×3 uint8 RGB pictures, H×W float masks in [0, 1]);
-``compose`` also takes PIL images and colours written as text. Modes (``OUTPUT_MODES``):
+``compose`` also takes PIL images (and then returns one) and colours written as text. Modes (``OUTPUT_MODES``):
 
 - ``mask``: the 8-bit mask;
 - ``rgba``: a cut-out, the picture with the mask as alpha;
@@ -19,6 +19,7 @@ transparent, opaque ones take the mask exactly), in ``rgba`` and in the backgrou
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -85,9 +86,15 @@ def resize_to_cover(picture: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def gaussian_blur(picture: np.ndarray, sigma: float) -> np.ndarray:
-    """A Gaussian blur of ``sigma`` pixels; above a few pixels it runs on a reduced copy (float32 out)."""
+    """A Gaussian blur of ``sigma`` pixels; above a few pixels it runs on a reduced copy (float32 out).
+
+    With the reflected border the picture repeats every two sides, so a sigma of two longest sides or
+    more leaves its mean colour (the first harmonic is scaled by exp(-2π²) ≈ 3e-9): that is returned.
+    """
     picture = picture.astype(np.float32)
     height, width = picture.shape[:2]
+    if sigma >= 2 * max(height, width):
+        return np.broadcast_to(picture.mean(axis=(0, 1), dtype=np.float64).astype(np.float32), picture.shape).copy()
     factor = sigma / _SMALL_SIGMA
     if factor <= 1.5 or min(height, width) / factor < 8:
         return cv2.GaussianBlur(picture, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
@@ -130,8 +137,8 @@ class Composer:
         if self.mode not in OUTPUT_MODES:
             raise UnknownNameError(f"unknown output mode {self.mode!r}; choose from {', '.join(OUTPUT_MODES)}")
         self.color = as_color(self.color if self.color is not None else DEFAULT_COLORS.get(self.mode, (0, 0, 0)))
-        if not float(self.blur) > 0:
-            raise UserError(f"blur must be a positive sigma in pixels, got {self.blur}")
+        if not 0 < float(self.blur) < math.inf:
+            raise UserError(f"blur must be a positive, finite sigma in pixels, got {self.blur}")
         if self.mode == "background":
             if self.background is None:
                 raise UserError("background mode needs a background picture")
@@ -189,15 +196,21 @@ def compose(
     background: PictureInput | str | os.PathLike | None = None,
     blur: float = DEFAULT_BLUR,
     refine_foreground: bool = False,
-) -> np.ndarray:
+) -> np.ndarray | Any:
     """The output picture of one mode (see the module docstring) from a picture and its H×W mask.
 
     ``image`` is an H×W×3 (RGB) or H×W×4 (RGBA) uint8 array or a PIL image (None in mask mode);
     ``mask`` is float in [0, 1] (or uint8). ``color`` is "#RRGGBB", "R,G,B" or a tuple: the
     ``color`` background (white) or the ``overlay`` tint (red). ``background`` is a picture (array,
     PIL image or path) for the ``background`` mode; ``blur`` the sigma in pixels of ``blur``.
-    Returns H×W uint8 (mask), H×W×4 (rgba) or H×W×3 uint8 RGB. Blending uses the 8-bit mask, so an
-    opaque picture's cut-out has exactly the mask PNG as alpha.
+    Returns H×W uint8 (mask), H×W×4 (rgba) or H×W×3 uint8 RGB; a PIL image when ``image`` is one
+    (mode L, RGBA or RGB). Blending uses the 8-bit mask, so an opaque picture's cut-out has exactly the
+    mask PNG as alpha.
     """
     options = Composer(mode, color, background=background, blur=blur, refine_foreground=refine_foreground)
-    return options(image, mask)
+    output = options(image, mask)
+    if type(image).__module__.startswith("PIL."):  # PIL in, PIL out (Pillow is there: it made the input)
+        from PIL import Image
+
+        return Image.fromarray(output)
+    return output

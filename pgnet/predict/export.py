@@ -2,7 +2,7 @@
 
 The exported graph is ``SaliencyModel``: input ``image``, float32 B×3×H×W, RGB on the 0-255 scale
 (not normalised: the checkpoint's normalisation, official by default, is inside the graph and named in
-the metadata ``pgnet.preprocessing``); output ``mask``, float32 B×1×H×W,
+the metadata ``pgnet.preprocessing``, JSON: ``mean``, ``std``, ``eval_size``); output ``mask``, float32 B×1×H×W,
 the saliency probability (sigmoid of the logits) at the input size; with ``logits=True`` the logits
 instead. Batch, height and width are dynamic. The graph has no attention-map branch (the CMGM runs
 ``scaled_dot_product_attention``). To reproduce ``Predictor --fast-decode``, resize a picture to
@@ -23,6 +23,7 @@ config, safetensors weights, model card), which every pgnet command reads like a
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,8 +126,8 @@ def export_onnx(
         {
             "pgnet.input": "image: float32 Bx3xHxW, RGB 0-255 (normalised inside the graph)",
             "pgnet.output": f"mask: float32 Bx1xHxW, {'logits' if logits else 'probabilities in [0, 1]'}",
-            "pgnet.model_config": repr(model.config.to_dict()),
-            "pgnet.preprocessing": repr(preprocessing.to_dict()),
+            "pgnet.model_config": json.dumps(model.config.to_dict()),
+            "pgnet.preprocessing": json.dumps(preprocessing.to_dict()),
         }
     )
     write_bytes(path, program.model_proto.SerializeToString())  # atomically; weights inside (under 2 GB)

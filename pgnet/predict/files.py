@@ -8,6 +8,7 @@ same ``PredictionReport``.
 from __future__ import annotations
 
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -70,11 +71,21 @@ def predict_files(
     log = log or (lambda message: tqdm.write(message, file=sys.stderr))
     workers = max(1, int(workers))
 
+    counting = threading.Lock()  # the bar counts from the reading loop and from the writing threads
+
+    def count() -> None:
+        with counting:
+            bar.update(1)
+
     def skip(job: FileJob, error: BaseException) -> None:
         reason = error.reason if isinstance(error, ImageReadError) else str(error)
         report.skipped.append((job.source, reason))
         log(f"skipped {job.source}: {reason}")
-        bar.update(1)
+        count()
+
+    def written(future: Future) -> None:  # the bar moves as each output is written, not when collected
+        if not future.cancelled() and future.exception() is None:
+            count()
 
     writes: deque[tuple[FileJob, Future]] = deque()
 
@@ -83,7 +94,6 @@ def predict_files(
             job, future = writes.popleft()
             try:
                 report.written.append(future.result())
-                bar.update(1)
             except NoSpaceError:
                 raise  # every later write would fail too: stop
             except (OSError, ValueError, cv2.error) as error:
@@ -103,7 +113,9 @@ def predict_files(
     with ThreadPoolExecutor(workers) as pool:
         for batch in predict_batches(predictor, read(pool)):
             for job, mask in batch:
-                writes.append((job, pool.submit(_write_output, job, mask, composer)))
+                future = pool.submit(_write_output, job, mask, composer)
+                future.add_done_callback(written)
+                writes.append((job, future))
             finish_writes(keep=2 * workers)  # these writes run while the next batch is read and predicted
         finish_writes(keep=0)
     bar.close()

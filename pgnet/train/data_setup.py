@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import ConcatDataset
 
-from pgnet.config import ConfigError, DataConfig, DatasetEntry
+from pgnet.config import ConfigError, DataConfig, dataset_options, validation_labels
 from pgnet.data.datasets import build_dataset, build_train_dataset
-from pgnet.data.entry import SPLIT_KEYS, SYNTHETIC_KEYS
 from pgnet.data.loader import build_eval_loader, build_train_loader, set_loader_epoch
 from pgnet.data.preprocessing import Preprocessing
 from pgnet.data.split import shared_images
@@ -21,25 +19,6 @@ from pgnet.data.transforms import build_eval_transform, build_train_transform
 from pgnet.evaluation import scoring
 from pgnet.metrics import SODMetrics
 from pgnet.train.distributed import DistInfo
-
-
-def dataset_options(entry: DatasetEntry) -> dict[str, Any]:
-    """The builder dict of one config entry (synthetic options only for synthetic data)."""
-    options = asdict(entry)
-    options.pop("label")
-    if entry.split == "all" or entry.name.lower() == "synthetic":
-        for key in SPLIT_KEYS:
-            options.pop(key)
-    if entry.name.lower() != "synthetic":
-        for key in SYNTHETIC_KEYS:
-            options.pop(key)
-        if options["root"] is None:
-            raise ConfigError(f"data: dataset {entry.name} needs a root")
-    else:
-        if entry.split != "all":
-            raise ConfigError("data: synthetic data has no split; give the validation set another seed")
-        options.pop("root")
-    return options
 
 
 def check_held_out(train_dataset: ConcatDataset, validation: list[tuple[str, Any]]) -> None:
@@ -53,36 +32,6 @@ def check_held_out(train_dataset: ConcatDataset, validation: list[tuple[str, Any
                 "validation needs held-out pictures (a split of one folder: the same val_fraction and "
                 "split_seed in both entries)"
             )
-
-
-def validation_labels(entries: Sequence[DatasetEntry]) -> list[str]:
-    """A unique name per validation set: its ``label``, else its name, followed where that name is
-    repeated by the shortest end of its root that tells them apart (``generic@setA``), or its seed
-    for synthetic sets, or its position."""
-    names = [entry.label or entry.name for entry in entries]
-    labels = []
-    for index, (entry, name) in enumerate(zip(entries, names)):
-        twins = [other for other, other_name in zip(entries, names) if other_name == name and other.label is None]
-        if entry.label is not None or len(twins) < 2:
-            labels.append(name)
-            continue
-        if entry.root is None:
-            labels.append(f"{name}@seed{entry.seed}")
-            continue
-        parts = Path(entry.root).parts
-        roots = [Path(other.root).parts for other in twins if other.root is not None and other is not entry]
-        for length in range(1, len(parts) + 1):
-            if all(other[-length:] != parts[-length:] for other in roots):
-                labels.append(f"{name}@{'-'.join(parts[-length:])}")
-                break
-        else:
-            labels.append(f"{name}@{index + 1}")
-    seen: dict[str, int] = {}
-    for index, label in enumerate(labels):  # still equal (the same set twice): number them
-        seen[label] = seen.get(label, 0) + 1
-        if labels.count(label) > 1:
-            labels[index] = f"{label}#{seen[label]}"
-    return labels
 
 
 class Validation:

@@ -18,17 +18,24 @@ tensors fit the configured model, every freeze name matches, and something is le
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from pgnet.checkpoint import MissingWeightsError, read_model_weights
-from pgnet.config import Config
+from pgnet.checkpoint import CHECKPOINT_FORMAT, MissingWeightsError, load_checkpoint, read_model_weights
+from pgnet.config import Config, build_config, model_config_from_dict
 from pgnet.errors import UserError
 from pgnet.models.official import convert_official_state_dict
 from pgnet.models.pgnet import ModelConfig, PGNet
-from pgnet.models.weights import CheckpointNotFoundError, LoadReport, account_weights, load_weights_with_report
+from pgnet.models.weights import (
+    CheckpointNotFoundError,
+    LoadReport,
+    WeightsMismatchError,
+    account_weights,
+    load_weights_with_report,
+)
 
 HEAD_MODULES = ("head_pred", "head_side_cnn", "head_side_swin", "attention_heads")
 BACKBONE_FILE_KEYS = ("swin_pretrained", "resnet_pretrained")
@@ -112,14 +119,76 @@ def read_starting_weights(path: str | Path, weights: str = "model") -> tuple[dic
     return state, found.description, found.config.to_dict()
 
 
-def config_differences(theirs: Mapping, ours: ModelConfig) -> list[str]:
-    """``key: theirs -> ours`` for each model setting that differs (backbone files aside)."""
+def yaml_value(value: Any) -> str:
+    """A setting as an override writes it: ``[r5-s2, r4-s1]``, ``true``, ``null``, ``swin_tiny_...``."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(yaml_value(item) for item in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
+
+
+def model_overrides(settings: Mapping[str, Any]) -> str:
+    """Command-line overrides that set ``settings`` (quoted where a shell needs it)."""
+    words = [f"model.{key}={yaml_value(value)}" for key, value in settings.items()]
+    return " ".join(f'"{word}"' if any(c in word for c in " []") else word for word in words)
+
+
+def checkpoint_model_settings(path: str | Path) -> dict[str, Any] | None:
+    """The model settings a project checkpoint records (backbone files left out); None for an official
+    file or one that cannot be read (:class:`FineTuning` then says what is wrong with it)."""
+    try:
+        state = load_checkpoint(path)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            return None
+        settings = model_config_from_dict(state.get("model_config"), "model_config").to_dict()
+    except UserError:
+        return None
+    return {key: value for key, value in settings.items() if key not in BACKBONE_FILE_KEYS}
+
+
+def adopt_model_settings(config: Config, explicit: Collection[str]) -> tuple[Config, list[str]]:
+    """``config`` with the model settings of its ``train.init_from`` project checkpoint, except those in
+    ``explicit`` (the keys the config file or the command line set: ``pgnet.config.keys_set``).
+
+    Returns (the config, lines saying what was adopted and what the config overrode). Nothing changes
+    without ``init_from``, for an official checkpoint (its settings are the defaults) or an unreadable
+    file.
+    """
+    if not config.train.init_from or not Path(config.train.init_from).is_file():
+        return config, []
+    theirs = checkpoint_model_settings(config.train.init_from)
+    if theirs is None:
+        return config, []
+    ours = config.model.to_dict()
+    adopted = {key: value for key, value in theirs.items() if key not in explicit and value != ours[key]}
+    overridden = {key: value for key, value in theirs.items() if key in explicit and value != ours[key]}
+    lines = []
+    if adopted:
+        values = config.to_dict()
+        values["model"].update(adopted)
+        config = build_config(values)
+        lines.append(f"model settings from {config.train.init_from}: "
+                     + ", ".join(f"{key}={yaml_value(value)}" for key, value in adopted.items()))
+    if overridden:
+        lines.append("model settings of the config or the command line, not the checkpoint's: " + ", ".join(
+            f"{key}={yaml_value(ours[key])} (checkpoint: {yaml_value(value)})" for key, value in overridden.items()))
+    return config, lines
+
+
+def config_differences(theirs: Mapping, ours: ModelConfig) -> dict[str, tuple[Any, Any]]:
+    """``key: (theirs, ours)`` for each model setting that differs (backbone files aside)."""
     mine = ours.to_dict()
-    return [
-        f"{key}: {theirs[key]!r} -> {mine[key]!r}"
+    return {
+        key: (theirs[key], mine[key])
         for key in mine
         if key in theirs and key not in BACKBONE_FILE_KEYS and theirs[key] != mine[key]
-    ]
+    }
+
+
+def describe_differences(differences: Mapping[str, tuple[Any, Any]]) -> str:
+    """``key: theirs -> ours; ...``."""
+    return "; ".join(f"{key}: {theirs!r} -> {ours!r}" for key, (theirs, ours) in differences.items())
 
 
 class FineTuning:
@@ -141,7 +210,7 @@ class FineTuning:
             self.model_config = dataclasses.replace(config.model, **dict.fromkeys(BACKBONE_FILE_KEYS))
         self._state: dict[str, torch.Tensor] | None = None
         self._source = ""
-        self._differences: list[str] = []
+        self._differences: dict[str, tuple[Any, Any]] = {}
         if self.init_from and not resume:
             self._state, self._source, trained_with = read_starting_weights(self.init_from, train.init_weights)
             self._differences = config_differences(trained_with, self.model_config)
@@ -149,7 +218,17 @@ class FineTuning:
             with torch.device("meta"):
                 skeleton = PGNet(self.model_config)
             if self._state is not None:
-                account_weights(skeleton.state_dict(), self._state, self._source)
+                try:
+                    account_weights(skeleton.state_dict(), self._state, self._source)
+                except WeightsMismatchError as error:
+                    if not self._differences:
+                        raise
+                    fix = {key: theirs for key, (theirs, _) in self._differences.items()}
+                    raise WeightsMismatchError(
+                        f"{error}. The checkpoint was trained with other model settings "
+                        f"({describe_differences(self._differences)}): leave them out of the config and the "
+                        f"command line (pgnet-train then takes the checkpoint's), or set {model_overrides(fix)}"
+                    ) from None
             if self.freeze_names:
                 freeze(skeleton, self.freeze_names)
 
@@ -165,7 +244,7 @@ class FineTuning:
             for line in report.lines():
                 log(line)
             if self._differences:
-                log(f"  model settings differ from the checkpoint's: {'; '.join(self._differences)}")
+                log(f"  model settings differ from the checkpoint's: {describe_differences(self._differences)}")
         if self.freeze_names:
             freeze(model, self.freeze_names)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -3,15 +3,23 @@ datasets/README.md lays out, and the printed tables."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import write_pair
 
+import pgnet
 from pgnet.checkpoint import load_checkpoint
 from pgnet.cli.eval import main as eval_main
+from pgnet.config import load_config
 from pgnet.data.io import read_mask
+from pgnet.device import autocast
+from pgnet.train.data_setup import TrainingData
+from pgnet.train.distributed import DistInfo
 from pgnet.writing import write_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,3 +70,32 @@ def test_eval_prints_a_single_dataset_table_once(tmp_path, capsys):
     assert eval_main(["--preds", f"m={tmp_path / 'pred'}", "--gt", f"d={tmp_path / 'mask'}",
                       "-o", str(tmp_path / "r"), "--no-progress"]) == 0
     assert capsys.readouterr().out.count("MAE") == 1
+
+
+def test_eval_config_scores_what_the_training_validates_on(tiny, tmp_path):
+    """Built-in synthetic sets and a held-out split, as the trainer builds them (``TrainingData``), named
+    with the trainer's labels, with the trainer's validation scores."""
+    for index in range(4):
+        write_pair(tmp_path / "mine" / "image" / f"p{index}.jpg", tmp_path / "mine" / "mask" / f"p{index}.png",
+                   seed=index)
+    config = tmp_path / "run.yaml"
+    mine = tmp_path / "mine"
+    config.write_text(
+        f"_base_: {REPO / 'configs' / 'demo.yaml'}\ndata:\n  eval_size: 64\n  num_workers: 0\n"
+        f"  train: [{{name: generic, root: {mine}, split: train, val_fraction: 0.5}}]\n"
+        "  val:\n    - {name: synthetic, n: 2, size: 64, seed: 1}\n    - {name: synthetic, n: 1, size: 64, seed: 2}\n"
+        f"    - {{name: generic, root: {mine}, split: val, val_fraction: 0.5}}\n")
+    assert eval_main(["-c", str(tiny[0]), "--config", str(config), "-o", str(tmp_path / "out"), "--no-progress",
+                      "--device", "cpu", "--no-optimize", "--num-workers", "0"]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    assert list(results) == ["synthetic@seed1", "synthetic@seed2", "generic"]
+    scored = {name: next(iter(methods.values())) for name, methods in results.items()}
+    assert [scored[name]["images"] for name in results] == [2, 1, 2]  # the split: its held-out half only
+
+    data = TrainingData(load_config(config).data, seed=0, micro_batch=1, dist=DistInfo(), logger=logging.getLogger())
+    model = pgnet.load_model(tiny[0], device="cpu")
+    device = torch.device("cpu")
+    for name, validation in data.validation_sets():
+        metrics, _ = validation.run(model, device, lambda: autocast(device, None))
+        assert abs(metrics["MAE"] - scored[name]["metrics"]["MAE"]) <= 1e-6, name
+        assert abs(metrics["Sm"] - scored[name]["metrics"]["Sm"]) <= 1e-6, name

@@ -25,3 +25,13 @@ def test_compile_says_it_is_compiling(tmp_path, monkeypatch, capsys):
     write_image(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
     assert predict_main([str(tmp_path / "a.png"), "-c", "x.pth", "-o", str(tmp_path / "o"), "--compile"]) == 0
     assert "compiling (the first call of each size can take a minute)" in capsys.readouterr().err
+
+
+def test_a_blur_that_is_not_a_finite_sigma_stops_before_any_work(tmp_path, capsys):
+    write_image(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
+    for blur in ("inf", "nan", "0"):
+        code = predict_main([str(tmp_path / "a.png"), "-c", str(tmp_path / "none.pth"), "-o", str(tmp_path / "o"),
+                             "--mode", "blur", "--blur", blur])
+        assert code == 2
+        assert "blur must be a positive, finite sigma in pixels" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -59,9 +59,9 @@ def test_torchvision_resnet_file(tmp_path):
     import torchvision
 
     reference = torchvision.models.resnet18(weights=None).state_dict()
-    torch.save(reference, tmp_path / "resnet18-5c106cde.pth")
+    torch.save(reference, tmp_path / "resnet18_torchvision.pth")
     branch = ResNetBranch("resnet18")
-    unused = load_pretrained(branch, tmp_path / "resnet18-5c106cde.pth", "model.resnet_pretrained")
+    unused = load_pretrained(branch, tmp_path / "resnet18_torchvision.pth", "model.resnet_pretrained")
     assert unused == ["fc.bias", "fc.weight"] or sorted(unused) == ["fc.bias", "fc.weight"]
     assert_branch_has(branch, reference)
 

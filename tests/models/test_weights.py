@@ -1,10 +1,13 @@
 """The one "do these weights fit?" report: what loads, what is missing, unexpected, mis-shaped or
 dropped, and the one-line message each loader raises from it."""
 
+import os
+import pickle
+
 import pytest
 import torch
 
-from pgnet.models.weights import CheckpointError, WeightsMismatchError, compare_weights
+from pgnet.models.weights import CheckpointError, WeightsMismatchError, compare_weights, read_weights_file
 
 
 def tensors(**shapes):
@@ -62,3 +65,37 @@ def test_long_lists_are_cut_to_the_one_limit():
     assert fit.missing == list(target) and not fit.loaded
     with pytest.raises(CheckpointError, match=r"missing blocks\.0\.weight, .*blocks\.9\.weight, \.\.\. \(4 more\)$"):
         fit.check("empty.pth")
+
+
+class _RunsACommand:
+    """Unpickled, this would run ``touch <marker>`` through ``os.system``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("container", ["zip", "pickle"])
+def test_a_file_that_would_run_code_is_refused_naming_the_file_and_the_global(tmp_path, container):
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pth"
+    if container == "zip":
+        torch.save({"model": _RunsACommand(marker)}, path)
+    else:
+        path.write_bytes(pickle.dumps({"model": _RunsACommand(marker)}, protocol=2))
+    with pytest.raises(CheckpointError) as raised:
+        read_weights_file(path)
+    message = str(raised.value)
+    assert str(path) in message and "refused, because loading it could run code" in message
+    assert ".system" in message  # posix.system (or os.system, as the unpickler names it)
+    assert "\n" not in message and not marker.exists()
+
+
+def test_a_truncated_plain_pickle_is_corrupt_in_one_line(tmp_path):
+    path = tmp_path / "cut.pth"
+    data = pickle.dumps({"a": 1, "b": [1, 2, 3]}, protocol=2)
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        read_weights_file(path)

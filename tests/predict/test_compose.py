@@ -65,7 +65,7 @@ def test_rgba_keeps_the_inputs_own_transparency():
     # the same through a PIL RGBA image, and on a plain colour the transparent part is the colour
     pil = Image.fromarray(np.dstack((image, alpha)), "RGBA")
     np.testing.assert_array_equal(compose(pil, mask, "rgba"), rgba)
-    on_green = compose(pil, mask, "color", "#00ff00")
+    on_green = np.asarray(compose(pil, mask, "color", "#00ff00"))
     assert (on_green[:, :20] == (0, 255, 0)).all()
 
 
@@ -87,15 +87,38 @@ def test_compose_accepts_pil_images_and_hex_colours():
     for mode, color in (("color", "#0000ff"), ("overlay", "#00ff00"), ("color", "10, 20,30")):
         from_pil = compose(Image.fromarray(image), mask, mode, color)
         rgb = tuple(int(color[i : i + 2], 16) for i in (1, 3, 5)) if color.startswith("#") else (10, 20, 30)
-        np.testing.assert_array_equal(from_pil, compose(image, mask, mode, rgb))
+        np.testing.assert_array_equal(np.asarray(from_pil), compose(image, mask, mode, rgb))
     gray = Image.fromarray(image[..., 0])
-    np.testing.assert_array_equal(compose(gray, mask, "rgba")[..., 0], image[..., 0])
+    np.testing.assert_array_equal(np.asarray(compose(gray, mask, "rgba"))[..., 0], image[..., 0])
     with pytest.raises(ValueError, match="#12345"):
         compose(image, mask, "color", "#12345")
     with pytest.raises(ValueError, match="background picture"):
         compose(image, mask, "background")
-    with pytest.raises(ValueError, match="blur"):
-        compose(image, mask, "blur", blur=0)
+    for blur in (0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="positive, finite sigma"):
+            compose(image, mask, "blur", blur=blur)
+
+
+def test_pil_in_pil_out_array_in_array_out():
+    image, mask = picture_and_mask()
+    for mode, pil_mode in (("mask", "L"), ("rgba", "RGBA"), ("overlay", "RGB"), ("blur", "RGB")):
+        out = compose(Image.fromarray(image), mask, mode)
+        assert isinstance(out, Image.Image) and out.mode == pil_mode and out.size == (image.shape[1], image.shape[0])
+        np.testing.assert_array_equal(np.asarray(out), compose(image, mask, mode))
+    assert isinstance(compose(image, mask, "rgba"), np.ndarray)
+
+
+@pytest.mark.parametrize("sigma", [1e9, 1e4])
+def test_a_blur_wider_than_the_picture_leaves_its_mean_background(sigma):
+    """A sigma far beyond the picture (1e9 made OpenCV's kernel size overflow) gives the background's
+    mean colour, as a Gaussian over the reflected picture tends to."""
+    image, _ = picture_and_mask(64, 80)
+    mask = np.zeros((64, 80), np.float32)
+    mask[16:48, 20:60] = 1.0
+    out = compose(image, mask, "blur", blur=sigma)
+    np.testing.assert_array_equal(out[mask == 1], image[mask == 1])
+    expected = image[mask == 0].astype(np.float64).mean(axis=0)
+    assert np.abs(out[mask == 0] - expected).max() <= 1.0
 
 
 def test_blur_mode_blurs_only_what_is_behind_the_subject():

@@ -208,6 +208,24 @@ def test_errors_come_before_the_run_folder(tmp_path, init_files, extra, message)
     assert not (tmp_path / "run").exists()
 
 
+def test_settings_the_command_line_sets_win_and_a_mismatch_names_the_fix(tiny_checkpoint, tmp_path, capsys):
+    """The checkpoint's settings are adopted except those set; a set one that changes shapes is an error
+    naming each differing setting and the overrides that give the checkpoint's."""
+    from pgnet.cli import train
+
+    data = ["data.train=[{name: synthetic, n: 2, size: 64}]", "data.val=[]", "train.device=cpu"]
+    status = train.main(["--config", str(REPO / "configs" / "finetune.yaml"), "--init-from", str(tiny_checkpoint),
+                         "--run-dir", str(tmp_path / "run"), "model.width=32", "model.swin_input_size=96", *data])
+    err = capsys.readouterr().err
+    assert status == 2 and not (tmp_path / "run").exists()
+    assert f"model settings from {tiny_checkpoint}: swin=swin_tiny_patch4_window7_224, drop_path_rate=0.2" in err
+    assert ("model settings of the config or the command line, not the checkpoint's: swin_input_size=96 "
+            "(checkpoint: 64), width=32 (checkpoint: 64)") in err
+    assert "does not fit the model: wrong shapes" in err
+    assert "trained with other model settings (swin_input_size: 64 -> 96; width: 64 -> 32)" in err
+    assert "or set model.swin_input_size=64 model.width=64" in err
+
+
 def test_init_from_and_resume_exclude_each_other(capsys):
     from pgnet.cli import train
 
@@ -284,9 +302,9 @@ def test_accounting_groups_repeated_blocks():
     assert report.unused_groups == [("extra", 2)]
 
 
-# The README's models are Swin-B at 1024: the same commands run here on a tiny model at 64.
+# The README's models are Swin-B at 1024: the same commands run here on a tiny model at 64 (the model
+# settings come from the tiny starting checkpoint).
 README_TINY_TRAIN = [
-    "model.swin=swin_tiny_patch4_window7_224", "model.swin_input_size=64", "model.drop_path_rate=0.2",
     "data.size=64", "data.multiscale=[64]", "data.eval_size=64", "data.batch_size=2", "data.num_workers=0",
     "train.epochs=1", "train.max_steps_per_epoch=2", "train.image_every=0", "train.device=cpu",
 ]
@@ -302,25 +320,44 @@ def readme_commands(section: str) -> list[list[str]]:
 
 
 def test_readme_fine_tuning_commands_run(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    from helpers import script
+    """The README's commands as written, from a folder holding only the pictures: the weights command
+    fetches the starting checkpoint from a server on 127.0.0.1 (a tiny stand-in for the released file,
+    whose URL and SHA-256 a registry file gives), then fine-tuning adopts its model settings."""
+    import hashlib
+    import json
 
-    from pgnet.cli import predict, train
+    from helpers import script, serve_folder
+
+    from pgnet.cli import predict, train, weights
+    from pgnet.models.hub import REGISTRY_ENV
 
     commands = readme_commands("Fine-tune on your own pictures")
-    assert [c[:2] for c in commands] == [["python", "datasets/verify.py"], ["pgnet-train", "--config"],
-                                         ["pgnet-predict", "new_pictures/"]]
+    assert [c[:2] for c in commands] == [["pgnet-weights", "get"], ["python", "datasets/verify.py"],
+                                         ["pgnet-train", "--config"], ["pgnet-predict", "new_pictures/"]]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").symlink_to(REPO / "configs")
     make_folder(tmp_path / "my_pictures", count=10, size=(56, 72))
     make_folder(tmp_path / "new", count=2, size=(60, 80), seed=5)
     (tmp_path / "new" / "image").rename(tmp_path / "new_pictures")
-    (tmp_path / "pgnet_dh.pth").write_bytes(tiny_checkpoint.read_bytes())
+    served = tmp_path.parent / f"{tmp_path.name}-served"
+    served.mkdir()
+    (served / "PGNet_DUT+HR.pth").write_bytes(tiny_checkpoint.read_bytes())
+    digest = hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
 
-    assert script("verify")["main"](commands[0][2:]) == 0
-    assert train.main([*commands[1][1:], *README_TINY_TRAIN]) == 0
+    with serve_folder(served) as (base, _):
+        registry = served / "registry.json"
+        registry.write_text(json.dumps({"PGNet_DUT+HR.pth": {"url": f"{base}/PGNet_DUT%2BHR.pth", "sha256": digest}}))
+        monkeypatch.setenv(REGISTRY_ENV, str(registry))
+        assert weights.main([*commands[0][1:], "--no-progress"]) == 0
+    assert "wrote PGNet_DUT+HR.pth (" in capsys.readouterr().out
+    assert script("verify")["main"](commands[1][2:]) == 0
+    assert train.main([*commands[2][1:], *README_TINY_TRAIN]) == 0
+    assert ("model settings from PGNet_DUT+HR.pth: swin=swin_tiny_patch4_window7_224, swin_input_size=64, "
+            "drop_path_rate=0.2") in capsys.readouterr().err
+    assert load_config(tmp_path / "runs" / "mine" / "config.yaml").model.swin_input_size == 64  # what it adopted
     log = (tmp_path / "runs" / "mine" / "log.txt").read_text()
-    assert "weights from pgnet_dh.pth (model weights):" in log and "9 train samples" in log
+    assert "weights from PGNet_DUT+HR.pth (model weights):" in log and "9 train samples" in log
     assert "epoch 1 generic:" in log  # validated on the held-out picture
-    assert predict.main([*commands[2][1:], *README_TINY_PREDICT]) == 0
+    assert predict.main([*commands[3][1:], *README_TINY_PREDICT]) == 0
     assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["s00.png", "s01.png"]
     assert "wrote 2 mask pictures" in capsys.readouterr().out
