@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "a shipped key (pgnet-d, pgnet-dh, pgnet-uh) or a reference file (YAML, every entry)")
     output.add_argument("--latex-metrics", nargs="+", metavar="KEY",
                         help="metric keys in results.tex (default: those the references report, else all)")
+    output.add_argument("--no-plots", action="store_true", help="write the tables only, no curve plots")
     output.add_argument("--allow-missing", action="store_true",
                         help="score the masks that have a prediction when some have none (default: stop)")
     output.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1")
@@ -165,13 +166,14 @@ def _evaluate(args: argparse.Namespace) -> int:
             )
         report = evaluate(
             datasets, args.output, model_method=model_method, prediction_dirs=prediction_dirs, metrics=metrics,
-            references=references, latex_metrics=args.latex_metrics, device=args.device,
+            references=references, latex_metrics=args.latex_metrics, plots=not args.no_plots, device=args.device,
             allow_missing=args.allow_missing, workers=args.workers, progress=not args.no_progress,
         )
     if len(report.datasets()) > 1:  # each dataset's table was printed as it finished; now all of them
         print()
         print(format_table(report.results, references=report.references))
-    print(f"results: {report.folder / TABLE_FILES[0]}, {', '.join(TABLE_FILES[1:])}, plots/")
+    plots = "" if args.no_plots else ", plots/"
+    print(f"results: {report.folder / TABLE_FILES[0]}, {', '.join(TABLE_FILES[1:])}{plots}")
     return 0
 
 

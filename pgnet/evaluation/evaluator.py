@@ -254,6 +254,7 @@ def evaluate(
     metrics: Sequence[str] | None = None,
     references: Sequence[Reference] = (),
     latex_metrics: Sequence[str] | None = None,
+    plots: bool = True,
     device: str | torch.device | None = None,
     allow_missing: bool = False,
     workers: int = 2,
@@ -265,7 +266,8 @@ def evaluate(
     ``metrics`` (groups) are computed on every dataset; None: each dataset's ``default_metrics`` (the
     suite's, plus HCE on DIS5K). ``references`` (published scores) are put beside the methods with a
     Δ row per method; ``latex_metrics`` are the columns of ``results.tex`` (see ``EvaluationReport``).
-    After each dataset the report in ``output_dir`` is rewritten (tables and that dataset's plots),
+    After each dataset the report in ``output_dir`` is rewritten (tables and, with ``plots``, that
+    dataset's curves),
     and its table is passed to ``echo``. Missing predictions raise ``MissingPredictionsError``
     unless ``allow_missing``; then the masks that have one are scored, and the report says so.
     """
@@ -311,7 +313,7 @@ def evaluate(
         for method, folder in prediction_dirs.items():
             report.add(_evaluate_folder(method, dataset_prediction_dirs(folder, dataset, single), dataset, device,
                                         groups, allow_missing, workers, progress))
-        report.write(plot_dataset=dataset.name)
+        report.write(plot_dataset=dataset.name if plots else None)
         if echo is not None:
             echo(format_table([r for r in report.results if r.dataset == dataset.name], markdown=False,
                               references=report.references))

@@ -16,6 +16,8 @@ from helpers import write_pair
 from pgnet.checkpoint import load_checkpoint
 from pgnet.cli.eval import main as eval_main
 from pgnet.data.io import read_mask
+from pgnet.evaluation.evaluator import resolve_datasets
+from pgnet.metrics import ALL_METRICS
 from pgnet.writing import write_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,7 +91,8 @@ def test_dis5k_sets_get_hce_by_default_and_dis_te_reads_its_parts(tmp_path, caps
     write_image(preds / "m" / "DAVIS-S" / "x.png", read_mask(data / "DAVIS-S" / "mask" / "x.png"))
     out = tmp_path / "out"
     assert eval_main(["--pred-root", str(preds), "--datasets", "DIS-VD", "DIS-TE", "DAVIS-S", "--data-root",
-                      str(data), "-o", str(out), "--no-progress", "--device", "cpu"]) == 0
+                      str(data), "-o", str(out), "--no-progress", "--device", "cpu", "--no-plots"]) == 0
+    assert not (out / "plots").exists()
     results = json.loads((out / "results.json").read_text())["results"]
     assert results["DIS-TE"]["m"]["images"] == 8 and results["DIS-VD"]["m"]["images"] == 2
     assert results["DIS-TE"]["m"]["metrics"]["HCE"] == pytest.approx(float(expected_hce.get_results()["hce"]))
@@ -98,10 +101,10 @@ def test_dis5k_sets_get_hce_by_default_and_dis_te_reads_its_parts(tmp_path, caps
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [row["HCE"] == "" for row in rows] == [False, False, True]  # empty, never zero
     assert "HCE as IS-Net/pysodmetrics" in (out / "results.md").read_text()
-    assert eval_main(["--pred-root", str(preds), "--datasets", "DIS-TE", "--data-root", str(data), "--metrics", "MAE",
-                      "Fm", "-o", str(tmp_path / "plain"), "--no-progress", "--device", "cpu"]) == 0
-    plain = json.loads((tmp_path / "plain" / "results.json").read_text())["results"]["DIS-TE"]["m"]["metrics"]
-    assert "HCE" not in plain and "MAE" in plain
+    metrics = json.loads((out / "results.json").read_text())["meta"]["metrics"]
+    assert metrics["DIS-TE"][-1] == "HCE" and "HCE" not in metrics["DAVIS-S"]
+    dis_te = resolve_datasets(["DIS-TE"], data)[0]
+    assert dis_te.default_metrics == (*ALL_METRICS, "HCE") and dis_te.part_names == [f"DIS-TE{i}" for i in range(1, 5)]
     capsys.readouterr()
 
 
@@ -167,7 +170,8 @@ def test_the_readme_reproduction_command_gives_the_paper_table(tiny, tmp_path, c
         write_pair(tmp_path / "data" / images / "x.jpg", tmp_path / "data" / masks / "x.png", seed=index)
     os.chdir(tmp_path)
     arguments[arguments.index("CKPT")] = str(tiny[0])
-    assert eval_main([*arguments, "--size", "64", "--no-progress", "--device", "cpu", "--num-workers", "0"]) == 0
+    assert eval_main([*arguments, "--size", "64", "--no-progress", "--device", "cpu", "--num-workers", "0",
+                      "--no-plots"]) == 0
     capsys.readouterr()
     out = tmp_path / "results" / "uh"
     tex = (out / "results.tex").read_text()

@@ -53,13 +53,13 @@ def random_mask(rng: np.random.Generator, shape: tuple[int, int], kind: str) -> 
 
 
 MASK_KINDS = ("empty", "full", "noise", "blobs", "lines", "ring")
-SHAPES = [(1, 1), (1, 7), (7, 1), (2, 2), (3, 5), (9, 9), (16, 31), (40, 33), (64, 64), (97, 120)]
+SHAPES = [(1, 1), (1, 7), (7, 1), (2, 2), (3, 5), (9, 9), (16, 31), (40, 33), (64, 64)]
 
 
 def mask_cases(seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     cases = [random_mask(rng, shape, kind) for shape in SHAPES for kind in MASK_KINDS]
-    cases += [make_sample(index, (90, 120))[1] > 128 for index in range(6)]  # holes and thin parts
+    cases += [make_sample(index, (72, 96))[1] > 128 for index in range(4)]  # holes and thin parts
     cases.append(cv2.imread(str(REPO / "docs" / "images" / "mask.png"), cv2.IMREAD_GRAYSCALE) > 128)
     return cases
 
@@ -118,14 +118,14 @@ def hce_cases(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     cases = []
     for index, mask in enumerate(mask_cases(seed)):
         gt = mask.astype(np.uint8) * 255
-        kinds = PRED_KINDS if mask.size > 100 else PRED_KINDS[index % 3 :: 3]
+        kinds = PRED_KINDS[index % 2 :: 2] if mask.size > 100 else PRED_KINDS[index % 3 :: 3]
         cases += [(prediction(rng, gt, kind), gt) for kind in kinds]
     return cases
 
 
 def test_hce_equals_pysodmetrics_on_many_masks():
     cases = hce_cases()
-    assert len(cases) > 400
+    assert len(cases) > 200
     nonzero = 0
     for index, (pred, gt) in enumerate(cases):
         ours = human_correction_effort(pred, gt > 128)
