@@ -25,6 +25,7 @@ from pgnet.evaluation.references import Reference
 from pgnet.evaluation.tables import (
     DELTA,
     REFERENCE,
+    Row,
     build_rows,
     format_csv,
     format_latex,
@@ -205,17 +206,19 @@ class EvaluationReport:
         """The methods in order: ``meta["methods"]`` first (the order given), then any other."""
         return list(dict.fromkeys([*self.meta.get("methods", []), *(r.method for r in self.results)]))
 
-    def rows(self):
+    def rows(self) -> list[Row]:
+        """The table rows: every dataset's methods, references and Δ rows."""
         return build_rows(self.results, self.references, self.datasets())
 
     def notes(self) -> list[str]:
         """The footnote of every table (``pgnet.evaluation.tables.protocol_notes``)."""
         return protocol_notes(self.meta, metric_columns(self.results), self.references)
 
-    def latex_columns(self, rows) -> list[str]:
+    def latex_columns(self, rows: Sequence[Row]) -> list[str]:
+        """The metric keys of ``results.tex``: ``latex_metrics`` (those present), else the references'."""
         present = metric_columns(rows)
         if self.latex_metrics is not None:
-            return [key for key in self.latex_metrics if key in present]
+            return [key for key in self.latex_metrics if key in present] or present
         published = metric_columns([row for row in rows if row.kind == REFERENCE])
         return published or present
 

@@ -241,7 +241,7 @@ def format_latex(rows: Sequence[Row], notes: Sequence[str] = (), columns: Sequen
     of rows. Methods, references and differences are separated by rules; ``notes`` are printed under
     the table in small type.
     """
-    columns = list(columns) if columns is not None else metric_columns(rows)
+    columns = list(columns or metric_columns(rows))
     datasets = list(dict.fromkeys(row.dataset for row in rows))
     marked = ranks(rows, columns)
     wide = len(datasets) * len(columns) <= WIDE_LIMIT

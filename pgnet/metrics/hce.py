@@ -17,8 +17,7 @@ Definition (relax ``r = 5`` iterations of OpenCV's 3×3 cross, polygon tolerance
 
 Everything here is NumPy and OpenCV; the tests check it equal to pysodmetrics (which needs
 scikit-image) on many masks, empty and full ones included. The thinning is vectorised over the
-pixels on the objects' current boundary only, so thick objects of 4K masks take a fraction of a
-second.
+pixels on the objects' current boundary only, so its cost follows the outlines, not the areas.
 """
 
 from __future__ import annotations
