@@ -138,9 +138,9 @@ def check_value(cls: type, name: str, value: Any, key: str) -> None:
 
 def evaluator_metric_names() -> list[str]:
     """The result keys the validation evaluator produces (``train.best_metric`` must be one)."""
-    from pgnet.metrics.suite import METRIC_GROUPS
+    from pgnet.metrics.suite import ALL_METRICS, METRIC_GROUPS
 
-    return [key for keys in METRIC_GROUPS.values() for key in keys]
+    return [key for group in ALL_METRICS for key in METRIC_GROUPS[group]]
 
 
 def check_config(config: Any) -> None:

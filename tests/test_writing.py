@@ -45,7 +45,7 @@ def test_full_disk_is_named_and_leaves_nothing_truncated(tiny, tmp_path, monkeyp
         write_image(old, np.full((4, 4), 255, np.uint8))
     with pytest.raises(NoSpaceError, match=r"while writing .*last\.pth"):
         save_checkpoint({"step": 1}, tmp_path / "last.pth")
-    from pgnet.metrics.report import EvaluationReport, MethodResult
+    from pgnet.evaluation.report import EvaluationReport, MethodResult
 
     report = EvaluationReport(tmp_path / "report")
     report.add(MethodResult("d", "m", {"MAE": 0.1}, 1))

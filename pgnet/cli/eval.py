@@ -1,5 +1,6 @@
 """``pgnet-eval`` / ``scripts/eval.py``: evaluate a checkpoint on named datasets, and/or prediction
-folders against ground-truth folders; tables (terminal, Markdown, CSV, JSON) and curve plots."""
+folders against ground-truth folders; tables (terminal, Markdown, CSV, JSON, LaTeX, XLSX), published
+references beside them, and curve plots."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ EPILOG = """examples:
     scripts/eval.py -c runs/dh/checkpoints/best.pth --config configs/pgnet_dh.yaml -o results/dh
   explicit folders:
     scripts/eval.py --preds PGNet=preds/PGNet Other=other/masks --gt DAVIS-S=data/DAVIS-S/mask -o results/davis
+  a reproduction of PGNet (UHRSD-TR + HRSOD-TR) beside the published scores, with the differences:
+    scripts/eval.py -c CKPT --datasets DAVIS-S HRSOD-TE UHRSD-TE DUTS-TE --data-root data --reference pgnet-uh \
+        -o results/uh
+  DIS5K (HCE is added on DIS sets; DIS-TE is DIS-TE1..4 together):
+    scripts/eval.py --pred-root preds --datasets DIS-VD DIS-TE --data-root data -o results/dis
 """
 
 
@@ -45,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = build_command_parser(
         PROG,
         "Evaluate saliency predictions: MAE, S-measure, E-measure, F-measure and weighted F-measure "
-        "(pysodmetrics' definitions), BIoU and mBA (their papers' code).",
+        "(pysodmetrics' definitions), BIoU and mBA (their papers' code), HCE (DIS5K's, as pysodmetrics).",
         EPILOG.rstrip(),
     )
     sources = parser.add_argument_group("what to evaluate")
@@ -88,9 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     output = parser.add_argument_group("output")
     output.add_argument("-o", "--output", default="eval_results",
-                        help="folder for results.{md,csv,json} and plots/ (default eval_results)")
+                        help="folder for results.{md,csv,json,tex,xlsx} and plots/ (default eval_results)")
     output.add_argument("--metrics", nargs="+", metavar="METRIC",
-                        help="metric groups or keys (default all: MAE Sm Em Fm wFm BIoU mBA)")
+                        help="metric groups or keys, 'default' for MAE Sm Em Fm wFm BIoU mBA (default: those, "
+                             "and HCE on DIS5K sets; e.g. 'default HCE' adds HCE everywhere)")
+    output.add_argument("--reference", nargs="+", action="extend", metavar="KEY|FILE",
+                        help="published scores to put beside yours, with a Δ row per method against the first: "
+                             "a shipped key (pgnet-d, pgnet-dh, pgnet-uh) or a reference file (YAML, every entry)")
+    output.add_argument("--latex-metrics", nargs="+", metavar="KEY",
+                        help="metric keys in results.tex (default: those the references report, else all)")
+    output.add_argument("--no-plots", action="store_true", help="write the tables only, no curve plots")
     output.add_argument("--allow-missing", action="store_true",
                         help="score the masks that have a prediction when some have none (default: stop)")
     output.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1")
@@ -120,13 +133,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     # Imported here, not at the top: --help and argument errors stay fast without torch.
     from pgnet.data.io import set_max_pixels
     from pgnet.evaluation.evaluator import EvalDataset, ModelMethod, config_datasets, evaluate, resolve_datasets
-    from pgnet.metrics import ALL_METRICS, resolve_metric_groups
-    from pgnet.metrics.report import format_table
+    from pgnet.evaluation.references import RESULT_KEYS, resolve_references
+    from pgnet.evaluation.report import TABLE_FILES, format_table
+    from pgnet.metrics import resolve_metric_groups
 
     with errors_as(NothingDoneError, RuntimeError):  # a method or dataset that failed while working: exit 1
         if args.max_pixels is not None:
             set_max_pixels(int(args.max_pixels))
-        metrics = resolve_metric_groups(args.metrics) if args.metrics else ALL_METRICS
+        metrics = resolve_metric_groups(args.metrics) if args.metrics else None
+        references = resolve_references(args.reference or [])
+        unknown = [key for key in args.latex_metrics or [] if key not in RESULT_KEYS]
+        if unknown:
+            raise UserError(f"--latex-metrics: unknown key(s) {', '.join(unknown)}; known: {', '.join(RESULT_KEYS)}")
         datasets = config_datasets(args.config) if args.config else []
         datasets += resolve_datasets(args.datasets, args.data_root) if args.datasets else []
         images = _named_paths(args.images, "--images")
@@ -149,13 +167,14 @@ def _evaluate(args: argparse.Namespace) -> int:
             )
         report = evaluate(
             datasets, args.output, model_method=model_method, prediction_dirs=prediction_dirs, metrics=metrics,
-            device=args.device, allow_missing=args.allow_missing, workers=args.workers,
-            progress=not args.no_progress,
+            references=references, latex_metrics=args.latex_metrics, plots=not args.no_plots, device=args.device,
+            allow_missing=args.allow_missing, workers=args.workers, progress=not args.no_progress,
         )
     if len(report.datasets()) > 1:  # each dataset's table was printed as it finished; now all of them
         print()
-        print(format_table(report.results))
-    print(f"results: {report.folder / 'results.md'}, results.csv, results.json, plots/")
+        print(format_table(report.results, references=report.references))
+    plots = "" if args.no_plots else ", plots/"
+    print(f"results: {report.folder / TABLE_FILES[0]}, {', '.join(TABLE_FILES[1:])}{plots}")
     return 0
 
 

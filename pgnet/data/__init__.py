@@ -7,9 +7,10 @@ Public API (import from the submodules; this package imports nothing itself):
   -> ``mask > 128`` (the evaluator's rule); ``ImageReadError``; ``IMAGE_EXTENSIONS``,
   ``MASK_EXTENSIONS``; ``list_images(file_folder_or_glob, recursive=False)``.
 - ``pgnet.data.registry``: ``resolve_dataset(name, root)`` -> ``DatasetSpec`` (image_dir, mask_dir,
-  expected_count); ``pair_files(image_dir, mask_dir)`` -> ``Pairing`` (pairs, unpaired_images,
-  unpaired_masks, duplicates); ``detect_datasets(root)``; ``find_datasets(root, names=None)`` (the
-  names, or every layout detected); ``dataset_pairs(specs)``; ``known_dataset_names()``.
+  expected_count, parts of a union such as DIS-TE, metrics reported on it); ``pair_files(image_dir,
+  mask_dir)`` -> ``Pairing`` (pairs, unpaired_images, unpaired_masks, duplicates);
+  ``pair_dataset(spec)`` (every part's pairs); ``detect_datasets(root)``; ``find_datasets(root,
+  names=None)`` (the names, or every layout detected); ``dataset_pairs(specs)``; ``known_dataset_names()``.
 - ``pgnet.data.entry``: ``DatasetEntry``, the one schema of a config's dataset entry (fields and
   defaults), ``ENTRY_DEFAULTS``.
 - ``pgnet.data.datasets``: ``SODDataset`` (items: ``image`` 3×H×W, ``mask`` 1×H×W in [0, 1],

@@ -25,7 +25,7 @@ from pgnet.data.registry import (
     DatasetNotFoundError,
     DatasetSpec,
     known_dataset_names,
-    pair_files,
+    pair_dataset,
     resolve_dataset,
 )
 from pgnet.data.split import split_pairs
@@ -190,10 +190,10 @@ def build_dataset(
                                  *SPLIT_KEYS)
         )
 
-    pairing = pair_files(spec.image_dir, spec.mask_dir)
+    pairing = pair_dataset(spec)
     if not pairing.pairs:
         raise EmptyDatasetError(
-            f"dataset {spec.name}: no image/mask pairs in {spec.image_dir} and {spec.mask_dir} "
+            f"dataset {spec.name}: no image/mask pairs in {spec.describe()} "
             f"({len(pairing.unpaired_images)} images, {len(pairing.unpaired_masks)} masks without a partner)"
         )
     if pairing.unpaired_images:

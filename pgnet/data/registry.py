@@ -1,11 +1,14 @@
 """Known dataset layouts on disk, and matching image files to mask files.
 
 A config names a dataset and its root (``name: DUTS-TR, root: data/DUTS``); :func:`resolve_dataset`
-finds the image and mask folders under that root from the layout registered for the name.
+finds the image and mask folders under that root from the layout registered for the name. A few
+names are unions of others (``DIS-TE`` = ``DIS-TE1`` … ``DIS-TE4``): their spec holds its parts'
+specs, and :func:`pair_dataset` pairs the files of every part.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +39,9 @@ class DatasetLayout:
 
     The image/mask folders are looked for inside each of ``split_dirs`` and then in the root itself
     (a root that points at the split folder), first the layout's own ``pair_dirs``, then the
-    :data:`GENERIC_PAIR_DIRS`.
+    :data:`GENERIC_PAIR_DIRS`. A layout with ``parts`` has no folders of its own: it is the union of
+    those registered datasets. ``metrics`` are metric groups the benchmark of this dataset reports
+    beside the usual ones (DIS5K's ``HCE``), computed by default when it is evaluated.
     """
 
     name: str
@@ -45,6 +50,8 @@ class DatasetLayout:
     pair_dirs: tuple[tuple[str, str], ...] = ()
     source: str = ""
     aliases: tuple[str, ...] = ()
+    parts: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
 
     def candidates(self, root: Path, specific_only: bool = False) -> list[tuple[Path, Path]]:
         """(image dir, mask dir) candidates under ``root``, most specific first.
@@ -68,13 +75,30 @@ class DatasetLayout:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset found on disk: its folders and the number of pairs its release has (if known)."""
+    """A dataset found on disk: its folders and the number of pairs its release has (if known).
+
+    A union (``parts`` not empty) has the folders of its parts (:attr:`folders`); its ``image_dir``
+    and ``mask_dir`` are then the folder holding them, which holds no pair itself.
+    """
 
     name: str
     root: Path
     image_dir: Path
     mask_dir: Path
     expected_count: int | None = None
+    parts: tuple[DatasetSpec, ...] = ()
+    metrics: tuple[str, ...] = ()  # metric groups reported by default on this dataset (DatasetLayout.metrics)
+
+    @property
+    def folders(self) -> list[tuple[Path, Path]]:
+        """(image folder, mask folder) of every part, or of the dataset itself."""
+        if self.parts:
+            return [folder for part in self.parts for folder in part.folders]
+        return [(self.image_dir, self.mask_dir)]
+
+    def describe(self) -> str:
+        """Its folders as one line: ``IMAGES + MASKS`` (each part's, ``; ``-separated, for a union)."""
+        return "; ".join(f"{image_dir} + {mask_dir}" for image_dir, mask_dir in self.folders)
 
 
 @dataclass
@@ -116,6 +140,13 @@ _LAYOUTS: tuple[DatasetLayout, ...] = (
         (("datasets/imgs/pascal", "datasets/masks/pascal"), ("imgs/pascal", "masks/pascal")),
         "PASCAL-S",
     ),
+    # DIS5K (Qin et al., ECCV 2022, github.com/xuebinqin/DIS): DIS5K/DIS-TR/{im,gt}, DIS5K/DIS-VD/{im,gt},
+    # DIS5K/DIS-TE1/{im,gt} ... DIS-TE4; DIS-TE is the union of the four test sets. HCE is reported on all.
+    DatasetLayout("DIS-TR", 3000, ("DIS-TR",), (("im", "gt"),), "DIS5K", metrics=("HCE",)),
+    DatasetLayout("DIS-VD", 470, ("DIS-VD",), (("im", "gt"),), "DIS5K", metrics=("HCE",)),
+    *(DatasetLayout(f"DIS-TE{i}", 500, (f"DIS-TE{i}",), (("im", "gt"),), "DIS5K", metrics=("HCE",))
+      for i in range(1, 5)),
+    DatasetLayout("DIS-TE", 2000, (), (), "DIS5K", parts=tuple(f"DIS-TE{i}" for i in range(1, 5)), metrics=("HCE",)),
     DatasetLayout("generic", None, (), GENERIC_PAIR_DIRS, "any folder with image/ and mask/", ("folder",)),
 )
 
@@ -151,12 +182,14 @@ def resolve_dataset(name: str, root: str | Path) -> DatasetSpec:
     ``HRSOD/``, ``UHRSD/``, ``DAVIS-S/``, ...): the layout's release folder under it is tried second.
     Raises UnknownNameError (a KeyError) for an unknown name and DatasetNotFoundError (a
     FileNotFoundError), naming the root and the folders looked for, when the root does not exist or
-    holds no matching layout.
+    holds no matching layout. A union (``DIS-TE``) needs every part under ``root``.
     """
     layout = get_layout(name)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetNotFoundError(f"dataset root {root} (for {layout.name}) does not exist or is not a folder")
+    if layout.parts:
+        return _resolve_union(layout, root)
     roots = [root]
     for release in (layout.source, layout.name):
         if release and release != root.name and (root / release).is_dir() and root / release not in roots:
@@ -164,7 +197,7 @@ def resolve_dataset(name: str, root: str | Path) -> DatasetSpec:
     candidates = [(base, pair) for base in roots for pair in layout.candidates(base)]
     for base, (image_dir, mask_dir) in candidates:
         if image_dir.is_dir() and mask_dir.is_dir():
-            return DatasetSpec(layout.name, base, image_dir, mask_dir, layout.expected_count)
+            return DatasetSpec(layout.name, base, image_dir, mask_dir, layout.expected_count, metrics=layout.metrics)
     looked_for = format_list(
         (f"{image_dir.relative_to(root)} + {mask_dir.relative_to(root)}" for _, (image_dir, mask_dir) in candidates),
         6, separator="; ",
@@ -175,18 +208,34 @@ def resolve_dataset(name: str, root: str | Path) -> DatasetSpec:
     )
 
 
+def _resolve_union(layout: DatasetLayout, root: Path) -> DatasetSpec:
+    """The spec of a union layout: every part resolved under ``root``; its folder is the one holding them."""
+    parts = []
+    for part in layout.parts:
+        try:
+            parts.append(resolve_dataset(part, root))
+        except DatasetNotFoundError as error:
+            raise DatasetNotFoundError(f"{layout.name} is the union of {', '.join(layout.parts)}: {error}") from None
+    base = Path(os.path.commonpath([spec.root for spec in parts]))
+    return DatasetSpec(layout.name, base, base, base, layout.expected_count, tuple(parts), layout.metrics)
+
+
 def detect_datasets(root: str | Path) -> list[DatasetSpec]:
     """Every registered layout found under ``root`` by its own folder names, one spec per folder pair.
 
     Generic folders straight under the root count only for the ``generic`` layout, so a plain
-    ``image/`` + ``mask/`` folder is not mistaken for a named dataset.
+    ``image/`` + ``mask/`` folder is not mistaken for a named dataset. Unions are not listed (their
+    parts are).
     """
     root = Path(root).expanduser()
     found: dict[tuple[Path, Path], DatasetSpec] = {}
     for layout in _LAYOUTS:
+        if layout.parts:
+            continue
         for image_dir, mask_dir in layout.candidates(root, specific_only=True):
             if (image_dir, mask_dir) not in found and image_dir.is_dir() and mask_dir.is_dir():
-                found[image_dir, mask_dir] = DatasetSpec(layout.name, root, image_dir, mask_dir, layout.expected_count)
+                found[image_dir, mask_dir] = DatasetSpec(layout.name, root, image_dir, mask_dir, layout.expected_count,
+                                                         metrics=layout.metrics)
                 break
     return list(found.values())
 
@@ -208,7 +257,27 @@ def find_datasets(root: str | Path, names: Sequence[str] | None = None) -> list[
 
 def dataset_pairs(specs: Iterable[DatasetSpec]) -> list[tuple[Path, Path]]:
     """The (image, mask) pairs of every dataset in ``specs``, in order."""
-    return [pair for spec in specs for pair in pair_files(spec.image_dir, spec.mask_dir).pairs]
+    return [pair for spec in specs for pair in pair_dataset(spec).pairs]
+
+
+def pair_dataset(spec: DatasetSpec) -> Pairing:
+    """:func:`pair_files` of every folder pair of ``spec`` (a union's parts in order), merged; a stem met
+    in an earlier part is a duplicate (left out), so the pairs' stems are unique."""
+    merged = Pairing()
+    stems: set[str] = set()
+    for image_dir, mask_dir in spec.folders:
+        pairing = pair_files(image_dir, mask_dir)
+        for image, mask in pairing.pairs:
+            if image.stem in stems:
+                merged.duplicates += [image, mask]
+            else:
+                stems.add(image.stem)
+                merged.pairs.append((image, mask))
+        merged.unpaired_images += pairing.unpaired_images
+        merged.unpaired_masks += pairing.unpaired_masks
+        merged.duplicates += pairing.duplicates
+        merged.not_files += pairing.not_files
+    return merged
 
 
 def _index_by_stem(files: list[Path], extensions: tuple[str, ...]) -> tuple[dict[str, Path], list[Path]]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pgnet.data.io import ImageReadError, ImageTooLargeError, PairMismatchError, read_pair
-from pgnet.data.registry import DatasetSpec, pair_files
+from pgnet.data.registry import DatasetSpec, pair_dataset
 from pgnet.errors import format_list
 
 # Decode JPEGs at 1/8 scale where possible: the whole file is still parsed, so corruption and
@@ -59,13 +59,13 @@ def check_dataset(spec: DatasetSpec, jobs: int = 1, strict_counts: bool = False)
     """Check every pair of ``spec`` (in ``jobs`` processes); a pair count other than the release's is an
     error only with ``strict_counts`` (otherwise a warning: a partial copy)."""
     report = DatasetReport(spec)
-    pairing = pair_files(spec.image_dir, spec.mask_dir)
+    pairing = pair_dataset(spec)
     report.pairs = len(pairing.pairs)
     if spec.expected_count is not None and report.pairs != spec.expected_count:
         kind = "pair count" if strict_counts else "partial copy"
         report.add(kind, f"{report.pairs} of the release's {spec.expected_count} pairs", error=strict_counts)
     if not pairing.pairs:
-        report.add("count", f"no image/mask pairs in {spec.image_dir} and {spec.mask_dir}")
+        report.add("count", f"no image/mask pairs in {spec.describe()}")
     for path in pairing.unpaired_images:
         report.add("image without mask", str(path))
     for path in pairing.unpaired_masks:
@@ -88,7 +88,7 @@ def format_report(report: DatasetReport, max_listed: int = 10) -> str:
     """The report of one dataset, listing at most ``max_listed`` files per problem kind."""
     spec = report.spec
     expected = f" (release: {spec.expected_count})" if spec.expected_count is not None else ""
-    lines = [f"{spec.name}: {spec.image_dir} + {spec.mask_dir}", f"  pairs: {report.pairs}{expected}"]
+    lines = [f"{spec.name}: {spec.describe()}", f"  pairs: {report.pairs}{expected}"]
     for problems, label in ((report.errors, "ERROR"), (report.notes, "warning")):
         for kind, messages in problems.items():
             lines.append(f"  {label}: {kind}: {len(messages)}")

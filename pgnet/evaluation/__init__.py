@@ -1,2 +1,3 @@
 """Evaluation: a model or prediction folders scored on datasets (``evaluator``), the scoring loop
-that validation shares (``scoring``), and prediction files matched to masks (``folders``)."""
+that validation shares (``scoring``), prediction files matched to masks (``folders``), and the report
+files (``report``: tables laid out by ``tables``, published scores from ``references``)."""

@@ -5,10 +5,15 @@
 - :func:`~pgnet.evaluation.folders.accumulate_folder` scores prediction files against mask files
   (``match_predictions`` pairs them by file stem and reports the missing ones).
 - :func:`evaluate` runs either or both over several datasets and methods and writes an
-  :class:`~pgnet.metrics.report.EvaluationReport` after every dataset.
+  :class:`~pgnet.evaluation.report.EvaluationReport` (with any published references beside them)
+  after every dataset.
 
 Predictions of method M on dataset D live at ``<folder>/D/<name>.png`` (what ``save_dir`` writes);
-a method folder without a ``D`` subfolder is read directly when a single dataset is evaluated.
+a method folder without a ``D`` subfolder is read directly when a single dataset is evaluated. A union
+dataset (DIS-TE) may also be read from its parts' folders (``<folder>/DIS-TE1`` ... ``DIS-TE4``).
+
+The metrics are the suite's default groups, plus those the dataset's benchmark reports (HCE on
+DIS5K), unless a list is given.
 """
 
 from __future__ import annotations
@@ -29,14 +34,15 @@ from pgnet.data.datasets import build_dataset
 from pgnet.data.io import MASK_EXTENSIONS, list_files
 from pgnet.data.loader import build_eval_loader
 from pgnet.data.preprocessing import Preprocessing, normalization_stats
-from pgnet.data.registry import SYNTHETIC_NAME, DatasetSpec, pair_files, resolve_dataset
+from pgnet.data.registry import SYNTHETIC_NAME, DatasetSpec, pair_dataset, resolve_dataset
 from pgnet.data.transforms import build_eval_transform
 from pgnet.device import resolve_device
 from pgnet.errors import UserError, format_list
 from pgnet.evaluation.folders import PREDICTION_EXTENSIONS, accumulate_folder, match_predictions, prediction_folder
+from pgnet.evaluation.references import Reference
+from pgnet.evaluation.report import EvaluationReport, MethodResult, format_table
 from pgnet.evaluation.scoring import accumulate_model
-from pgnet.metrics import ALL_METRICS, SODMetrics
-from pgnet.metrics.report import EvaluationReport, MethodResult, format_table
+from pgnet.metrics import ALL_METRICS, SODMetrics, resolve_metric_groups
 from pgnet.predict.runtime import InferenceRuntime
 from pgnet.writing import check_overwrites
 
@@ -61,6 +67,25 @@ class EvalDataset:
     image_dir: Path | None = None
     spec: Any = None  # the registry's DatasetSpec, when resolved by name
     options: dict[str, Any] | None = None  # a config entry's builder dict (``pgnet.config.dataset_options``)
+
+    @property
+    def mask_dirs(self) -> list[Path]:
+        """The mask folders: a union's parts' (DIS-TE), else ``mask_dir``."""
+        if self.spec is not None and self.spec.parts:
+            return [mask_dir for _, mask_dir in self.spec.folders]
+        return [self.mask_dir]
+
+    @property
+    def part_names(self) -> list[str]:
+        """The names of a union's parts; [] for any other dataset."""
+        return [part.name for part in self.spec.parts] if self.spec is not None else []
+
+    @property
+    def default_metrics(self) -> tuple[str, ...]:
+        """The metric groups evaluated when none are given: the suite's default ones and the
+        dataset's own (``DatasetSpec.metrics``: HCE on DIS5K)."""
+        extra = tuple(self.spec.metrics) if self.spec is not None else ()
+        return resolve_metric_groups([*ALL_METRICS, *extra])
 
 
 @dataclass
@@ -137,10 +162,12 @@ def check_saved_predictions(datasets: Sequence[EvalDataset], method: ModelMethod
     for dataset in datasets:
         if dataset.mask_dir is None:  # built-in pictures: nothing on disk to protect
             continue
-        inputs += list_files(dataset.mask_dir, MASK_EXTENSIONS) if dataset.mask_dir.is_dir() else []
+        inputs += [mask for folder in dataset.mask_dirs if folder.is_dir()
+                   for mask in list_files(folder, MASK_EXTENSIONS)]
         if dataset.image_dir is None or not dataset.image_dir.is_dir():
             continue
-        pairs = pair_files(dataset.image_dir, dataset.mask_dir).pairs
+        spec = dataset.spec or DatasetSpec(dataset.name, dataset.mask_dir.parent, dataset.image_dir, dataset.mask_dir)
+        pairs = pair_dataset(spec).pairs
         inputs += [image for image, _ in pairs]
         folder = method.save_dir / method.method_name / dataset.name
         outputs += [(folder / f"{image.stem}.png", image) for image, _ in pairs]
@@ -168,10 +195,10 @@ def _load_dataset(dataset: EvalDataset, method: ModelMethod, preprocessing: Prep
     if dataset.image_dir is None:
         raise UserError(f"dataset {dataset.name}: a model needs images, but only masks ({dataset.mask_dir}) are known")
     spec = dataset.spec or DatasetSpec(dataset.name, dataset.mask_dir.parent, dataset.image_dir, dataset.mask_dir)
-    unpaired = pair_files(spec.image_dir, spec.mask_dir).unpaired_masks
+    unpaired = pair_dataset(spec).unpaired_masks
     if unpaired:
         logger.warning("%s: %d masks have no image in %s and are not scored: %s", dataset.name, len(unpaired),
-                       spec.image_dir, format_list([p.name for p in unpaired]))
+                       spec.describe(), format_list([p.name for p in unpaired]))
     return build_dataset(dataset.options if dataset.options is not None else spec, transform)
 
 
@@ -194,15 +221,27 @@ def _evaluate_model(runtime: InferenceRuntime, dataset: EvalDataset, method: Mod
     return _result(dataset.name, method.method_name, metrics, count, notes)
 
 
-def _evaluate_folder(method: str, folder: Path, dataset: EvalDataset, device: torch.device,
+def dataset_prediction_dirs(method_dir: Path, dataset: EvalDataset, single_dataset: bool) -> list[Path]:
+    """The folders holding a method's predictions of ``dataset``: ``prediction_folder``'s, or for a
+    union without its own folder (``method_dir/DIS-TE``) its parts' folders when they all exist."""
+    if dataset.part_names and not (Path(method_dir) / dataset.name).is_dir():
+        parts = [Path(method_dir) / name for name in dataset.part_names]
+        if all(part.is_dir() for part in parts):
+            return parts
+    return [prediction_folder(method_dir, dataset.name, single_dataset)]
+
+
+def _evaluate_folder(method: str, folders: Sequence[Path], dataset: EvalDataset, device: torch.device,
                      metric_names: Sequence[str], allow_missing: bool, workers: int, progress: bool) -> MethodResult:
     if dataset.mask_dir is None:
         raise UserError(f"dataset {dataset.name}: built-in pictures have no mask files to score prediction folders on")
-    match = match_predictions(folder, dataset.mask_dir)
+    match = match_predictions(folders, dataset.mask_dirs)
+    where = ", ".join(map(str, folders))
     notes = []
     if match.missing:
+        masks = ", ".join(map(str, dataset.mask_dirs))
         message = (f"{method} on {dataset.name}: {len(match.missing)} of {len(match.missing) + len(match.pairs)} "
-                   f"masks in {dataset.mask_dir} have no prediction in {folder}: {format_list(match.missing)}")
+                   f"masks in {masks} have no prediction in {where}: {format_list(match.missing)}")
         if not allow_missing or not match.pairs:
             raise MissingPredictionsError(message + ("" if allow_missing else " (--allow-missing scores the rest)"))
         logger.warning("%s; scoring the %d that have one", message, len(match.pairs))
@@ -222,7 +261,8 @@ def _evaluate_folder(method: str, folder: Path, dataset: EvalDataset, device: to
 
 def _result(dataset: str, method: str, metrics: SODMetrics, count: int, notes: list[str]) -> MethodResult:
     curves = metrics.curves()
-    return MethodResult(dataset, method, metrics.compute(), count, curves if "fm" in curves else None, notes)
+    has_curves = "fm" in curves or "em" in curves
+    return MethodResult(dataset, method, metrics.compute(), count, curves if has_curves else None, notes)
 
 
 def evaluate(
@@ -231,7 +271,10 @@ def evaluate(
     *,
     model_method: ModelMethod | None = None,
     prediction_dirs: Mapping[str, str | Path] | None = None,
-    metrics: Sequence[str] = ALL_METRICS,
+    metrics: Sequence[str] | None = None,
+    references: Sequence[Reference] = (),
+    latex_metrics: Sequence[str] | None = None,
+    plots: bool = True,
     device: str | torch.device | None = None,
     allow_missing: bool = False,
     workers: int = 2,
@@ -240,7 +283,11 @@ def evaluate(
 ) -> EvaluationReport:
     """Evaluate a checkpoint and/or prediction folders (method name -> folder) on ``datasets``.
 
-    After each dataset the report in ``output_dir`` is rewritten (tables and that dataset's plots),
+    ``metrics`` (groups) are computed on every dataset; None: each dataset's ``default_metrics`` (the
+    suite's, plus HCE on DIS5K). ``references`` (published scores) are put beside the methods with a
+    Δ row per method; ``latex_metrics`` are the columns of ``results.tex`` (see ``EvaluationReport``).
+    After each dataset the report in ``output_dir`` is rewritten (tables and, with ``plots``, that
+    dataset's curves),
     and its table is passed to ``echo``. Missing predictions raise ``MissingPredictionsError``
     unless ``allow_missing``; then the masks that have one are scored, and the report says so.
     """
@@ -255,8 +302,15 @@ def evaluate(
     methods = ([model_method.method_name] if model_method else []) + list(prediction_dirs)
     if len(set(methods)) != len(methods):
         raise UserError(f"method names must be unique, got {methods}")
+    clashes = sorted(set(methods) & {reference.method for reference in references})
+    if clashes:
+        raise UserError(f"method {format_list(clashes)} has the name of a reference row; rename it (--name)")
     device = resolve_device(device)
-    meta: dict[str, Any] = {"datasets": names, "methods": methods, "device": str(device), "metrics": list(metrics)}
+    metric_groups = {d.name: tuple(metrics) if metrics is not None else d.default_metrics for d in datasets}
+    meta: dict[str, Any] = {"datasets": names, "methods": methods, "device": str(device),
+                            "metrics": {name: list(groups) for name, groups in metric_groups.items()}}
+    if references:
+        meta["references"] = [reference.key for reference in references]
     if model_method is not None:
         check_saved_predictions(datasets, model_method, prediction_dirs)
     runtime = None
@@ -269,17 +323,19 @@ def evaluate(
                     fast_decode=model_method.fast_decode, flip=model_method.flip, weights=model_method.weights,
                     precision=model_method.precision, optimize=model_method.optimize)
     meta["prediction_dirs"] = {name: str(folder) for name, folder in prediction_dirs.items()}
-    report = EvaluationReport(output_dir, meta)
+    report = EvaluationReport(output_dir, meta, references, latex_metrics)
 
     single = len(datasets) == 1
     for dataset in datasets:
+        groups = metric_groups[dataset.name]
         if runtime is not None:
-            report.add(_evaluate_model(runtime, dataset, model_method, preprocessing, metrics, progress))
+            report.add(_evaluate_model(runtime, dataset, model_method, preprocessing, groups, progress))
         for method, folder in prediction_dirs.items():
-            report.add(_evaluate_folder(method, prediction_folder(folder, dataset.name, single), dataset, device,
-                                        metrics, allow_missing, workers, progress))
-        report.write(plot_dataset=dataset.name)
+            report.add(_evaluate_folder(method, dataset_prediction_dirs(folder, dataset, single), dataset, device,
+                                        groups, allow_missing, workers, progress))
+        report.write(plot_dataset=dataset.name if plots else None)
         if echo is not None:
-            echo(format_table([r for r in report.results if r.dataset == dataset.name], markdown=False))
+            echo(format_table([r for r in report.results if r.dataset == dataset.name], markdown=False,
+                              references=report.references))
     logger.info("results written to %s", os.fspath(report.folder))
     return report

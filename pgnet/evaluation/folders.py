@@ -49,10 +49,23 @@ def _files_by_stem(folder: Path, what: str) -> dict[str, Path]:
     return by_stem
 
 
-def match_predictions(prediction_dir: str | Path, mask_dir: str | Path) -> FolderMatch:
-    """Pair ``prediction_dir``'s files with ``mask_dir``'s masks by file stem (sorted by name)."""
-    masks = _files_by_stem(Path(mask_dir), "mask")
-    predictions = _files_by_stem(Path(prediction_dir), "prediction")
+def _files_in(folders: str | Path | Sequence[str | Path], what: str) -> dict[str, Path]:
+    """``_files_by_stem`` of one folder or several (a stem met in an earlier folder wins)."""
+    if isinstance(folders, (str, Path)):
+        return _files_by_stem(Path(folders), what)
+    found: dict[str, Path] = {}
+    for folder in folders:
+        for stem, path in _files_by_stem(Path(folder), what).items():
+            found.setdefault(stem, path)
+    return found
+
+
+def match_predictions(prediction_dir: str | Path | Sequence[str | Path],
+                      mask_dir: str | Path | Sequence[str | Path]) -> FolderMatch:
+    """Pair ``prediction_dir``'s files with ``mask_dir``'s masks by file stem (sorted by name); either
+    may be several folders (a union dataset's parts), read as one."""
+    masks = _files_in(mask_dir, "mask")
+    predictions = _files_in(prediction_dir, "prediction")
     return FolderMatch(
         pairs=[(name, predictions[name], masks[name]) for name in sorted(masks) if name in predictions],
         missing=[name for name in sorted(masks) if name not in predictions],

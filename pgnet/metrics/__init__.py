@@ -2,12 +2,13 @@
 
 - ``SODMetrics(metrics=ALL_METRICS, device=None)``: streaming suite; ``update(pred, gt)`` (batched;
   returns per-image values), ``compute()`` -> {MAE, Sm, adpEm, meanEm, maxEm, adpFm, meanFm, maxFm,
-  wFm, BIoU, mBA}, ``curves()`` -> precision/recall/F/E over 256 thresholds, ``reset()``.
+  wFm, BIoU, mBA} (and HCE when asked for: ``OPTIONAL_METRICS``), ``curves()`` -> precision/recall/F/E
+  over 256 thresholds, ``reset()``.
 - ``quantize_prediction(pred)``: float [0, 1] -> uint8 as an 8-bit PNG stores it.
 - ``binarize_ground_truth(gt)``: mask -> bool foreground (> 128 on the 0..255 scale).
 - Per-image building blocks: ``pgnet.metrics.histogram`` (MAE, F/E-measure counts), ``.structure``
-  (S-measure), ``.weighted_f``, ``.boundary`` (BIoU, mBA), ``.distance``, ``.morphology``.
-- ``pgnet.metrics.report``: result tables (Markdown, CSV, JSON) and PR / F-measure plots.
+  (S-measure), ``.weighted_f``, ``.boundary`` (BIoU, mBA), ``.hce`` (DIS5K's human correction effort,
+  NumPy/OpenCV), ``.distance``, ``.morphology``. Tables and plots are ``pgnet.evaluation.report``'s.
 
 Everything runs in torch on the tensors' device; on the CPU, distance transforms, morphology, the
 blur and the histograms go through OpenCV (same results, several times faster; ``opencv=False``
@@ -22,6 +23,7 @@ from pgnet.metrics.suite import (
     ALL_METRICS,
     LOWER_IS_BETTER,
     METRIC_GROUPS,
+    OPTIONAL_METRICS,
     SOD_METRICS,
     SODMetrics,
     resolve_metric_groups,
@@ -31,6 +33,7 @@ __all__ = [
     "ALL_METRICS",
     "LOWER_IS_BETTER",
     "METRIC_GROUPS",
+    "OPTIONAL_METRICS",
     "SOD_METRICS",
     "SODMetrics",
     "binarize_ground_truth",

@@ -9,6 +9,7 @@ import torch
 
 from pgnet.errors import UnknownNameError, UserError
 from pgnet.metrics.boundary import BIOU_DILATION_RATIO, MBA_STEPS, boundary_iou, mean_boundary_accuracy
+from pgnet.metrics.hce import HCE_EPSILON, HCE_RELAX, human_correction_effort
 from pgnet.metrics.histogram import (
     NUM_LEVELS,
     adaptive_counts,
@@ -32,26 +33,34 @@ METRIC_GROUPS: dict[str, tuple[str, ...]] = {
     "wFm": ("wFm",),
     "BIoU": ("BIoU",),
     "mBA": ("mBA",),
+    "HCE": ("HCE",),
 }
-ALL_METRICS: tuple[str, ...] = tuple(METRIC_GROUPS)
+# Computed only when asked for (``--metrics default HCE``) and by default on the datasets that report
+# them (DIS5K's HCE): thinning and contour tracing on the CPU, image by image, far slower than the rest.
+OPTIONAL_METRICS: tuple[str, ...] = ("HCE",)
+ALL_METRICS: tuple[str, ...] = tuple(group for group in METRIC_GROUPS if group not in OPTIONAL_METRICS)  # the default
 SOD_METRICS: tuple[str, ...] = ("MAE", "Sm", "Em", "Fm", "wFm")  # the pysodmetrics set
-LOWER_IS_BETTER = frozenset({"MAE"})
+LOWER_IS_BETTER = frozenset({"MAE", "HCE"})
+DEFAULT_ALIAS = "default"  # names ALL_METRICS in a metric list
 _KEY_TO_GROUP = {key: group for group, keys in METRIC_GROUPS.items() for key in keys}
 _CURVE_NAMES = ("precision", "recall", "fm", "em")
 
 
 def resolve_metric_groups(metrics: Iterable[str]) -> tuple[str, ...]:
-    """Metric groups named by group (``Fm``) or result key (``maxFm``), in canonical order."""
+    """Metric groups named by group (``Fm``), result key (``maxFm``) or ``default`` (every group
+    computed by default: ``default HCE`` adds HCE to them), in canonical order."""
     groups = set()
     for name in metrics:
-        if name in METRIC_GROUPS:
+        if name == DEFAULT_ALIAS:
+            groups.update(ALL_METRICS)
+        elif name in METRIC_GROUPS:
             groups.add(name)
         elif name in _KEY_TO_GROUP:
             groups.add(_KEY_TO_GROUP[name])
         else:
-            known = ", ".join([*METRIC_GROUPS, *_KEY_TO_GROUP])
+            known = ", ".join(dict.fromkeys([DEFAULT_ALIAS, *METRIC_GROUPS, *_KEY_TO_GROUP]))
             raise UnknownNameError(f"unknown metric {name!r}; known: {known}")
-    return tuple(group for group in ALL_METRICS if group in groups)
+    return tuple(group for group in METRIC_GROUPS if group in groups)
 
 
 class SODMetrics:
@@ -62,6 +71,8 @@ class SODMetrics:
     predictions are quantised to 8 bits as a PNG would store them. The state is a few sums and
     256-entry curves, so a test set is never held in memory. ``compute()`` returns the dataset
     values: means over images, and for the curve metrics the max and mean of the mean curve.
+    ``HCE`` (DIS5K's human correction effort, ``pgnet.metrics.hce``) is not in the default groups; it
+    always runs on the CPU, image by image.
 
     Computation runs on ``device`` (None: wherever each prediction lives); the state lives there too.
     On the CPU a few kernels (histograms, distance transform, morphology, blur) run in OpenCV unless
@@ -78,6 +89,8 @@ class SODMetrics:
         wfm_beta: float = 1.0,
         biou_dilation_ratio: float = BIOU_DILATION_RATIO,
         mba_steps: int = MBA_STEPS,
+        hce_relax: int = HCE_RELAX,
+        hce_epsilon: float = HCE_EPSILON,
         opencv: bool | None = None,
     ) -> None:
         self.groups = resolve_metric_groups(metrics)
@@ -89,6 +102,8 @@ class SODMetrics:
         self.wfm_beta = wfm_beta
         self.biou_dilation_ratio = biou_dilation_ratio
         self.mba_steps = mba_steps
+        self.hce_relax = hce_relax
+        self.hce_epsilon = hce_epsilon
         self.opencv = opencv
         self.reset()
 
@@ -151,6 +166,11 @@ class SODMetrics:
             per_image["BIoU"] = boundary_iou(pred_u8, gt_bool, self.biou_dilation_ratio, opencv=self.opencv)
         if "mBA" in groups:
             per_image["mBA"] = mean_boundary_accuracy(pred_u8, gt_bool, self.mba_steps, opencv=self.opencv)
+        if "HCE" in groups:  # NumPy and OpenCV on the CPU, image by image
+            preds, masks = pred_u8.cpu().numpy(), gt_bool.cpu().numpy()
+            per_image["HCE"] = torch.tensor(
+                [float(human_correction_effort(p, g, self.hce_relax, self.hce_epsilon)) for p, g in zip(preds, masks)],
+                dtype=torch.float64, device=pred_u8.device)
 
         for name, values in per_image.items():
             self._accumulate(self._sums, name, values)

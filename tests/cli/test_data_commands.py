@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import script
+from helpers import script, write_pair
 
 from pgnet.cli.make_synthetic import parse_size
 from pgnet.data.datasets import build_dataset
@@ -142,3 +142,21 @@ def test_cache_script_round_trip(synthetic_root, capsys):
     assert cache_main([str(synthetic_root), "--long-side", "40", "--jobs", "1"]) == 1
     assert "failed: " in capsys.readouterr().out
     assert cache_main([str(synthetic_root / "absent")]) == 2
+
+
+def test_verify_knows_the_dis5k_release_and_its_counts(tmp_path, capsys):
+    """DIS5K as released (DIS5K/<set>/{im,gt}): every set found, each against its release count, and
+    DIS-TE (DIS-TE1..4 together) by name."""
+    release = tmp_path / "data" / "DIS5K"
+    for index, name in enumerate(("DIS-TR", "DIS-VD", "DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")):
+        write_pair(release / name / "im" / f"{name}#a.jpg", release / name / "gt" / f"{name}#a.png", seed=index)
+    main = script("verify")["main"]
+    assert main([str(release), "--jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    for name, count in (("DIS-TR", 3000), ("DIS-VD", 470), ("DIS-TE1", 500), ("DIS-TE4", 500)):
+        assert f"{name}: {release / name / 'im'} + {release / name / 'gt'}\n  pairs: 1 (release: {count})" in out
+    assert "6 dataset(s) checked, 0 with errors" in out
+    assert main([str(tmp_path / "data"), "--name", "DIS-TE", "--jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "DIS-TE: " in out and "pairs: 4 (release: 2000)" in out and "partial copy" in out
+    assert main([str(tmp_path / "data"), "--name", "DIS-TE", "--strict-counts", "--jobs", "1"]) == 1

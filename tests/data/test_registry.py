@@ -6,9 +6,11 @@ import pytest
 
 from pgnet.data.registry import (
     LAYOUTS,
+    DatasetNotFoundError,
     detect_datasets,
     get_layout,
     known_dataset_names,
+    pair_dataset,
     pair_files,
     resolve_dataset,
 )
@@ -39,6 +41,10 @@ OFFICIAL_LAYOUTS = [
     ("ECSSD", "images", "ground_truth_mask"),
     ("HKU-IS", "imgs", "gt"),
     ("PASCAL-S", "datasets/imgs/pascal", "datasets/masks/pascal"),
+    ("DIS-TR", "DIS-TR/im", "DIS-TR/gt"),
+    ("DIS-VD", "DIS-VD/im", "DIS-VD/gt"),
+    ("DIS-TE1", "DIS-TE1/im", "DIS-TE1/gt"),
+    ("DIS-TE4", "DIS-TE4/im", "DIS-TE4/gt"),
     ("generic", "image", "mask"),
 ]
 
@@ -66,6 +72,13 @@ def test_expected_counts_of_the_releases():
         "ECSSD": 1000,
         "HKU-IS": 4447,
         "PASCAL-S": 850,
+        "DIS-TR": 3000,
+        "DIS-VD": 470,
+        "DIS-TE1": 500,
+        "DIS-TE2": 500,
+        "DIS-TE3": 500,
+        "DIS-TE4": 500,
+        "DIS-TE": 2000,
     }
     assert {name: LAYOUTS[name].expected_count for name in expected} == expected
     assert LAYOUTS["generic"].expected_count is None
@@ -146,3 +159,54 @@ def test_pair_files_by_stem(tmp_path):
 
 def test_known_dataset_names_include_synthetic():
     assert known_dataset_names()[-1] == "synthetic" and "DUTS-TR" in known_dataset_names()
+
+
+DIS_SETS = ("DIS-TR", "DIS-VD", "DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")
+
+
+def make_dis5k(data: Path, stems_per_set: int = 2) -> Path:
+    """The DIS5K release layout under ``data``: DIS5K/<set>/im/*.jpg and DIS5K/<set>/gt/*.png."""
+    for name in DIS_SETS:
+        make_layout(data / "DIS5K", f"{name}/im", f"{name}/gt",
+                    stems=[f"{name}#{index}" for index in range(stems_per_set)])
+    return data / "DIS5K"
+
+
+def test_dis5k_release_layout_resolves_from_the_data_root_and_the_release_folder(tmp_path):
+    release = make_dis5k(tmp_path / "data")
+    for root in (tmp_path / "data", release):
+        for name in DIS_SETS:
+            spec = resolve_dataset(name, root)
+            assert (spec.image_dir, spec.mask_dir) == (release / name / "im", release / name / "gt")
+            assert spec.metrics == ("HCE",) and not spec.parts
+    assert [spec.name for spec in detect_datasets(release)] == list(DIS_SETS)  # DIS-TE (a union) not listed
+    assert resolve_dataset("dis_te2", tmp_path / "data").name == "DIS-TE2"
+    assert not get_layout("DUTS-TE").metrics  # HCE is DIS5K's only
+
+
+def test_dis_te_is_the_union_of_the_four_test_sets(tmp_path):
+    release = make_dis5k(tmp_path / "data", stems_per_set=3)
+    spec = resolve_dataset("DIS-TE", tmp_path / "data")
+    assert spec.name == "DIS-TE" and spec.expected_count == 2000 and spec.metrics == ("HCE",)
+    assert [part.name for part in spec.parts] == ["DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4"]
+    assert spec.root == release and spec.folders == [(release / f"DIS-TE{i}" / "im", release / f"DIS-TE{i}" / "gt")
+                                                     for i in range(1, 5)]
+    pairing = pair_dataset(spec)
+    assert len(pairing.pairs) == 12 and [mask.parent.parent.name for _, mask in pairing.pairs][::3] == [
+        "DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4"]
+    assert "DIS-TE1/im + " in spec.describe() and "DIS-TE4/gt" in spec.describe()
+    # a stem met in two parts is kept once (the first part's), the other listed as a duplicate
+    (release / "DIS-TE3" / "im" / "DIS-TE1#0.jpg").write_bytes(b"")
+    (release / "DIS-TE3" / "gt" / "DIS-TE1#0.png").write_bytes(b"")
+    pairing = pair_dataset(spec)
+    assert len(pairing.pairs) == 12 and {path.parent.parent.name for path in pairing.duplicates} == {"DIS-TE3"}
+
+
+def test_dis_te_needs_every_part(tmp_path):
+    release = make_dis5k(tmp_path / "data")
+    for path in sorted((release / "DIS-TE3").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    (release / "DIS-TE3").rmdir()
+    with pytest.raises(DatasetNotFoundError, match=r"DIS-TE is the union of DIS-TE1, .*DIS-TE4: no DIS-TE3"):
+        resolve_dataset("DIS-TE", tmp_path / "data")
+    assert resolve_dataset("DIS-TE2", tmp_path / "data").name == "DIS-TE2"

@@ -19,8 +19,8 @@ from pgnet.cli.eval import main as eval_main
 from pgnet.data.io import read_image
 from pgnet.data.synthetic import make_sample
 from pgnet.evaluation import evaluator, scoring
+from pgnet.evaluation.report import MethodResult, format_table
 from pgnet.metrics import SOD_METRICS, SODMetrics
-from pgnet.metrics.report import MethodResult, format_table
 from pgnet.predict.predictor import Predictor
 
 SIZE = 128
