@@ -32,7 +32,7 @@ from pgnet.train.interrupt import TrainingInterrupted, stop_signals_to
 from pgnet.train.model_setup import build_training_parts
 from pgnet.train.progress import Progress
 from pgnet.train.run_dir import CheckpointLinks
-from pgnet.train.run_setup import open_run
+from pgnet.train.run_setup import start_run
 from pgnet.train.run_state import NonFiniteGuard, NonFiniteLossError
 from pgnet.train.tensorboard import TensorBoard
 from pgnet.writing import write_text
@@ -80,24 +80,29 @@ class Trainer:
         check_callbacks(self.callbacks)
         self._running: list[Callback] = []  # the callbacks set up, torn down by close()
         self._stop: TrainingInterrupted | None = None  # the stop requested, raised at the next step boundary
-        # Starting weights and frozen parts are checked before the run folder is made.
+        # Starting weights, frozen parts and the data are checked before the run folder is made.
         self.finetuning = FineTuning(config, resume=resume)
-        self.run = open_run(config, run_dir, resume, f"pgnet.train.{id(self)}")
+        self.run = start_run(config, run_dir, resume, f"pgnet.train.{id(self)}")
         self.device, self.dist, self.run_dir, self.logger = (self.run.device, self.run.dist, self.run.run_dir,
                                                              self.run.logger)
         try:
             self._set_up(resume)
-        except BaseException:
+        except BaseException as error:
+            run_log.record_failure(self.logger, error)
             self.close()
             raise
 
     def _set_up(self, resume: bool) -> None:
         config, train = self.config, self.config.train
-        # Data first: a dataset with no valid sample fails before any model is built.
+        # Data first: a dataset with no valid sample, a split or a batch that cannot be made, fail
+        # before the run folder exists and before any model is built.
         with run_log.data_warnings_logged(self.logger):
             self.data = TrainingData(config.data, seed=train.seed, micro_batch=self.run.micro_batch, dist=self.dist,
                                      logger=self.logger)
         self.steps_per_epoch = self.data.steps_per_epoch(train.grad_accum, train.max_steps_per_epoch)
+        self.run.open_folder()
+        if self.dist.is_main:
+            self.data.record_held_out(self.run_dir)
         parts = build_training_parts(config, self.finetuning, self.device, self.dist, self.steps_per_epoch,
                                      self.logger.info)
         self.parts, self.model, self.network = parts, parts.model, parts.network
@@ -181,6 +186,10 @@ class Trainer:
                 self._train_all_epochs()
             summary = self._summary(time.perf_counter() - started)
             self._call("on_run_end", summary)
+        except BaseException as error:
+            if not isinstance(error, TrainingInterrupted):  # a stop is logged where it is handled
+                run_log.record_failure(self.logger, error)
+            raise
         finally:
             self.close()  # the run folder is free for the next writer (e.g. a resume), however fit ends
         return summary
