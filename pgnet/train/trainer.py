@@ -147,8 +147,8 @@ class Trainer:
         if not self.dist.is_main:
             return None
         self._call("on_save", name)
-        checkpoint = run_state.training_checkpoint(self.parts, self.data.preprocessing, self.state, self.ema,
-                                                   self.callbacks)
+        checkpoint = run_state.training_checkpoint(self.config, self.parts, self.data.preprocessing, self.state,
+                                                   self.ema, self.callbacks)
         return save_checkpoint(checkpoint, self.run.checkpoint_dir / f"{name}.pth")
 
     # ------------------------------------------------------------------ training
@@ -215,6 +215,8 @@ class Trainer:
         self.network.train()
         self._call("on_epoch_start", epoch)
         throughput = Throughput()  # since the last logged step
+        # unreadable samples of this epoch before this process's first step (those of a stopped process)
+        skipped_before = self.state.skipped_in_epoch if self.position.step_in_epoch else 0
         for micro_batches in self.data.epoch_steps(epoch, self.position.step_in_epoch, train.grad_accum):
             step = self.position.global_step + 1
             # DDP needs every process in the backward pass: a step runs when all have a sample.
@@ -232,11 +234,18 @@ class Trainer:
             if log:
                 throughput.restart()
             if is_due(step, train.checkpoint_every_steps):
+                self._count_skipped(skipped_before)
                 self.save("last")
             if self._stop is not None or self.position.step_in_epoch >= self.steps_per_epoch:
                 break
+        self._call("on_train_epoch_end", epoch, self._count_skipped(skipped_before))
+
+    def _count_skipped(self, before: int) -> int:
+        """The unreadable samples of the epoch so far, all processes (a collective call), kept in the
+        run's state for the next checkpoint: ``before`` those of the steps before this process's first."""
         skipped = distributed.all_reduce_sum(torch.tensor(self.data.skipped, device=self.device), self.dist)
-        self._call("on_train_epoch_end", epoch, int(skipped.item()))
+        self.state.skipped_in_epoch = before + int(skipped.item())
+        return self.state.skipped_in_epoch
 
     def _optimizer_step(self, step: int, micro_batches: list[dict[str, Any]]) -> tuple[dict[str, float], bool]:
         """Forward/backward every micro-batch, then one optimiser step (discarded for a non-finite loss).
