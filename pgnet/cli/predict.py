@@ -90,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--smooth must be in [0, 1), got {args.smooth:g}")
     if args.max_frames is not None and args.max_frames < 1:
         parser.error(f"--max-frames must be positive, got {args.max_frames}")
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        parser.error(f"-o/--output names the file {args.output}: it takes a folder (created if missing)")
     return run_command(PROG, lambda: _predict(args, mode))
 
 

@@ -104,6 +104,8 @@ def plan_resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> ResumePla
     run_dir = Path(run_dir)
     check_not_busy(run_dir)
     config_path = run_dir / "config.yaml"
+    if not config_path.is_file() and not (run_dir / "checkpoints" / "last.pth").is_file():
+        raise ConfigError(f"{run_dir} is not a run folder: no config.yaml")
     checkpoint = _last_checkpoint(run_dir)
     position = dict(checkpoint["position"])
     if checkpoint.get("config") is not None:

@@ -229,3 +229,30 @@ def test_bad_input_met_in_the_library_is_a_usage_error(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("error: ") and named in err and "Traceback" not in err, (argv, err)
+
+
+@pytest.mark.parametrize("command", ["export", "convert"])
+def test_no_command_writes_over_its_checkpoint_or_an_existing_file_unless_asked(command, tmp_path, capsys):
+    main = importlib.import_module(f"pgnet.cli.{command}").main
+    checkpoint = tmp_path / "ckpt.pth"
+    checkpoint.write_bytes(b"the checkpoint")
+    assert main([str(checkpoint), str(checkpoint)]) == 2
+    assert f"is the input {checkpoint}: writing it would destroy the input" in capsys.readouterr().err
+    assert main([str(checkpoint), str(tmp_path / "." / "ckpt.pth"), "--overwrite"]) == 2  # never, even if asked
+    capsys.readouterr()
+    existing = tmp_path / "older.out"
+    existing.write_bytes(b"another command's file")
+    assert main([str(checkpoint), str(existing)]) == 2
+    assert f"{existing} exists: pass --overwrite to replace it" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == b"the checkpoint" and existing.read_bytes() == b"another command's file"
+
+
+def test_predict_output_naming_an_existing_file_is_a_usage_error_before_any_work(tmp_path, capsys):
+    from pgnet.cli.predict import main as predict_main
+
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "masks.png").write_bytes(b"an earlier output")
+    with pytest.raises(SystemExit) as exited:  # the parser's error: before any input is listed or model loaded
+        predict_main([str(tmp_path / "a.png"), "-o", str(tmp_path / "masks.png"), "-c", str(tmp_path / "none.pth")])
+    assert exited.value.code == 2
+    assert f"-o/--output names the file {tmp_path / 'masks.png'}: it takes a folder" in capsys.readouterr().err
