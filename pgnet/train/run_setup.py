@@ -47,9 +47,6 @@ class RunContext:
         if not self.dist.is_main or self.lock is not None:
             return
         self.lock = RunFolderLock(self.run_dir)  # one writer per run folder: before anything is written there
-        if not self.resume and (self.checkpoint_dir / "last.pth").exists():
-            raise OverwriteError(f"{self.run_dir} already holds a run: resume it with --resume, or pick another "
-                                 "folder")
         run_log.attach_log_file(self.logger, self.run_dir)
         if self.resume:
             for leftover in remove_temporaries(self.run_dir):
@@ -109,7 +106,7 @@ def start_run(config: Config, run_dir: str | Path | None, resume: bool, log_name
             run_dir = distributed.broadcast_object(new_run_dir(config) if dist.is_main else None, dist)
         run_dir = Path(run_dir)
         micro_batch = micro_batch_size(config, dist.world_size)
-        if not resume and (run_dir / "checkpoints" / "last.pth").exists():
+        if not resume and (run_dir / "checkpoints" / "last.pth").exists():  # every process stops
             raise OverwriteError(f"{run_dir} already holds a run: resume it with --resume, or pick another folder")
         logger = run_log.start_run_log(log_name, dist.is_main)
     except BaseException:
