@@ -247,12 +247,14 @@ def test_no_command_writes_over_its_checkpoint_or_an_existing_file_unless_asked(
     assert checkpoint.read_bytes() == b"the checkpoint" and existing.read_bytes() == b"another command's file"
 
 
-def test_predict_output_naming_an_existing_file_is_a_usage_error_before_any_work(tmp_path, capsys):
-    from pgnet.cli.predict import main as predict_main
-
+@pytest.mark.parametrize("command", ["predict", "eval"])
+def test_an_output_folder_naming_an_existing_file_is_a_usage_error_before_any_work(command, tmp_path, capsys):
+    main = importlib.import_module(f"pgnet.cli.{command}").main
     (tmp_path / "a.png").write_bytes(b"")
     (tmp_path / "masks.png").write_bytes(b"an earlier output")
+    inputs = [str(tmp_path / "a.png")] if command == "predict" else ["--preds", str(tmp_path), "--gt", str(tmp_path)]
     with pytest.raises(SystemExit) as exited:  # the parser's error: before any input is listed or model loaded
-        predict_main([str(tmp_path / "a.png"), "-o", str(tmp_path / "masks.png"), "-c", str(tmp_path / "none.pth")])
+        main([*inputs, "-o", str(tmp_path / "masks.png"), "-c", str(tmp_path / "none.pth")])
     assert exited.value.code == 2
     assert f"-o/--output names the file {tmp_path / 'masks.png'}: it takes a folder" in capsys.readouterr().err
+    assert (tmp_path / "masks.png").read_bytes() == b"an earlier output"
