@@ -60,13 +60,6 @@ def attach_log_file(logger: logging.Logger, run_dir: Path) -> None:
         logger.addHandler(file_handler)
 
 
-def open_run_log(run_dir: Path, name: str, is_main: bool) -> logging.Logger:
-    """Logger ``name`` writing to ``run_dir/log.txt`` (main process only) and to stderr."""
-    logger = start_run_log(name, is_main)
-    attach_log_file(logger, run_dir)
-    return logger
-
-
 def record_failure(logger: logging.Logger, error: BaseException) -> None:
     """Write the error that ends a run to ``logger``'s files (``log.txt``), not to the console: a
     user error as its message, anything else with its traceback."""

@@ -3,8 +3,8 @@ group, the run's log, the determinism flags and the seeds (:func:`start_run`), t
 (named, locked, checked; :meth:`RunContext.open_folder`).
 
 The trainer checks the data between the two, so that a bad config or dataset fails before the run
-folder exists; :func:`open_run` does both at once. :meth:`RunContext.close` undoes them (log files
-closed, folder released, process group left).
+folder exists. :meth:`RunContext.close` undoes them (log files closed, folder released, process
+group left).
 """
 
 from __future__ import annotations
@@ -116,13 +116,3 @@ def start_run(config: Config, run_dir: str | Path | None, resume: bool, log_name
     seed_everything(train.seed + dist.rank)
     return RunContext(device, dist, run_dir, micro_batch, None, logger, resume)
 
-
-def open_run(config: Config, run_dir: str | Path | None, resume: bool, log_name: str) -> RunContext:
-    """:func:`start_run`, then the run folder taken (:meth:`RunContext.open_folder`)."""
-    run = start_run(config, run_dir, resume, log_name)
-    try:
-        run.open_folder()
-    except BaseException:
-        run.close()
-        raise
-    return run

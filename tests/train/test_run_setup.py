@@ -20,7 +20,7 @@ from pgnet.train.callbacks import Callback
 from pgnet.train.data_setup import available_cores
 from pgnet.train.interrupt import TrainingInterrupted, requested_signal, stop_signals_to
 from pgnet.train.run_dir import check_not_busy
-from pgnet.train.run_setup import open_run
+from pgnet.train.run_setup import start_run
 from pgnet.train.run_state import BestRule, NonFiniteLossError, Position, RunState
 from pgnet.train.trainer import Trainer
 from pgnet.writing import NoSpaceError
@@ -54,7 +54,7 @@ def test_cleanup_leaves_the_process_group(two_rank_group):
 
 def test_a_setup_error_leaves_the_process_group(two_rank_group, tmp_path):
     with pytest.raises(ConfigError, match=r"data\.batch_size \(3\) must be divisible by .* \(1 × 2\)"):
-        open_run(tiny_config("data.batch_size=3"), tmp_path / "run", resume=False, log_name="pgnet.test.setup")
+        start_run(tiny_config("data.batch_size=3"), tmp_path / "run", resume=False, log_name="pgnet.test.setup")
     assert not dist.is_initialized()
     assert not (tmp_path / "run").exists()
 
