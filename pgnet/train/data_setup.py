@@ -134,7 +134,8 @@ class TrainingData:
         self.preprocessing = Preprocessing.from_data_config(config)  # saved in every checkpoint
         self.mean, self.std = self.preprocessing.mean, self.preprocessing.std
         if not config.train:
-            raise ConfigError("data.train lists no dataset")
+            raise ConfigError("data.train lists no dataset: give at least one, e.g. "
+                              "\"data.train=[{name: generic, root: my_pictures, split: train}]\"")
         self.num_workers = loader_workers(config.num_workers, logger)
         augment = {key: value for key, value in asdict(config.augment).items() if value is not None}
         transform = build_train_transform(config.preset, size=config.size, mean=self.mean, std=self.std, **augment)
