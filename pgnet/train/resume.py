@@ -4,10 +4,11 @@ A resumed run continues the recipe its ``last.pth`` holds (the whole config, sav
 checkpoint), never a file a user can edit: a ``config.yaml`` that differs from it is refused, naming
 the keys (checkpoints written before the recipe was saved fall back to ``config.yaml``). Overrides
 may change only the keys in :data:`RESUMABLE_KEYS`: the length of the run, logging and checkpoint
-cadence, and where and how fast it executes. Each accepted change is recorded in the run's ``config.yaml`` under
-``resume_changes`` with the global step it took effect at. Any other change (the model, the data,
-the optimiser, the schedule, the loss...) would make the run something its checkpoint is not, and
-is refused naming the key. A run that has done all its epochs is reported finished.
+cadence, and where and how fast it executes. Each accepted change is recorded in the recipe (and the
+run's ``config.yaml``) under ``resume_changes`` with the global step it took effect at. Any other
+change (the model, the data, the optimiser, the schedule, the loss...) would make the run something
+its checkpoint is not, and is refused naming the key. A run that has done all its epochs is reported
+finished.
 """
 
 from __future__ import annotations

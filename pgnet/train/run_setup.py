@@ -20,7 +20,7 @@ from pgnet.device import resolve_device
 from pgnet.train import distributed, run_log
 from pgnet.train.distributed import DistInfo
 from pgnet.train.rng import seed_everything
-from pgnet.train.run_dir import RunFolderLock, new_run_dir, remove_temporaries
+from pgnet.train.run_dir import RunFolderLock, check_not_busy, new_run_dir, remove_temporaries
 from pgnet.writing import OverwriteError
 
 
@@ -108,6 +108,8 @@ def start_run(config: Config, run_dir: str | Path | None, resume: bool, log_name
         micro_batch = micro_batch_size(config, dist.world_size)
         if not resume and (run_dir / "checkpoints" / "last.pth").exists():  # every process stops
             raise OverwriteError(f"{run_dir} already holds a run: resume it with --resume, or pick another folder")
+        if dist.is_main:  # a live writer: stop at once (open_folder's lock decides)
+            check_not_busy(run_dir)
         logger = run_log.start_run_log(log_name, dist.is_main)
     except BaseException:
         distributed.cleanup(dist)
@@ -115,4 +117,3 @@ def start_run(config: Config, run_dir: str | Path | None, resume: bool, log_name
     set_determinism(train.deterministic, device)
     seed_everything(train.seed + dist.rank)
     return RunContext(device, dist, run_dir, micro_batch, None, logger, resume)
-
