@@ -97,23 +97,29 @@ def _file_reader(stream: BinaryIO) -> ByteReader:
 
 
 def _tiff_tags(read: ByteReader, base: int, wanted: frozenset[int]) -> dict[int, int]:
-    """Values of the ``wanted`` SHORT/LONG tags of the first IFD of a TIFF structure at ``base``."""
-    header = read(base, 8)
-    if header[:4] not in (b"II*\x00", b"MM\x00*"):
+    """Values of the ``wanted`` SHORT/LONG tags of the first IFD of a TIFF (or BigTIFF) structure at ``base``."""
+    header = read(base, 16)
+    if header[:4] in (b"II*\x00", b"MM\x00*"):
+        big, order = False, "<" if header[:2] == b"II" else ">"
+    elif header[:4] in (b"II+\x00", b"MM\x00+"):  # BigTIFF: 8-byte offsets and counts, 20-byte entries
+        big, order = True, "<" if header[:2] == b"II" else ">"
+    else:
         return {}
-    order = "<" if header[:2] == b"II" else ">"
-    (offset,) = struct.unpack(order + "I", header[4:8])
-    count_bytes = read(base + offset, 2)
-    if len(count_bytes) < 2:
+    offset_format, count_format, entry_size = ("Q", "Q", 20) if big else ("I", "H", 12)
+    (offset,) = struct.unpack(order + offset_format, header[8:16] if big else header[4:8])
+    count_size = struct.calcsize(count_format)
+    count_bytes = read(base + offset, count_size)
+    if len(count_bytes) < count_size:
         return {}
-    (count,) = struct.unpack(order + "H", count_bytes)
-    entries = read(base + offset + 2, 12 * min(count, 4096))
+    (count,) = struct.unpack(order + count_format, count_bytes)
+    entries = read(base + offset + count_size, entry_size * min(count, 4096))
+    value_at = 12 if big else 8
     values = {}
-    for start in range(0, len(entries) - 11, 12):
+    for start in range(0, len(entries) - entry_size + 1, entry_size):
         tag, kind = struct.unpack(order + "HH", entries[start : start + 4])
-        if tag in wanted and kind in (3, 4):  # SHORT, LONG
-            fmt = order + ("H" if kind == 3 else "I")
-            values[tag] = struct.unpack(fmt, entries[start + 8 : start + 8 + struct.calcsize(fmt)])[0]
+        if tag in wanted and kind in (3, 4, 16):  # SHORT, LONG, LONG8 (BigTIFF)
+            fmt = order + {3: "H", 4: "I", 16: "Q"}[kind]
+            values[tag] = struct.unpack(fmt, entries[start + value_at : start + value_at + struct.calcsize(fmt)])[0]
     return values
 
 

@@ -84,7 +84,13 @@ def _portable_pixmap(height: int, width: int) -> bytes:
     return b"P6\n# a comment\n%d %d\n255\n" % (width, height) + bytes(64)
 
 
+def _big_tiff(height: int, width: int) -> bytes:
+    entries = b"".join(struct.pack("<HHQQ", tag, 4, 1, value) for tag, value in ((256, width), (257, height)))
+    return b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) + struct.pack("<Q", 2) + entries + bytes(64)
+
+
 HUGE = {"Radiance HDR": lambda path: huge_hdr(path),
+        "TIFF": lambda path: path.write_bytes(_big_tiff(12000, 12000)),  # a BigTIFF
         "Sun raster": lambda path: path.write_bytes(_sun_raster(12000, 12000)),
         "PBM/PGM/PPM": lambda path: path.write_bytes(_portable_pixmap(12000, 12000)),
         "OpenEXR": lambda path: path.write_bytes(_openexr(12000, 12000))}
