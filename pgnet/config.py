@@ -24,7 +24,7 @@ import yaml
 
 from pgnet.config_ranges import ConfigError, check_config, check_value
 from pgnet.data.entry import SPLIT_KEYS, SYNTHETIC_KEYS, DatasetEntry  # the schema of data.train/data.val items
-from pgnet.models.grafting import GRAFT_POINTS
+from pgnet.models.grafting import GRAFT_POINTS, GraftPointError, parse_graft_points
 from pgnet.models.pgnet import ModelConfig
 
 
@@ -253,8 +253,17 @@ def keys_set(path: str | Path, overrides: Sequence[str] = (), section: str = "mo
 def build_config(values: dict[str, Any]) -> Config:
     """Validate a plain nested dict against the schema (types, ranges, and names that must be unique)."""
     config = _from_plain(Config, values, "")
+    _check_graft_points(config.model, "model")
     check_config(config)
     return config
+
+
+def _check_graft_points(model: ModelConfig, key: str) -> None:
+    """The grafting points parsed as the network will (known, each once, ``r5-s2`` among them)."""
+    try:
+        parse_graft_points(model.graft_points)
+    except GraftPointError as error:
+        raise ConfigError(f"{key}.{error}") from None
 
 
 def model_config_from_dict(values: Any, key: str = "model") -> ModelConfig:
@@ -274,7 +283,9 @@ def model_config_from_dict(values: Any, key: str = "model") -> ModelConfig:
             problems.append(str(error))
     if problems:
         raise ConfigError("; ".join(problems))
-    return _from_plain(ModelConfig, values, f"{key}.")
+    model = _from_plain(ModelConfig, values, f"{key}.")
+    _check_graft_points(model, key)
+    return model
 
 
 def save_config(config: Config, path: str | Path) -> None:

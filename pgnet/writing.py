@@ -9,7 +9,9 @@
 - :func:`write_image` encodes an RGB, RGBA or gray uint8 picture by the path's suffix and writes it
   with :func:`atomic_write`; predictions, cut-outs and cache copies all go through it.
 - :func:`check_overwrites` is run by every command before any work: no output may land on an input
-  (a picture, a ground-truth mask) or on another output of the same run.
+  (a picture, a ground-truth mask) or on another output of the same run. :func:`check_new_file` is
+  its form for a command that writes one named file (an ONNX export, a converted checkpoint): never
+  over its input, and over an existing file only when asked.
 """
 
 from __future__ import annotations
@@ -226,3 +228,20 @@ def check_overwrites(outputs: Iterable[tuple[Path, Path]], inputs: Iterable[Path
         raise OverwriteError(
             f"{len(shared)} {what}s would be written more than once in this run: {format_list(shared, separator='; ')}"
         )
+
+
+def check_new_file(output: str | Path, inputs: Iterable[str | Path], overwrite: bool = False,
+                   what: str = "output") -> Path:
+    """Refuse, before any work, a single ``output`` file that is one of ``inputs`` (even when asked
+    to overwrite), a folder, or (unless ``overwrite``) a file that exists; returns ``output``."""
+    output = Path(output)
+    key = _key(output)
+    for source in inputs:
+        if key == _key(Path(source)):
+            raise OverwriteError(f"the {what} {output} is the input {source}: writing it would destroy the input; "
+                                 "name another file")
+    if output.is_dir():
+        raise OverwriteError(f"the {what} {output} is a folder: name a file")
+    if output.exists() and not overwrite:
+        raise OverwriteError(f"the {what} {output} exists: pass --overwrite to replace it, or name another file")
+    return output

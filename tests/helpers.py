@@ -32,6 +32,13 @@ def huge_png(path: Path, side: int = 20000) -> Path:
     return path
 
 
+def huge_hdr(path: Path, side: int = 12000) -> Path:
+    """A small Radiance HDR file (whatever ``path``'s suffix) whose header claims side×side pixels:
+    OpenCV recognises it by content and would allocate the whole float picture to decode it."""
+    path.write_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y %d +X %d\n" % (side, side) + bytes(64))
+    return path
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 

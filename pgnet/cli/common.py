@@ -65,6 +65,12 @@ def add_reading_options(group: argparse._ActionsContainer, workers: int, workers
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def check_output_folder(parser: argparse.ArgumentParser, folder: str | None, option: str = "-o/--output") -> None:
+    """A usage error, before any work, when an option that takes an output folder names a file."""
+    if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+        parser.error(f"{option} names the file {folder}: it takes a folder (created if missing)")
+
+
 def error_message(error: BaseException) -> str:
     """The one line printed for ``error``: its message, without the quotes ``KeyError`` adds."""
     if isinstance(error, OSError) and error.strerror and error.filename and not isinstance(error, UserError):

@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("source", help="official checkpoint (state dict saved from DDP, keys 'module.*')")
     parser.add_argument("destination", help="pgnet checkpoint to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     return parser
 
 
@@ -31,7 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _convert(args: argparse.Namespace) -> int:
     # Imported here, not at the top: --help and argument errors stay fast without torch.
     from pgnet.checkpoint import convert_official_checkpoint
+    from pgnet.writing import check_new_file
 
+    check_new_file(args.destination, [args.source], overwrite=args.overwrite, what="checkpoint")
     unused = convert_official_checkpoint(args.source, args.destination)
     print(f"wrote {args.destination}")
     print(f"{len(unused)} source keys unused (never-run swin.norm and Swin buffers timm recomputes):")

@@ -10,7 +10,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pgnet.cli.common import NothingDoneError, add_reading_options, build_command_parser, errors_as, run_command
+from pgnet.cli.common import (
+    NothingDoneError,
+    add_reading_options,
+    build_command_parser,
+    check_output_folder,
+    errors_as,
+    run_command,
+)
 from pgnet.errors import UserError
 
 PROG = "pgnet-eval"
@@ -123,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--datasets needs --data-root")
     if args.save_preds and not args.checkpoint:
         parser.error("--save-preds needs --checkpoint")
+    check_output_folder(parser, args.output)
+    check_output_folder(parser, args.save_preds, "--save-preds")
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)

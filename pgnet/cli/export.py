@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--no-optimize", action="store_true", help="skip the exporter's graph optimisation")
     parser.add_argument("--verify", action="store_true", help="run the file in onnxruntime and compare with PyTorch")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT.onnx if it exists")
     return parser
 
 
@@ -56,6 +57,7 @@ def _export(args: argparse.Namespace) -> int:
     # Imported here, not at the top: --help and argument errors stay fast without torch.
     from pgnet.checkpoint import load_model_and_preprocessing
     from pgnet.predict.export import compare_onnx, export_onnx, export_package
+    from pgnet.writing import check_new_file
 
     if args.format == "package":
         folder = export_package(args.checkpoint, args.output, weights=args.weights, half=args.half,
@@ -64,6 +66,7 @@ def _export(args: argparse.Namespace) -> int:
         print(f"wrote {folder} ({size:.1f} MiB)")
         return 0
 
+    check_new_file(args.output, [args.checkpoint], overwrite=args.overwrite, what="ONNX file")
     with errors_as(UserError, ImportError):  # onnx not installed: a usage error naming the module
         model, preprocessing = load_model_and_preprocessing(args.checkpoint, "cpu", weights=args.weights)
         path = export_onnx(

@@ -8,7 +8,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pgnet.cli.common import NothingDoneError, add_reading_options, build_command_parser, errors_as, run_command
+from pgnet.cli.common import (
+    NothingDoneError,
+    add_reading_options,
+    build_command_parser,
+    check_output_folder,
+    errors_as,
+    run_command,
+)
 from pgnet.device import PRECISIONS
 from pgnet.errors import UserError
 from pgnet.predict.compose import DEFAULT_BLUR, OUTPUT_MODES, Composer
@@ -91,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--smooth must be in [0, 1), got {args.smooth:g}")
     if args.max_frames is not None and args.max_frames < 1:
         parser.error(f"--max-frames must be positive, got {args.max_frames}")
+    check_output_folder(parser, args.output)
     return run_command(PROG, lambda: _predict(args, mode))
 
 

@@ -2,6 +2,9 @@
 
 Every reader returns plain numpy arrays in one convention: images H×W×3 uint8 RGB, masks H×W uint8
 0..255 as stored. Anything OpenCV cannot decode raises :class:`ImageReadError`, naming the file.
+Every reader runs one decode guard first (:func:`decoding_size`): the format is recognised by the
+file's content, its size read from its header, and a picture over the pixel limit, or whose size no
+header gives, is refused before a pixel is decoded.
 """
 
 from __future__ import annotations
@@ -72,8 +75,10 @@ def _read_bytes(path: str | Path) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Picture sizes from file headers (no decoding): PNG, JPEG, WebP, BMP and TIFF are parsed here
-# (OpenCV cannot read a header without decoding, and Pillow is not a runtime dependency).
+# Picture formats and sizes from file headers (no decoding), for every format this OpenCV decodes:
+# PNG, JPEG, WebP, BMP, TIFF, GIF, Radiance HDR, PBM/PGM/PPM, PAM, PFM, Sun raster, OpenEXR, JPEG 2000
+# and AVIF, recognised by content as OpenCV does (OpenCV cannot read a header without decoding, and
+# Pillow is not a runtime dependency).
 
 ByteReader = Callable[[int, int], bytes]  # (offset, count) -> the bytes there (fewer at the end)
 
@@ -92,23 +97,29 @@ def _file_reader(stream: BinaryIO) -> ByteReader:
 
 
 def _tiff_tags(read: ByteReader, base: int, wanted: frozenset[int]) -> dict[int, int]:
-    """Values of the ``wanted`` SHORT/LONG tags of the first IFD of a TIFF structure at ``base``."""
-    header = read(base, 8)
-    if header[:4] not in (b"II*\x00", b"MM\x00*"):
+    """Values of the ``wanted`` SHORT/LONG tags of the first IFD of a TIFF (or BigTIFF) structure at ``base``."""
+    header = read(base, 16)
+    if header[:4] in (b"II*\x00", b"MM\x00*"):
+        big, order = False, "<" if header[:2] == b"II" else ">"
+    elif header[:4] in (b"II+\x00", b"MM\x00+"):  # BigTIFF: 8-byte offsets and counts, 20-byte entries
+        big, order = True, "<" if header[:2] == b"II" else ">"
+    else:
         return {}
-    order = "<" if header[:2] == b"II" else ">"
-    (offset,) = struct.unpack(order + "I", header[4:8])
-    count_bytes = read(base + offset, 2)
-    if len(count_bytes) < 2:
+    offset_format, count_format, entry_size = ("Q", "Q", 20) if big else ("I", "H", 12)
+    (offset,) = struct.unpack(order + offset_format, header[8:16] if big else header[4:8])
+    count_size = struct.calcsize(count_format)
+    count_bytes = read(base + offset, count_size)
+    if len(count_bytes) < count_size:
         return {}
-    (count,) = struct.unpack(order + "H", count_bytes)
-    entries = read(base + offset + 2, 12 * min(count, 4096))
+    (count,) = struct.unpack(order + count_format, count_bytes)
+    entries = read(base + offset + count_size, entry_size * min(count, 4096))
+    value_at = 12 if big else 8
     values = {}
-    for start in range(0, len(entries) - 11, 12):
+    for start in range(0, len(entries) - entry_size + 1, entry_size):
         tag, kind = struct.unpack(order + "HH", entries[start : start + 4])
-        if tag in wanted and kind in (3, 4):  # SHORT, LONG
-            fmt = order + ("H" if kind == 3 else "I")
-            values[tag] = struct.unpack(fmt, entries[start + 8 : start + 8 + struct.calcsize(fmt)])[0]
+        if tag in wanted and kind in (3, 4, 16):  # SHORT, LONG, LONG8 (BigTIFF)
+            fmt = order + {3: "H", 4: "I", 16: "Q"}[kind]
+            values[tag] = struct.unpack(fmt, entries[start + value_at : start + value_at + struct.calcsize(fmt)])[0]
     return values
 
 
@@ -139,55 +150,208 @@ def _jpeg_header(read: ByteReader) -> tuple[tuple[int, int] | None, int]:
         position += 2 + length
 
 
-def _probe(read: ByteReader) -> tuple[tuple[int, int] | None, int]:
-    """((H, W) stored in the header or None, EXIF orientation) of a PNG, JPEG, WebP, BMP or TIFF."""
+def _pnm_tokens(read: ByteReader, count: int) -> list[bytes]:
+    """The first ``count`` header tokens of a PBM/PGM/PPM/PFM file after its magic (comments skipped)."""
+    text = read(2, 1024)
+    tokens: list[bytes] = []
+    for line in text.split(b"\n"):
+        tokens.extend(line.split(b"#", 1)[0].split())
+        if len(tokens) >= count:
+            return tokens[:count]
+    return tokens
+
+
+def _pam_size(read: ByteReader) -> tuple[int, int] | None:
+    fields = {}
+    for line in read(2, 1024).split(b"\n"):
+        words = line.split(b"#", 1)[0].split()
+        if words[:1] == [b"ENDHDR"]:
+            break
+        if len(words) >= 2:
+            fields[words[0]] = words[1]
+    if b"WIDTH" in fields and b"HEIGHT" in fields:
+        return int(fields[b"HEIGHT"]), int(fields[b"WIDTH"])
+    return None
+
+
+def _radiance_size(read: ByteReader) -> tuple[int, int] | None:
+    """Radiance HDR: header lines, an empty line, then the resolution line (``-Y H +X W``)."""
+    header = read(0, 8192)
+    end = header.find(b"\n\n")
+    if end < 0:
+        return None
+    words = header[end + 2 :].split(b"\n", 1)[0].split()
+    if len(words) != 4 or words[0][1:] not in (b"X", b"Y") or words[2][1:] not in (b"X", b"Y"):
+        return None
+    first, second = int(words[1]), int(words[3])
+    return (first, second) if words[0][1:] == b"Y" else (second, first)
+
+
+def _openexr_size(read: ByteReader) -> tuple[int, int] | None:
+    """OpenEXR: the ``dataWindow`` (box2i) among the header's attributes."""
+    header, position = read(8, 65536), 0
+    while position < len(header) and header[position] != 0:
+        name_end = header.index(b"\0", position)
+        type_end = header.index(b"\0", name_end + 1)
+        (length,) = struct.unpack("<i", header[type_end + 1 : type_end + 5])
+        value = header[type_end + 5 : type_end + 5 + length]
+        if header[position:name_end] == b"dataWindow" and len(value) == 16:
+            x_min, y_min, x_max, y_max = struct.unpack("<4i", value)
+            return y_max - y_min + 1, x_max - x_min + 1
+        position = type_end + 5 + length
+    return None
+
+
+def _boxes(read: ByteReader, start: int, end: int | None) -> list[tuple[bytes, int, int]]:
+    """(type, data start, data end) of the ISO/JP2 boxes between ``start`` and ``end`` (None: the file's end)."""
+    boxes, position = [], start
+    while (end is None or position + 8 <= end) and len(boxes) < 256:
+        head = read(position, 16)
+        if len(head) < 8:
+            break
+        length, kind = struct.unpack(">I", head[:4])[0], head[4:8]
+        data = position + 8
+        if length == 1:
+            length, data = struct.unpack(">Q", head[8:16])[0], position + 16
+        stop = (end if end is not None else position + (1 << 62)) if length == 0 else position + length
+        if stop <= position:
+            break
+        boxes.append((kind, data, stop))
+        position = stop
+    return boxes
+
+
+def _jpeg2000_size(read: ByteReader, offset: int) -> tuple[int, int] | None:
+    """The image area of a JPEG 2000 codestream's SIZ segment at ``offset``."""
+    siz = read(offset, 24)
+    if siz[:4] != b"\xff\x4f\xff\x51" or len(siz) < 24:
+        return None
+    width, height, x_offset, y_offset = struct.unpack(">4I", siz[8:24])
+    return height - y_offset, width - x_offset
+
+
+def _jp2_size(read: ByteReader) -> tuple[int, int] | None:
+    for kind, data, _ in _boxes(read, 0, None):
+        if kind == b"jp2c":
+            return _jpeg2000_size(read, data)
+    return None
+
+
+def _avif_size(read: ByteReader) -> tuple[int, int] | None:
+    """AVIF: the largest ``ispe`` (image spatial extents) among the item properties (meta/iprp/ipco)."""
+    sizes = []
+    for kind, data, stop in _boxes(read, 0, None):
+        if kind != b"meta":
+            continue
+        for child, child_data, child_stop in _boxes(read, data + 4, stop):  # meta is a full box
+            if child != b"iprp":
+                continue
+            for container, container_data, container_stop in _boxes(read, child_data, child_stop):
+                if container != b"ipco":
+                    continue
+                for item, item_data, _ in _boxes(read, container_data, container_stop):
+                    if item == b"ispe":
+                        width, height = struct.unpack(">II", read(item_data + 4, 8))
+                        sizes.append((height, width))
+    return max(sizes, key=lambda size: size[0] * size[1]) if sizes else None
+
+
+def _webp_size(read: ByteReader, head: bytes) -> tuple[int, int] | None:
+    chunk = head[12:16]
+    if chunk == b"VP8X":
+        width = int.from_bytes(head[24:27], "little") + 1
+        height = int.from_bytes(read(27, 3), "little") + 1
+        return height, width
+    if chunk == b"VP8L":
+        bits = int.from_bytes(head[21:25], "little")
+        return ((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1
+    if chunk == b"VP8 ":
+        width, height = struct.unpack("<HH", read(26, 4))
+        return height & 0x3FFF, width & 0x3FFF
+    return None
+
+
+def _bmp_size(head: bytes) -> tuple[int, int] | None:
+    if len(head) < 26:
+        return None
+    (header_size,) = struct.unpack("<I", head[14:18])
+    if header_size == 12:
+        width, height = struct.unpack("<HH", head[18:22])
+    else:
+        width, height = struct.unpack("<ii", head[18:26])
+    return abs(height), abs(width)
+
+
+def _probe(read: ByteReader) -> tuple[str | None, tuple[int, int] | None, int]:
+    """(format, (H, W) stored in the header, EXIF orientation) of a picture, recognised by its content
+    (as OpenCV does, whatever the file's name): every format this OpenCV decodes. The format is None
+    for content that is none of them, the size None where the header cannot be read."""
     head = read(0, 32)
-    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", head[16:24])
-        return (height, width), 1
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG", (struct.unpack(">II", head[16:24])[::-1] if head[12:16] == b"IHDR" else None), 1
     if head.startswith(_JPEG_SIGNATURE):
-        return _jpeg_header(read)
+        return ("JPEG", *_jpeg_header(read))
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        chunk = head[12:16]
-        if chunk == b"VP8X":
-            width = int.from_bytes(head[24:27], "little") + 1
-            height = int.from_bytes(read(27, 3), "little") + 1
-            return (height, width), 1
-        if chunk == b"VP8L":
-            bits = int.from_bytes(head[21:25], "little")
-            return (((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1), 1
-        if chunk == b"VP8 ":
-            width, height = struct.unpack("<HH", read(26, 4))
-            return (height & 0x3FFF, width & 0x3FFF), 1
-        return None, 1
-    if head[:2] == b"BM" and len(head) >= 26:
-        (header_size,) = struct.unpack("<I", head[14:18])
-        if header_size == 12:
-            width, height = struct.unpack("<HH", head[18:22])
+        return "WebP", _webp_size(read, head), 1
+    if head[:2] == b"BM":
+        return "BMP", _bmp_size(head), 1
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        tags = _tiff_tags(read, 0, frozenset({256, 257}))  # OpenCV does not rotate TIFFs by their orientation tag
+        return "TIFF", ((tags[257], tags[256]) if 256 in tags and 257 in tags else None), 1
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        width, height = struct.unpack("<HH", head[6:10])
+        return "GIF", (height, width), 1
+    if head.startswith((b"#?RADIANCE", b"#?RGBE")):
+        return "Radiance HDR", _radiance_size(read), 1
+    if head[:2] in (b"PF", b"Pf") or (head[:1] == b"P" and head[1:2] in b"123456" and len(head) > 2):
+        name = "PFM" if head[1:2] in b"Ff" else "PBM/PGM/PPM"
+        tokens = _pnm_tokens(read, 2)
+        return name, ((int(tokens[1]), int(tokens[0])) if len(tokens) == 2 else None), 1
+    if head[:2] == b"P7":
+        return "PAM", _pam_size(read), 1
+    if head[:4] == b"\x59\xa6\x6a\x95":
+        width, height = struct.unpack(">ii", head[4:12])
+        return "Sun raster", (height, width), 1
+    if head[:4] == b"\x76\x2f\x31\x01":
+        return "OpenEXR", _openexr_size(read), 1
+    if head[:4] == b"\xff\x4f\xff\x51":
+        return "JPEG 2000", _jpeg2000_size(read, 0), 1
+    if head[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n":
+        return "JPEG 2000", _jp2_size(read), 1
+    if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis", b"mif1", b"msf1"):
+        return "AVIF", _avif_size(read), 1
+    return None, None, 1
+
+
+def _header(source: str | Path | bytes | np.ndarray) -> tuple[str | None, tuple[int, int] | None, int]:
+    """:func:`_probe` of a path or of the file's bytes; a header that breaks the parser has no size."""
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview, np.ndarray)):
+            kind, size, orientation = _probe(_bytes_reader(source))
         else:
-            width, height = struct.unpack("<ii", head[18:26])
-        return (abs(height), abs(width)), 1
-    tags = _tiff_tags(read, 0, frozenset({256, 257, 274}))
-    if 256 in tags and 257 in tags:
-        return (tags[257], tags[256]), 1  # OpenCV does not rotate TIFFs by their orientation tag
-    return None, 1
+            with open(source, "rb") as stream:
+                kind, size, orientation = _probe(_file_reader(stream))
+    except (struct.error, ValueError, IndexError):
+        return None, None, 1
+    if size is None or min(size) < 1:
+        return kind, None, orientation
+    return kind, (int(size[0]), int(size[1])), orientation
+
+
+def picture_format(source: str | Path | bytes | np.ndarray) -> str | None:
+    """The picture format of a file (a path or its bytes) by its content, e.g. "PNG" or "Radiance
+    HDR"; None for content OpenCV would not decode as a picture."""
+    return _header(source)[0]
 
 
 def probe_image_size(source: str | Path | bytes | np.ndarray, oriented: bool = True) -> tuple[int, int] | None:
-    """(height, width) of a picture read from its header only, or None for a format not parsed here.
+    """(height, width) of a picture read from its header only, or None where the header gives none.
 
     ``source`` is a path or the file's bytes. ``oriented``: the size after the EXIF rotation a JPEG
     is decoded with (as :func:`read_image` returns it), else the stored frame size.
     """
-    try:
-        if isinstance(source, (bytes, bytearray, memoryview, np.ndarray)):
-            size, orientation = _probe(_bytes_reader(source))
-        else:
-            with open(source, "rb") as stream:
-                size, orientation = _probe(_file_reader(stream))
-    except (struct.error, ValueError, IndexError):
-        return None
-    if size is None or min(size) < 1:
+    _, size, orientation = _header(source)
+    if size is None:
         return None
     return (size[1], size[0]) if oriented and orientation in (5, 6, 7, 8) else size
 
@@ -219,18 +383,47 @@ def set_max_pixels(limit: int | None) -> None:
     os.environ[MAX_PIXELS_ENV] = str(int(limit or 0))
 
 
-def _check_pixels(path: str | Path, size: tuple[int, int] | None, factor: int = 1) -> None:
-    """Raise ImageTooLargeError when decoding ``size`` at 1/``factor`` scale is over the pixel limit."""
+def decoding_size(path: str | Path, data: bytes | np.ndarray, factor: int = 1) -> tuple[int, int] | None:
+    """The decode guard every reader runs before ``cv2.imdecode``: the stored (H, W) of ``data`` (the
+    bytes of ``path``) read from its header, or None when no pixel limit is set.
+
+    Under the limit (:func:`max_pixels_limit`), a picture is decoded only when its header gives its
+    size: content that is no picture format, and a header whose size cannot be read, raise
+    ImageReadError naming the format; a picture whose decode at 1/``factor`` scale is over the limit
+    raises ImageTooLargeError. Nothing is decoded in either case.
+    """
+    kind, size, _ = _header(data)
     limit = max_pixels_limit()
-    if limit is None or size is None:
-        return
+    if limit is None:
+        return size
+    if kind is None:
+        raise ImageReadError(path, "not a picture format OpenCV reads (recognised by content, whatever the name), "
+                                   "or corrupt; not decoded")
+    if size is None:
+        raise ImageReadError(path, f"{kind} file whose size cannot be read from its header; not decoded under the "
+                                   f"pixel limit (set {MAX_PIXELS_ENV}=0 to decode it anyway)")
     decoded = -(-size[0] // factor) * -(-size[1] // factor)
     if decoded > limit:
         raise ImageTooLargeError(
             path,
             f"{size[1]}x{size[0]} pixels ({size[0] * size[1] / 1e6:.0f} MP) is over the pixel limit of "
-            f"{limit / 1e6:g} MP; skipped without decoding (raise it with --max-pixels or {MAX_PIXELS_ENV})",
+            f"{limit / 1e6:g} MP ({kind} by its content); skipped without decoding (raise it with --max-pixels or "
+            f"{MAX_PIXELS_ENV})",
         )
+    return size
+
+
+def _decode(path: str | Path, data: np.ndarray, flags: int, what: str = "image") -> np.ndarray:
+    """``cv2.imdecode`` of a file's bytes, after :func:`decoding_size`; ImageReadError naming the file
+    when OpenCV cannot decode it (a codec disabled in this build, e.g. OpenEXR, included)."""
+    try:
+        decoded = cv2.imdecode(data, flags)
+    except cv2.error as error:
+        reason = str(error).strip().splitlines()[-1]
+        raise ImageReadError(path, f"cannot decode {what}: {reason}") from None
+    if decoded is None:
+        raise ImageReadError(path, f"cannot decode {what} (corrupt, truncated or not an image)")
+    return decoded
 
 
 def jpeg_reduction_factor(frame_size: tuple[int, int], max_side: int) -> int:
@@ -257,27 +450,22 @@ def read_image(path: str | Path, max_side: int | None = None) -> np.ndarray:
     if max_side is not None and size is not None and data[:2].tobytes() == _JPEG_SIGNATURE:
         factor = jpeg_reduction_factor(size, max_side)
         flags = _REDUCED_COLOR_FLAGS.get(factor, cv2.IMREAD_COLOR)
-    _check_pixels(path, size, factor)
-    image = cv2.imdecode(data, flags)
-    if image is None:
-        raise ImageReadError(path, "cannot decode image (corrupt, truncated or not an image)")
+    decoding_size(path, data, factor)
+    image = _decode(path, data, flags)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def decode_image(data: bytes | np.ndarray, source: str = "upload") -> np.ndarray:
     """Decode a picture's bytes (a file received over the network, ...) as H×W×3 uint8 RGB.
 
-    The pixel limit is applied to the header's size before decoding (``ImageTooLargeError``);
-    undecodable bytes raise ``ImageReadError``. ``source`` names the bytes in messages.
+    The decode guard (:func:`decoding_size`) runs first, as for files; undecodable bytes raise
+    ``ImageReadError``. ``source`` names the bytes in messages.
     """
     data = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
     if data.size == 0:
         raise ImageReadError(source, "empty file")
-    _check_pixels(source, probe_image_size(data, oriented=False))
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None:
-        raise ImageReadError(source, "cannot decode image (corrupt, truncated or not an image)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    decoding_size(source, data)
+    return cv2.cvtColor(_decode(source, data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def _orientations(image: np.ndarray) -> list[np.ndarray]:
@@ -293,10 +481,8 @@ def read_image_with_alpha(path: str | Path) -> np.ndarray:
     RGBA, gray+alpha or palette-with-transparency file (16-bit alpha keeps its top 8 bits).
     """
     data = _read_bytes(path)
-    _check_pixels(path, probe_image_size(data, oriented=False))
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None:
-        raise ImageReadError(path, "cannot decode image (corrupt, truncated or not an image)")
+    decoding_size(path, data)
+    image = _decode(path, data, cv2.IMREAD_COLOR)
     rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     stored = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # as stored: alpha kept, EXIF orientation not applied
     if stored is None or stored.ndim != 3 or stored.shape[2] != 4:
@@ -317,10 +503,8 @@ def read_mask(path: str | Path) -> np.ndarray:
     channels are uniform takes its alpha channel; 16-bit masks keep their top 8 bits.
     """
     data = _read_bytes(path)
-    _check_pixels(path, probe_image_size(data, oriented=False))
-    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise ImageReadError(path, "cannot decode mask (corrupt, truncated or not an image)")
+    decoding_size(path, data)
+    mask = _decode(path, data, cv2.IMREAD_UNCHANGED, "mask")
     if mask.ndim == 3 and mask.shape[2] == 4:
         colour, alpha = mask[..., :3], mask[..., 3]
         if colour.min() == colour.max() and alpha.min() != alpha.max():

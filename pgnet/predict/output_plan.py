@@ -65,7 +65,7 @@ def plan_outputs(sources: Iterable[str | Path], output_dir: str | Path, recursiv
     output (an earlier run's outputs inside a folder searched recursively count as inputs: write to
     a folder outside it).
     """
-    output_dir = Path(output_dir)
+    output_dir, sources = Path(output_dir), list(sources)
     found: dict[Path, tuple[Path, Path]] = {}  # resolved source -> (source, relative path)
     roots: dict[Path, Path] = {}  # resolved source -> the folder it was found in
     for source in sources:
@@ -84,7 +84,33 @@ def plan_outputs(sources: Iterable[str | Path], output_dir: str | Path, recursiv
         jobs = _outputs({key: (path, Path(os.path.abspath(path)).relative_to(common))
                          for key, (path, _) in found.items()}, output_dir)
     check_overwrites(((job.output, job.source) for job in jobs), found, what="output")
+    check_outputs_outside_inputs([job.output for job in jobs], sources, output_dir, recursive)
     return sorted(jobs, key=lambda job: str(job.source))
+
+
+def _found_again(output: Path, source: str | os.PathLike, recursive: bool) -> bool:
+    """Whether listing ``source`` again (a folder, a glob; a file names only itself) would find ``output``."""
+    source_path = Path(source).expanduser()
+    if source_path.is_file():
+        return False
+    output = Path(os.path.realpath(output))
+    if source_path.is_dir():
+        folder = Path(os.path.realpath(source_path))
+        return output.parent == folder or (recursive and output.is_relative_to(folder))
+    return output.match(os.path.abspath(source_path))  # a glob pattern, component by component
+
+
+def check_outputs_outside_inputs(outputs: Iterable[Path], sources: Iterable[str | os.PathLike], output_dir: Path,
+                                 recursive: bool) -> None:
+    """Refuse outputs that a second run with the same ``sources`` would read as inputs (masks written
+    into the folder of their pictures), naming the folder and an example."""
+    sources = list(sources)
+    among = [output for output in outputs if any(_found_again(output, source, recursive) for source in sources)]
+    if among:
+        raise OverwriteError(
+            f"{len(among)} outputs would be written among the inputs (e.g. {among[0]}), where a second run would "
+            f"read them as inputs: choose an output folder outside the input folders, not {output_dir}"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -122,7 +148,7 @@ def plan_video_outputs(
     folder it was found in; two videos whose outputs would collide keep their suffix
     (``clip.avi.mp4``). Raises FileExistsError when an output would replace an input.
     """
-    output_dir = Path(output_dir)
+    output_dir, sources = Path(output_dir), list(sources)
     suffix = "" if mode == "rgba" else VIDEO_SUFFIX
     found: dict[Path, tuple[Path, Path]] = {}  # resolved source -> (source, path under its folder)
     for source in sources:
@@ -141,4 +167,5 @@ def plan_video_outputs(
         if output.resolve() in found:
             raise OverwriteError(f"the output for {path} would overwrite the input {output}; choose another folder")
         jobs.append(VideoJob(path, output))
+    check_outputs_outside_inputs([job.output for job in jobs if job.output.suffix], sources, output_dir, recursive)
     return sorted(jobs, key=lambda job: str(job.source))

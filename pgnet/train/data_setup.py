@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +22,25 @@ from pgnet.data.transforms import build_eval_transform, build_train_transform
 from pgnet.evaluation import scoring
 from pgnet.metrics import SODMetrics
 from pgnet.train.distributed import DistInfo
+from pgnet.writing import write_text
+
+HELD_OUT_FILE = "split.json"  # in the run folder: the pictures of each validation set
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity, where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def loader_workers(requested: int, logger: logging.Logger | None = None) -> int:
+    """``data.num_workers`` capped at the cores available (more workers than cores only compete);
+    the cap is logged."""
+    cores = available_cores()
+    if requested <= cores:
+        return requested
+    if logger is not None:
+        logger.info("data.num_workers %d capped at %d: the cores this process may use", requested, cores)
+    return cores
 
 
 def check_held_out(train_dataset: ConcatDataset, validation: list[tuple[str, Any]]) -> None:
@@ -62,21 +84,23 @@ class TrainingData:
         self.preprocessing = Preprocessing.from_data_config(config)  # saved in every checkpoint
         self.mean, self.std = self.preprocessing.mean, self.preprocessing.std
         if not config.train:
-            raise ConfigError("data.train lists no dataset")
+            raise ConfigError("data.train lists no dataset: give at least one, e.g. "
+                              "\"data.train=[{name: generic, root: my_pictures, split: train}]\"")
+        self.num_workers = loader_workers(config.num_workers, logger)
         augment = {key: value for key, value in asdict(config.augment).items() if value is not None}
         transform = build_train_transform(config.preset, size=config.size, mean=self.mean, std=self.std, **augment)
         self.dataset = build_train_dataset([dataset_options(e) for e in config.train], transform)
         self.loader = build_train_loader(
             self.dataset,
             batch_size=micro_batch,
-            num_workers=config.num_workers,
+            num_workers=self.num_workers,
             seed=seed,
             distributed=dist.enabled,
             sizes=config.multiscale,
             world_size=dist.world_size if dist.enabled else None,
             rank=dist.rank if dist.enabled else None,
         )
-        self.micro_batch = micro_batch
+        self.micro_batch, self.world_size = micro_batch, dist.world_size
         self.skipped = 0  # unreadable samples left out of the batches of the current epoch so far
         self.num_samples = len(self.dataset)
         self.batches_per_epoch = len(self.loader)
@@ -101,11 +125,33 @@ class TrainingData:
         if limit:
             steps = min(steps, limit)
         if steps < 1:
+            per_step = grad_accum * self.world_size  # data.batch_size must be a multiple of it
+            fits = self.num_samples // per_step * per_step
+            advice = (f"set data.batch_size={fits} or less, or add pictures" if fits else
+                      f"add pictures, or lower train.grad_accum ({grad_accum}) or the number of processes")
             raise ConfigError(
-                f"an epoch has no optimiser step: {self.batches_per_epoch} batches of {self.micro_batch} "
-                f"per process with train.grad_accum={grad_accum}"
+                f"an epoch has no optimiser step: data.train holds {self.num_samples} pictures (after any split), "
+                f"fewer than one step's data.batch_size of {self.config.batch_size}; {advice}"
             )
         return steps
+
+    def held_out(self) -> dict[str, dict[str, Any]]:
+        """``{validation set: {"count", "images"}}``: the pictures each validation set scores."""
+        return {name: {"count": len(dataset), "images": [str(image) for image, _ in getattr(dataset, "pairs", [])]}
+                for name, dataset in self._validation}
+
+    def record_held_out(self, run_dir: Path) -> None:
+        """List the validation pictures in ``run_dir/split.json`` and log how many each set holds
+        (held out of which training dataset, for a split)."""
+        held_out = self.held_out()
+        if not held_out:
+            return
+        write_text(run_dir / HELD_OUT_FILE, json.dumps(held_out, indent=1))
+        for (name, record), entry in zip(held_out.items(), self.config.val):
+            origin = f"held out of {entry.root} (val_fraction {entry.val_fraction}, split_seed {entry.split_seed})" \
+                if entry.split == "val" else "a separate set"
+            self.logger.info("validation set %s: %d pictures, %s; listed in %s", name, record["count"], origin,
+                             HELD_OUT_FILE)
 
     def epoch_batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, Any]]:
         """The batches of ``epoch`` from ``start_batch`` on (the same batches a whole epoch has there)."""
@@ -134,7 +180,7 @@ class TrainingData:
 
     def validation_sets(self) -> Iterator[tuple[str, Validation]]:
         for name, dataset in self._validation:
-            yield name, Validation(name, dataset, self.config.num_workers)
+            yield name, Validation(name, dataset, self.num_workers)
 
     def picture_samples(self, count: int) -> list[tuple[str, dict[str, Any]]]:
         """Up to ``count`` samples of the first validation set, evenly spaced over it and chosen once,

@@ -3,8 +3,9 @@ save, checkpoints that share storage).
 
 Layout::
 
-    RUN/config.yaml            the resolved config
+    RUN/config.yaml            the resolved config (a resume takes its recipe from last.pth, which holds it too)
     RUN/log.txt                text log
+    RUN/split.json             the pictures of each validation set (those held out of a training folder)
     RUN/tb/                    TensorBoard events
     RUN/checkpoints/last.pth   written every epoch (and every ``checkpoint_every_steps``)
     RUN/checkpoints/best.pth   best validation ``best_metric``

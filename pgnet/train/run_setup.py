@@ -1,8 +1,10 @@
 """Where a training run happens, set up before any data or model: the device, the DDP process
-group, the run folder (named, locked, checked), the run's log, the determinism flags and the seeds.
+group, the run's log, the determinism flags and the seeds (:func:`start_run`), then the run folder
+(named, locked, checked; :meth:`RunContext.open_folder`).
 
-:func:`open_run` does it in that order, so that a bad config fails before the run folder exists;
-:meth:`RunContext.close` undoes it (log files closed, folder released, process group left).
+The trainer checks the data between the two, so that a bad config or dataset fails before the run
+folder exists. :meth:`RunContext.close` undoes them (log files closed, folder released, process
+group left).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pgnet.device import resolve_device
 from pgnet.train import distributed, run_log
 from pgnet.train.distributed import DistInfo
 from pgnet.train.rng import seed_everything
-from pgnet.train.run_dir import RunFolderLock, new_run_dir, remove_temporaries
+from pgnet.train.run_dir import RunFolderLock, check_not_busy, new_run_dir, remove_temporaries
 from pgnet.writing import OverwriteError
 
 
@@ -33,10 +35,22 @@ class RunContext:
     micro_batch: int
     lock: RunFolderLock | None
     logger: logging.Logger
+    resume: bool = False
 
     @property
     def checkpoint_dir(self) -> Path:
         return self.run_dir / "checkpoints"
+
+    def open_folder(self) -> None:
+        """Lock the run folder (creating it), start ``log.txt`` with what was logged so far, and on
+        resume remove the leftovers of an interrupted save (rank 0; the others only log to stderr)."""
+        if not self.dist.is_main or self.lock is not None:
+            return
+        self.lock = RunFolderLock(self.run_dir)  # one writer per run folder: before anything is written there
+        run_log.attach_log_file(self.logger, self.run_dir)
+        if self.resume:
+            for leftover in remove_temporaries(self.run_dir):
+                self.logger.info("removed %s, left by an interrupted save", leftover)
 
     def close(self, network: torch.nn.Module | None = None) -> None:
         """Close the log files, release the run folder and leave the process group (``network``: the
@@ -75,9 +89,11 @@ def set_determinism(deterministic: bool, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def open_run(config: Config, run_dir: str | Path | None, resume: bool, log_name: str) -> RunContext:
-    """Set up the run of ``config`` in ``run_dir`` (None: a new ``output_dir/name-DATE-TIME``);
-    ``resume``: the folder holds the run to continue. The log is the logger ``log_name``."""
+def start_run(config: Config, run_dir: str | Path | None, resume: bool, log_name: str) -> RunContext:
+    """Set up the run of ``config`` without touching its folder: device, processes, the per-process
+    batch, the log (the logger ``log_name``, kept for ``log.txt``), determinism and seeds.
+    ``run_dir``: None for a new ``output_dir/name-DATE-TIME`` (only named here); ``resume``: the
+    folder holds the run to continue. :meth:`RunContext.open_folder` then takes the folder."""
     train = config.train
     device = resolve_device(train.device, key="train.device")
     dist = distributed.init_distributed(device.type)
@@ -90,17 +106,14 @@ def open_run(config: Config, run_dir: str | Path | None, resume: bool, log_name:
             run_dir = distributed.broadcast_object(new_run_dir(config) if dist.is_main else None, dist)
         run_dir = Path(run_dir)
         micro_batch = micro_batch_size(config, dist.world_size)
-        # One writer per run folder: the lock comes before anything is written there.
-        lock = RunFolderLock(run_dir) if dist.is_main else None
-        if not resume and (run_dir / "checkpoints" / "last.pth").exists():
+        if not resume and (run_dir / "checkpoints" / "last.pth").exists():  # every process stops
             raise OverwriteError(f"{run_dir} already holds a run: resume it with --resume, or pick another folder")
-        logger = run_log.open_run_log(run_dir, log_name, dist.is_main)
-        if resume and dist.is_main:
-            for leftover in remove_temporaries(run_dir):
-                logger.info("removed %s, left by an interrupted save", leftover)
+        if dist.is_main:  # a live writer: stop at once (open_folder's lock decides)
+            check_not_busy(run_dir)
+        logger = run_log.start_run_log(log_name, dist.is_main)
     except BaseException:
         distributed.cleanup(dist)
         raise
     set_determinism(train.deterministic, device)
     seed_everything(train.seed + dist.rank)
-    return RunContext(device, dist, run_dir, micro_batch, lock, logger)
+    return RunContext(device, dist, run_dir, micro_batch, None, logger, resume)

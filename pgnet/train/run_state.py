@@ -50,13 +50,15 @@ class Position:
 @dataclass
 class RunState:
     """What a run has done: its position, best score (and the global step of ``best.pth``), the
-    non-finite steps it skipped and one history entry per validation."""
+    non-finite steps it skipped, one history entry per validation, and the unreadable samples the
+    epoch in progress left out so far (all processes)."""
 
     position: Position = field(default_factory=Position)
     best: float | None = None
     best_step: int | None = None
     nonfinite_steps: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    skipped_in_epoch: int = 0
 
     def count_nonfinite(self, message: str, allowed: int) -> None:
         """Count a step skipped for a non-finite loss (``message`` says which); beyond ``allowed``
@@ -68,13 +70,15 @@ class RunState:
     def checkpoint_fields(self) -> dict[str, Any]:
         """The checkpoint entries of this state (plain values only)."""
         return {"position": vars(self.position).copy(), "best": self.best, "best_step": self.best_step,
-                "nonfinite_steps": self.nonfinite_steps, "history": self.history}
+                "nonfinite_steps": self.nonfinite_steps, "history": self.history,
+                "skipped_in_epoch": self.skipped_in_epoch}
 
     @classmethod
     def from_checkpoint(cls, state: Mapping[str, Any]) -> RunState:
-        """The state ``checkpoint_fields`` wrote (``best_step`` may be missing in older checkpoints)."""
+        """The state ``checkpoint_fields`` wrote (``best_step`` and ``skipped_in_epoch`` may be missing
+        in older checkpoints)."""
         return cls(Position(**state["position"]), state["best"], state.get("best_step"), state["nonfinite_steps"],
-                   list(state["history"]))
+                   list(state["history"]), state.get("skipped_in_epoch", 0))
 
 
 @dataclass(frozen=True)
@@ -118,13 +122,14 @@ class NonFiniteGuard(Callback):
                                self.allowed)
 
 
-def training_checkpoint(parts: TrainingParts, preprocessing: Preprocessing, state: RunState, ema: ModelEma | None,
-                        callbacks: Sequence[Callback]) -> dict[str, Any]:
-    """The checkpoint of a run: model, ``preprocessing``, ``parts``' states, ``ema``'s weights, ``state``,
-    the ``callbacks``' states and every RNG state."""
-    return model_checkpoint(parts.model, preprocessing=preprocessing, **parts.checkpoint_fields(),
-                            ema=ema.module.state_dict() if ema is not None else None, **state.checkpoint_fields(),
-                            callbacks=callback_states(callbacks), rng=rng_state())
+def training_checkpoint(config: Config, parts: TrainingParts, preprocessing: Preprocessing, state: RunState,
+                        ema: ModelEma | None, callbacks: Sequence[Callback]) -> dict[str, Any]:
+    """The checkpoint of a run: its recipe (``config``, what a resume continues), model,
+    ``preprocessing``, ``parts``' states, ``ema``'s weights, ``state``, the ``callbacks``' states and
+    every RNG state."""
+    return model_checkpoint(parts.model, preprocessing=preprocessing, config=config.to_dict(),
+                            **parts.checkpoint_fields(), ema=ema.module.state_dict() if ema is not None else None,
+                            **state.checkpoint_fields(), callbacks=callback_states(callbacks), rng=rng_state())
 
 
 def resume_run(run: RunContext, parts: TrainingParts, config: Config,

@@ -118,17 +118,17 @@ def loss_tag(term: str, graft_points: Sequence[str]) -> str:
 class TrainingBoard:
     """The TensorBoard events of one run in ``log_dir``.
 
-    ``resume``: keep the events there and skip the (tag, step) pairs they hold (see
-    ``pgnet.train.tb_history``; nothing is purged); ``fresh`` (a new
-    run) writes the text and the custom-scalars layout. ``mean``/``std`` undo the input normalisation
+    ``resume_step``: the global step of the checkpoint a run resumes from: the events after it are
+    replaced, those up to it kept (see ``pgnet.train.tb_history``); ``fresh`` (a new run) writes the
+    text and the custom-scalars layout. ``mean``/``std`` undo the input normalisation
     for pictures.
     """
 
     picture_count = PICTURE_SAMPLES  # validation images the callback passes to ``validation_pictures``
 
-    def __init__(self, log_dir: str | Path, *, resume: bool, graft_points: Sequence[str],
+    def __init__(self, log_dir: str | Path, *, resume_step: int | None, graft_points: Sequence[str],
                  mean: Sequence[float], std: Sequence[float], fresh: bool):
-        self.writer = open_summary_writer(log_dir, resume)
+        self.writer = open_summary_writer(log_dir, resume_step)
         self.graft_points = tuple(graft_points)
         self.mean, self.std = tuple(mean), tuple(std)
         self._warned: set[str] = set()
@@ -278,7 +278,7 @@ class TensorBoard(Callback):
     image, with the CMGM attention captured in its forward pass (``image_every`` 0: no pictures).
 
     The events are flushed before every checkpoint, so that a resumed run finds all those of the steps
-    before its checkpoint on disk (see ``pgnet.train.tb_history``).
+    before its checkpoint on disk; those after it are replaced (see ``pgnet.train.tb_history``).
     """
 
     def __init__(self, image_every: int):
@@ -289,7 +289,8 @@ class TensorBoard(Callback):
 
     def setup(self, trainer: Trainer) -> None:
         if trainer.dist.is_main:
-            self.board = TrainingBoard(trainer.run_dir / "tb", resume=trainer.resumed, mean=trainer.data.mean,
+            resume_step = trainer.position.global_step if trainer.resumed else None
+            self.board = TrainingBoard(trainer.run_dir / "tb", resume_step=resume_step, mean=trainer.data.mean,
                                        std=trainer.data.std, graft_points=trainer.model.decoder.graft_points,
                                        fresh=trainer.position.global_step == 0)
 

@@ -32,7 +32,7 @@ from pgnet.train.interrupt import TrainingInterrupted, stop_signals_to
 from pgnet.train.model_setup import build_training_parts
 from pgnet.train.progress import Progress
 from pgnet.train.run_dir import CheckpointLinks
-from pgnet.train.run_setup import open_run
+from pgnet.train.run_setup import start_run
 from pgnet.train.run_state import NonFiniteGuard, NonFiniteLossError
 from pgnet.train.tensorboard import TensorBoard
 from pgnet.writing import write_text
@@ -80,24 +80,29 @@ class Trainer:
         check_callbacks(self.callbacks)
         self._running: list[Callback] = []  # the callbacks set up, torn down by close()
         self._stop: TrainingInterrupted | None = None  # the stop requested, raised at the next step boundary
-        # Starting weights and frozen parts are checked before the run folder is made.
+        # Starting weights, frozen parts and the data are checked before the run folder is made.
         self.finetuning = FineTuning(config, resume=resume)
-        self.run = open_run(config, run_dir, resume, f"pgnet.train.{id(self)}")
+        self.run = start_run(config, run_dir, resume, f"pgnet.train.{id(self)}")
         self.device, self.dist, self.run_dir, self.logger = (self.run.device, self.run.dist, self.run.run_dir,
                                                              self.run.logger)
         try:
             self._set_up(resume)
-        except BaseException:
+        except BaseException as error:
+            run_log.record_failure(self.logger, error)
             self.close()
             raise
 
     def _set_up(self, resume: bool) -> None:
         config, train = self.config, self.config.train
-        # Data first: a dataset with no valid sample fails before any model is built.
+        # Data first: a dataset with no valid sample, a split or a batch that cannot be made, fail
+        # before the run folder exists and before any model is built.
         with run_log.data_warnings_logged(self.logger):
             self.data = TrainingData(config.data, seed=train.seed, micro_batch=self.run.micro_batch, dist=self.dist,
                                      logger=self.logger)
         self.steps_per_epoch = self.data.steps_per_epoch(train.grad_accum, train.max_steps_per_epoch)
+        self.run.open_folder()
+        if self.dist.is_main:
+            self.data.record_held_out(self.run_dir)
         parts = build_training_parts(config, self.finetuning, self.device, self.dist, self.steps_per_epoch,
                                      self.logger.info)
         self.parts, self.model, self.network = parts, parts.model, parts.network
@@ -142,8 +147,8 @@ class Trainer:
         if not self.dist.is_main:
             return None
         self._call("on_save", name)
-        checkpoint = run_state.training_checkpoint(self.parts, self.data.preprocessing, self.state, self.ema,
-                                                   self.callbacks)
+        checkpoint = run_state.training_checkpoint(self.config, self.parts, self.data.preprocessing, self.state,
+                                                   self.ema, self.callbacks)
         return save_checkpoint(checkpoint, self.run.checkpoint_dir / f"{name}.pth")
 
     # ------------------------------------------------------------------ training
@@ -181,6 +186,10 @@ class Trainer:
                 self._train_all_epochs()
             summary = self._summary(time.perf_counter() - started)
             self._call("on_run_end", summary)
+        except BaseException as error:
+            if not isinstance(error, TrainingInterrupted):  # a stop is logged where it is handled
+                run_log.record_failure(self.logger, error)
+            raise
         finally:
             self.close()  # the run folder is free for the next writer (e.g. a resume), however fit ends
         return summary
@@ -206,6 +215,8 @@ class Trainer:
         self.network.train()
         self._call("on_epoch_start", epoch)
         throughput = Throughput()  # since the last logged step
+        # unreadable samples of this epoch before this process's first step (those of a stopped process)
+        skipped_before = self.state.skipped_in_epoch if self.position.step_in_epoch else 0
         for micro_batches in self.data.epoch_steps(epoch, self.position.step_in_epoch, train.grad_accum):
             step = self.position.global_step + 1
             # DDP needs every process in the backward pass: a step runs when all have a sample.
@@ -223,11 +234,18 @@ class Trainer:
             if log:
                 throughput.restart()
             if is_due(step, train.checkpoint_every_steps):
+                self._count_skipped(skipped_before)
                 self.save("last")
             if self._stop is not None or self.position.step_in_epoch >= self.steps_per_epoch:
                 break
+        self._call("on_train_epoch_end", epoch, self._count_skipped(skipped_before))
+
+    def _count_skipped(self, before: int) -> int:
+        """The unreadable samples of the epoch so far, all processes (a collective call), kept in the
+        run's state for the next checkpoint: ``before`` those of the steps before this process's first."""
         skipped = distributed.all_reduce_sum(torch.tensor(self.data.skipped, device=self.device), self.dist)
-        self._call("on_train_epoch_end", epoch, int(skipped.item()))
+        self.state.skipped_in_epoch = before + int(skipped.item())
+        return self.state.skipped_in_epoch
 
     def _optimizer_step(self, step: int, micro_batches: list[dict[str, Any]]) -> tuple[dict[str, float], bool]:
         """Forward/backward every micro-batch, then one optimiser step (discarded for a non-finite loss).

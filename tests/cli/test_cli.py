@@ -229,3 +229,32 @@ def test_bad_input_met_in_the_library_is_a_usage_error(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("error: ") and named in err and "Traceback" not in err, (argv, err)
+
+
+@pytest.mark.parametrize("command", ["export", "convert"])
+def test_no_command_writes_over_its_checkpoint_or_an_existing_file_unless_asked(command, tmp_path, capsys):
+    main = importlib.import_module(f"pgnet.cli.{command}").main
+    checkpoint = tmp_path / "ckpt.pth"
+    checkpoint.write_bytes(b"the checkpoint")
+    assert main([str(checkpoint), str(checkpoint)]) == 2
+    assert f"is the input {checkpoint}: writing it would destroy the input" in capsys.readouterr().err
+    assert main([str(checkpoint), str(tmp_path / "." / "ckpt.pth"), "--overwrite"]) == 2  # never, even if asked
+    capsys.readouterr()
+    existing = tmp_path / "older.out"
+    existing.write_bytes(b"another command's file")
+    assert main([str(checkpoint), str(existing)]) == 2
+    assert f"{existing} exists: pass --overwrite to replace it" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == b"the checkpoint" and existing.read_bytes() == b"another command's file"
+
+
+@pytest.mark.parametrize("command", ["predict", "eval"])
+def test_an_output_folder_naming_an_existing_file_is_a_usage_error_before_any_work(command, tmp_path, capsys):
+    main = importlib.import_module(f"pgnet.cli.{command}").main
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "masks.png").write_bytes(b"an earlier output")
+    inputs = [str(tmp_path / "a.png")] if command == "predict" else ["--preds", str(tmp_path), "--gt", str(tmp_path)]
+    with pytest.raises(SystemExit) as exited:  # the parser's error: before any input is listed or model loaded
+        main([*inputs, "-o", str(tmp_path / "masks.png"), "-c", str(tmp_path / "none.pth")])
+    assert exited.value.code == 2
+    assert f"-o/--output names the file {tmp_path / 'masks.png'}: it takes a folder" in capsys.readouterr().err
+    assert (tmp_path / "masks.png").read_bytes() == b"an earlier output"

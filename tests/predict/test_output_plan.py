@@ -19,3 +19,27 @@ def test_predict_outputs_of_two_folders_with_the_same_names_keep_their_folders(t
     with pytest.raises(OverwriteError, match=r"would be written more than once.*x\.png"):
         check_overwrites([(tmp_path / "x.png", tmp_path / "1.jpg"), (tmp_path / "x.png", tmp_path / "2.jpg")],
                                  [])
+
+
+def test_outputs_are_never_written_where_a_second_run_would_read_them(tmp_path, capsys):
+    """``pgnet-predict photos -o photos`` would put a.png beside a.jpg, which the next run reads as a
+    picture: refused before any work, so a second run finds the same pictures; so are the other
+    outputs a second run would list (a glob's folder, a subfolder searched recursively)."""
+    from pgnet.cli.predict import main as predict_main
+    from pgnet.data.io import list_images
+
+    photos = tmp_path / "photos"
+    for name in ("a.jpg", "b.jpg"):
+        write_image(photos / name, make_sample(0, (32, 32))[0])
+    for _ in range(2):  # a second run sees the same inputs
+        # refused before the checkpoint is read (this one does not exist)
+        assert predict_main([str(photos), "-o", str(photos), "-c", str(tmp_path / "none.pth"), "--device", "cpu"]) == 2
+        assert "2 outputs would be written among the inputs" in capsys.readouterr().err
+        assert list_images(photos) == [photos / "a.jpg", photos / "b.jpg"]
+    with pytest.raises(OverwriteError, match=r"among the inputs \(e\.g\. .*photos/a\.png\)"):
+        plan_outputs([f"{photos}/*"], photos)
+    with pytest.raises(OverwriteError, match=r"among the inputs .*photos/masks/a\.png"):
+        plan_outputs([photos], photos / "masks", recursive=True)
+    assert [job.output for job in plan_outputs([photos], photos / "masks")] == [photos / "masks" / "a.png",
+                                                                               photos / "masks" / "b.png"]
+    assert len(plan_outputs([f"{photos}/*.jpg"], photos)) == 2  # a second run of *.jpg reads no .png

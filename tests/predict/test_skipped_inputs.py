@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import huge_png
+from helpers import huge_hdr, huge_png
 
 from pgnet.checkpoint import load_checkpoint
 from pgnet.data.synthetic import make_sample
@@ -33,12 +33,14 @@ def predictor(tiny) -> Predictor:
 def test_predict_files_skips_a_huge_picture_and_writes_the_rest(predictor, tmp_path):
     (tmp_path / "in").mkdir()
     huge_png(tmp_path / "in" / "big.png")
+    huge_hdr(tmp_path / "in" / "huge.png")  # a 144 MP Radiance HDR by content
     write_image(tmp_path / "in" / "ok.jpg", make_sample(2, (50, 70))[0])
     lines = []
     report = predict_files(predictor, plan_outputs([tmp_path / "in"], tmp_path / "out"), progress=False,
                            log=lines.append, workers=1)
     assert [path.name for path in report.written] == ["ok.png"]
-    assert len(lines) == 1 and "big.png" in lines[0] and "20000x20000" in lines[0]
+    assert len(lines) == 2 and "big.png" in lines[0] and "20000x20000" in lines[0]
+    assert "huge.png" in lines[1] and "12000x12000" in lines[1] and "Radiance HDR" in lines[1]
 
 
 def test_an_unreadable_path_in_a_list_gives_none_and_a_warning(predictor, tmp_path):

@@ -85,37 +85,71 @@ def test_rotation_and_leftovers(tmp_path):
     assert not any(path.exists() for path in leftovers)
 
 
-def test_resumed_tensorboard_keeps_history_and_logs_nothing_twice(tmp_path):
+def test_resumed_tensorboard_keeps_history_to_the_checkpoint_and_replaces_what_follows(tmp_path):
+    """Killed after logging step 5 with its checkpoint at step 3, then resumed with a change (another
+    learning rate from step 3 on): TensorBoard shows the first process's points up to step 3 and the
+    resumed process's after it, each once, as one run that took the change at step 3 would; a second
+    resume purges again, on top of the first."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    first = open_summary_writer(tmp_path, resume=False)
+    def scalars(tag):
+        events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+        events.Reload()
+        return [(e.step, e.value) for e in events.Scalars(tag)]
+
+    first = open_summary_writer(tmp_path)
     for step in range(1, 6):
-        first.add_scalar("loss", step, step)
-    first.add_scalar("val", 50, 4)
+        first.add_scalar("lr", step, step)
+    first.add_scalar("val", 30, 3)  # the epoch-end validation at the checkpoint's step
+    first.add_scalar("val", 50, 5)
     first.close()  # killed here, after its checkpoint at step 3
     # A resumed process starts in a later second, so its event file sorts after the first one (in one
     # second, one process's files sort by a counter as text: ...10 before ...9).
     time.sleep(1 - time.time() % 1)
-    resumed = open_summary_writer(tmp_path, resume=True)
-    for step in range(4, 9):
-        resumed.add_scalar("loss", step + 0.5, step)  # 4 and 5 are already there
-        if step in (4, 8):
+    resumed = open_summary_writer(tmp_path, resume_step=3)
+    for step in range(3, 9):  # a resume at an epoch's end validates again at step 3
+        if step > 3:
+            resumed.add_scalar("lr", step + 0.5, step)
+        if step in (3, 6):
             resumed.add_scalar("val", step * 10 + 0.5, step)
     resumed.close()
-    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
-    events.Reload()
-    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5),
-                                                                    (6, 6.5), (7, 7.5), (8, 8.5)]
-    assert [(e.step, e.value) for e in events.Scalars("val")] == [(4, 50), (8, 80.5)]
+    assert scalars("lr") == [(1, 1), (2, 2), (3, 3), (4, 4.5), (5, 5.5), (6, 6.5), (7, 7.5), (8, 8.5)]
+    assert scalars("val") == [(3, 30), (6, 60.5)]
+    time.sleep(1 - time.time() % 1)
+    again = open_summary_writer(tmp_path, resume_step=5)
+    again.add_scalar("lr", 6.25, 6)
+    again.add_scalar("val", 99, 5)  # none at 5 left after the first purge: written
+    again.close()
+    assert scalars("lr") == [(1, 1), (2, 2), (3, 3), (4, 4.5), (5, 5.5), (6, 6.25)]
+    assert scalars("val") == [(3, 30), (5, 99)]
 
 
 @pytest.fixture
 def fake_run(tmp_path):
-    """A run folder as the trainer leaves it after 2 of 3 epochs (6 steps each)."""
-    save_config(load_config(None, ["train.epochs=3"]), tmp_path / "config.yaml")
+    """A run folder as the trainer leaves it after 2 of 3 epochs (6 steps each): its recipe in
+    ``config.yaml`` and in ``last.pth``."""
+    config = load_config(None, ["train.epochs=3"])
+    save_config(config, tmp_path / "config.yaml")
     (tmp_path / "checkpoints").mkdir()
-    torch.save({"position": {"epoch": 2, "step_in_epoch": 0, "global_step": 12}}, tmp_path / "checkpoints" / "last.pth")
+    torch.save({"position": {"epoch": 2, "step_in_epoch": 0, "global_step": 12}, "config": config.to_dict()},
+               tmp_path / "checkpoints" / "last.pth")
     return tmp_path
+
+
+def test_resume_takes_the_checkpoint_recipe_and_refuses_an_edited_config_yaml(fake_run):
+    edited = load_config(fake_run / "config.yaml", ["optim.lr=0.5", "data.batch_size=4"])
+    save_config(edited, fake_run / "config.yaml")
+    with pytest.raises(ResumeOverrideError, match=r"config\.yaml differs from the recipe its checkpoints/last\.pth "
+                                                   r"holds in data\.batch_size, optim\.lr; "):
+        plan_resume(fake_run, ["train.epochs=4"])
+    (fake_run / "config.yaml").unlink()  # the recipe is the checkpoint's: config.yaml is not needed
+    plan = plan_resume(fake_run, ["train.epochs=4"])
+    default = load_config(None)
+    assert (plan.config.optim.lr, plan.config.data.batch_size) == (default.optim.lr, default.data.batch_size)
+    # A resume stopped before its first save left config.yaml with its accepted changes: not an edit.
+    save_config(plan.config, fake_run / "config.yaml")
+    assert plan_resume(fake_run, ["train.epochs=5"]).config.resume_changes == [
+        {"step": 12, "epoch": 2, "key": "train.epochs", "old": 3, "new": 5}]
 
 
 @pytest.mark.parametrize("override", ["optim.lr=0.5", "optim.name=adamw", "model.width=32", "data.batch_size=4",

@@ -86,6 +86,22 @@ def test_unreadable_batch_then_sigkill_then_resume_gives_identical_weights(bad_b
     for run in (run_dir, bad_batch_straight):
         summary = json.loads((run / "summary.json").read_text())
         assert summary["global_step"] == 6  # the empty batch's step counts, with no update
+    # TensorBoard equals the uninterrupted run's point for point, the epoch's skipped samples included
+    # (those of the batch before the kill): the resumed process's points after the checkpoint replace
+    # the killed process's.
+    straight_scalars = board_scalars(bad_batch_straight)
+    assert straight_scalars["data/skipped_samples"] == [(6, 2.0)]  # the two 0-byte images
+    assert board_scalars(run_dir) == straight_scalars
+
+
+def board_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar TensorBoard shows for a run, as (step, value) per tag, less the speed of each step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(event.step, event.value) for event in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"] if not tag.startswith("speed/")}
 
 
 def test_skipped_files_and_validation_sets_are_named_in_the_log(bad_batch_data, bad_batch_straight):

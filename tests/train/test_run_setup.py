@@ -1,22 +1,29 @@
 """The pieces the training loop stands on: run set-up and close (the DDP process group included),
 run state and best rule, stop signals."""
 
+import json
+import re
 import signal
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
+from helpers import write_pair
 from test_trainer import REPO, TINY
 
 from pgnet.cli.common import run_command
+from pgnet.cli.train import main as train_main
 from pgnet.config import ConfigError, load_config
 from pgnet.train import distributed
 from pgnet.train.callbacks import Callback
+from pgnet.train.data_setup import available_cores
 from pgnet.train.interrupt import TrainingInterrupted, requested_signal, stop_signals_to
 from pgnet.train.run_dir import check_not_busy
-from pgnet.train.run_setup import open_run
+from pgnet.train.run_setup import start_run
 from pgnet.train.run_state import BestRule, NonFiniteLossError, Position, RunState
 from pgnet.train.trainer import Trainer
+from pgnet.writing import NoSpaceError
 
 
 def tiny_config(*extra):
@@ -47,7 +54,7 @@ def test_cleanup_leaves_the_process_group(two_rank_group):
 
 def test_a_setup_error_leaves_the_process_group(two_rank_group, tmp_path):
     with pytest.raises(ConfigError, match=r"data\.batch_size \(3\) must be divisible by .* \(1 × 2\)"):
-        open_run(tiny_config("data.batch_size=3"), tmp_path / "run", resume=False, log_name="pgnet.test.setup")
+        start_run(tiny_config("data.batch_size=3"), tmp_path / "run", resume=False, log_name="pgnet.test.setup")
     assert not dist.is_initialized()
     assert not (tmp_path / "run").exists()
 
@@ -88,6 +95,61 @@ def test_fit_closes_the_run_however_it_ends(tmp_path, monkeypatch, ending):
             trainer.fit()
     assert left == [(trainer.dist, trainer.network)]
     assert not trainer.logger.handlers
+    log = (tmp_path / "run" / "log.txt").read_text()
+    if isinstance(ending, NonFiniteLossError):  # the error that ends a run is in log.txt too, with its traceback
+        assert "ERROR stopped by an error:" in log and "NonFiniteLossError: nan" in log
+    else:
+        assert "ERROR" not in log
+
+
+def write_pictures(root, count):
+    """A ``generic`` dataset of ``count`` small pairs under ``root``."""
+    for index in range(count):
+        write_pair(root / "image" / f"p{index}.jpg", root / "mask" / f"p{index}.png", size=(40, 48), seed=index)
+    return root
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model.graft_points=[r9-s9]"], r"model\.graft_points: 'r9-s9' is not a grafting point"),
+    (["model.graft_points=[r5-s2, r5-s2]"], r"model\.graft_points: 'r5-s2' is listed twice"),
+    (["model.graft_points=[]"], r"model\.graft_points must contain 'r5-s2'"),
+    (["data.train=[]"], r"data\.train lists no dataset"),
+    (["data.train=[{name: generic, root: MINE, split: train, val_fraction: 0.95}]"],
+     r"dataset generic: val_fraction 0\.95 of 5 pairs holds out 5, leaving no training picture"),
+    (["data.train=[{name: generic, root: MINE}]", "data.val=[{name: generic, root: MINE, split: val}]"],
+     r"data\.val generic: 1 of its pictures are also in data\.train"),
+    (["data.train=[{name: generic, root: MINE, split: train, val_fraction: 0.2}]", "data.batch_size=8"],
+     r"data\.train holds 4 pictures \(after any split\), fewer than one step's data\.batch_size of 8; "
+     r"set data\.batch_size=4 or less"),
+])
+def test_config_and_data_errors_stop_before_the_run_folder_exists(tmp_path, capsys, overrides, message):
+    mine = write_pictures(tmp_path / "mine", 5)
+    runs = tmp_path / "runs"
+    overrides = [override.replace("MINE", str(mine)) for override in overrides]
+    status = train_main(["--config", str(REPO / "configs" / "demo.yaml"), *TINY, "data.val=[]", f"output_dir={runs}",
+                         *overrides])
+    assert status == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not runs.exists()  # no run folder, no .lock, no empty log.txt
+
+
+def test_held_out_pictures_are_listed_and_counted_and_run_errors_logged(tmp_path):
+    mine = write_pictures(tmp_path / "mine", 5)
+    split = "split: SPLIT, val_fraction: 0.2, split_seed: 0"
+    trainer = Trainer(tiny_config(f"data.train=[{{name: generic, root: {mine}, {split.replace('SPLIT', 'train')}}}]",
+                                  f"data.val=[{{name: generic, root: {mine}, {split.replace('SPLIT', 'val')}}}]",
+                                  "data.num_workers=64"),
+                      tmp_path / "run", callbacks=[EndWith(NoSpaceError(tmp_path / "run" / "last.pth"))])
+    with pytest.raises(NoSpaceError):
+        trainer.fit()
+    held_out = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert list(held_out) == ["generic"] and held_out["generic"]["count"] == 1
+    (image,) = held_out["generic"]["images"]
+    assert Path(image).parent == mine / "image" and trainer.data.num_samples == 4
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert f"validation set generic: 1 pictures, held out of {mine} (val_fraction 0.2, split_seed 0)" in log
+    assert f"data.num_workers 64 capped at {available_cores()}" in log and trainer.data.num_workers == available_cores()
+    assert "ERROR stopped: NoSpaceError: no space left on device while writing" in log
 
 
 def test_run_state_round_trips_through_checkpoint_fields():

@@ -103,7 +103,7 @@ def test_pixel_counts_add_up_to_the_pixels_of_the_set():
 def board_events(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    board = TrainingBoard(tmp_path, resume=False, graft_points=("r5-s2", "r4-s1"), mean=(0, 0, 0),
+    board = TrainingBoard(tmp_path, resume_step=None, graft_points=("r5-s2", "r4-s1"), mean=(0, 0, 0),
                           std=(1, 1, 1), fresh=True)
     board.losses(5, {"total": 1.0, "attention": 0.5, "attention_1": 0.25}, {"swin": 1e-3}, 10.0)
     board.skipped_samples(5, 0)
