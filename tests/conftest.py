@@ -10,7 +10,8 @@ Session fixtures, built once and only when a test asks for them:
   ``tiny_checkpoint`` (the same trained network as a model-only checkpoint, as ``model_checkpoint``
   writes it) serve every test that needs a small checkpoint;
 - ``official_state``: the official PGNet weights rebuilt from the reference manifest (read only);
-- ``official_model``: the default PGNet (its recomputed buffers are what conversions compare).
+- ``official_model``: the default PGNet (its recomputed buffers are what conversions compare);
+- ``serve_package``/``serve_predictor``: a tiny random network as a model package (64 px), and its predictor.
 """
 
 import os
@@ -113,3 +114,26 @@ SLOW_FILES_FIRST = ("test_acceleration.py", "test_trainer.py", "test_export.py",
 def pytest_collection_modifyitems(items):
     rank = {name: index for index, name in enumerate(SLOW_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+@pytest.fixture(scope="session")
+def serve_package(tmp_path_factory) -> Path:
+    """A model package of a tiny random network (test size 64), for the serving tests."""
+    from pgnet.checkpoint import model_checkpoint
+    from pgnet.data.preprocessing import Preprocessing
+    from pgnet.models.pgnet import ModelConfig
+    from pgnet.predict.export import export_package
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("serve")
+    network = PGNet(ModelConfig(**TINY_MODEL))
+    checkpoint = save_checkpoint(model_checkpoint(network, Preprocessing(eval_size=64)), folder / "tiny.pth")
+    return export_package(checkpoint, folder / "package")
+
+
+@pytest.fixture(scope="session")
+def serve_predictor(serve_package):
+    """The package's predictor on the CPU (shared: the tests only predict with it)."""
+    from pgnet.predict.predictor import Predictor
+
+    return Predictor.from_pretrained(serve_package, "cpu", batch_size=16)

@@ -31,7 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
     package = parser.add_argument_group("package options")
     package.add_argument("--half", action="store_true", help="store the weights as float16 (read back as float32)")
     package.add_argument("--license", default="unspecified", help="the licence named in the model card")
-    package.add_argument("--overwrite", action="store_true", help="replace an existing package")
     parser.add_argument(
         "--weights", default="model", choices=("model", "ema"), help="which weights of a project checkpoint"
     )
@@ -43,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--no-optimize", action="store_true", help="skip the exporter's graph optimisation")
     parser.add_argument("--verify", action="store_true", help="run the file in onnxruntime and compare with PyTorch")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT.onnx if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT (ONNX file or package)")
     return parser
 
 
