@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(a folder of numbered frames); default webm for --mode rgba, mp4 otherwise",
     )
     parser.add_argument("--no-audio", action="store_true", help="videos: leave the source's audio out")
+    parser.add_argument("--segment-frames", type=int, default=240, metavar="N",
+                        help="videos: frames per segment, the most work an interruption loses (default 240)")
     parser.add_argument(
         "--resume", action="store_true",
         help="videos: go on from the segments an interrupted run kept, and fail if they do not match this "
@@ -108,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--smooth must be in [0, 1), got {args.smooth:g}")
     if args.max_frames is not None and args.max_frames < 1:
         parser.error(f"--max-frames must be positive, got {args.max_frames}")
+    if args.segment_frames < 1:
+        parser.error(f"--segment-frames must be positive, got {args.segment_frames}")
     if mode == "rgba" and args.video_format == "mp4":
         parser.error("mp4 (H.264) videos cannot be transparent: --mode rgba needs --video-format webm, prores or png")
     with terminate_as_interrupt():
@@ -191,7 +195,8 @@ def _predict(args: argparse.Namespace, mode: str) -> int:
             report = predict_videos(predictor, video_jobs, composer, smooth=args.smooth,
                                     progress=not args.no_progress, max_frames=args.max_frames, workers=args.workers,
                                     video_format=video_format, audio=not args.no_audio,
-                                    resume_key=_resume_key(args), require_resume=args.resume)
+                                    resume_key=_resume_key(args), require_resume=args.resume,
+                                    segment_frames=args.segment_frames)
         print(f"wrote {len(report.written)} {mode} videos to {args.output}; skipped {len(report.skipped)}")
         written += len(report.written)
     if args.webcam is not None:

@@ -6,9 +6,11 @@ Output formats (``VIDEO_FORMATS``), all at the frame's exact size:
 - ``mp4``: H.264 (libx264, no B-frames). 4:2:0 needs even sides; an odd-sized frame is encoded 4:4:4
   (High 4:4:4 profile, which some players cannot play: ``VideoFormat.size_note`` says so);
 - ``webm``: VP9 (libvpx), with an alpha plane (``yuva420p``) for cut-outs: what browsers and editors
-  read as transparent video. Its alpha is read back only by the ``libvpx-vp9`` decoder;
-- ``prores``: ProRes 4444 in ``.mov`` (prores_ks) with a 16-bit alpha plane (stored as 12 bits when
-  read back): the editors' intermediate format, large files, alpha exact;
+  read as transparent video. With alpha it is encoded lossless, so the alpha is the mask exactly (at
+  sharp edges lossy VP9 is off by up to 30 levels); its alpha is read back only by the ``libvpx-vp9``
+  decoder. Opaque, CRF 20;
+- ``prores``: ProRes 4444 in ``.mov`` (prores_ks) with a 16-bit alpha plane (12 bits when decoded):
+  the editors' intermediate format, large files; the alpha is the mask exactly;
 - ``png``: a folder of numbered PNGs (``pgnet.predict.video_output``), not encoded here.
 
 Segments are encoded independently (each starts with a key frame), so a video interrupted after some
@@ -44,6 +46,7 @@ class VideoFormat:
     odd_pix_fmt: str | None = None  # opaque frames with an odd side (None: pix_fmt allows them)
     alpha_pix_fmt: str | None = None  # None: no transparency
     options: dict[str, str] = field(default_factory=dict)
+    alpha_options: dict[str, str] = field(default_factory=dict)  # replace ``options`` with alpha
     audio_codec: str | None = None  # what audio is re-encoded to when the container cannot copy it
 
     def pixel_format(self, alpha: bool, size: tuple[int, int]) -> str:
@@ -67,9 +70,10 @@ VIDEO_FORMATS: dict[str, VideoFormat] = {
     "mp4": VideoFormat("mp4", ".mp4", "libx264", "yuv420p", "yuv444p", None,
                        {"crf": "18", "preset": "veryfast", "bf": "0"}, "aac"),
     "webm": VideoFormat("webm", ".webm", "libvpx-vp9", "yuv420p", None, "yuva420p",
-                        {"crf": "20", "b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"}, "libopus"),
+                        {"crf": "20", "b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"},
+                        {"lossless": "1", "deadline": "good", "cpu-used": "4", "row-mt": "1"}, "libopus"),
     "prores": VideoFormat("prores", ".mov", "prores_ks", "yuv444p10le", None, "yuva444p10le",
-                          {"profile": "4444", "alpha_bits": "16"}, "pcm_s16le"),
+                          {"profile": "4444", "alpha_bits": "16"}, audio_codec="pcm_s16le"),
     "png": VideoFormat("png", "", None, alpha_pix_fmt="rgba"),
 }
 DEFAULT_FPS = 30.0  # when a source does not tell (many webcams)
@@ -148,7 +152,8 @@ class SegmentEncoder:
         self.container = av.open(str(path), "w", format=_muxer(video_format))
         try:
             rate = Fraction(fps).limit_denominator(1001)
-            self.stream = self.container.add_stream(video_format.codec, rate=rate, options=dict(video_format.options))
+            options = video_format.alpha_options if alpha and video_format.alpha_options else video_format.options
+            self.stream = self.container.add_stream(video_format.codec, rate=rate, options=dict(options))
             self.stream.width, self.stream.height = size[1], size[0]
             self.stream.pix_fmt = video_format.pixel_format(alpha, size)
             self.stream.time_base = time_base
@@ -164,7 +169,8 @@ class SegmentEncoder:
         if picture.ndim == 2:
             frame = av.VideoFrame.from_ndarray(picture, format="gray")
         elif picture.shape[2] == 4 and self.alpha:
-            frame = av.VideoFrame.from_ndarray(picture, format="rgba")
+            frame = av.VideoFrame.from_ndarray(picture, format="rgba").reformat(format=self.stream.pix_fmt)
+            _set_alpha_plane(frame, picture[..., 3])  # exact: the conversion may round some values by 1
         else:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture[..., :3]), format="rgb24")
         frame.pts, frame.time_base = int(pts), self.stream.codec_context.time_base
@@ -338,13 +344,29 @@ def read_video(path: str | os.PathLike, alpha: bool = False, decoder: str | None
     return pictures, stamps
 
 
+def _plane_bits(name: str) -> int:
+    """Bits per sample of a planar YUV(A) pixel format name (``yuva420p`` 8, ``yuva444p10le`` 10)."""
+    return 8 if name.endswith("p") else int(name.split("p")[-1].rstrip("lbe"))
+
+
+def _set_alpha_plane(frame: av.VideoFrame, alpha: np.ndarray) -> None:
+    """Write H×W uint8 ``alpha`` into a yuva frame's alpha plane (scaled to its bit depth, rounded)."""
+    bits = _plane_bits(frame.format.name)
+    plane = frame.planes[3]
+    dtype = np.uint8 if bits == 8 else np.dtype("<u2")
+    values = alpha if bits == 8 else np.rint(alpha.astype(np.float64) * ((2**bits - 1) / 255.0))
+    rows = np.zeros((frame.height, plane.line_size // np.dtype(dtype).itemsize), dtype)
+    rows[:, : frame.width] = values
+    plane.update(rows.tobytes())
+
+
 def _alpha_plane(frame: av.VideoFrame) -> np.ndarray:
     """The alpha plane of a decoded frame as H×W uint8 (a 10/12/16-bit plane rescaled and rounded)."""
     name = frame.format.name
     if not name.startswith("yuva"):
         return np.full((frame.height, frame.width), 255, np.uint8)
     plane = frame.planes[3]
-    bits = 8 if name.endswith("p") else int(name.split("p")[-1].rstrip("lbe"))
+    bits = _plane_bits(name)
     dtype = np.uint8 if bits == 8 else np.dtype("<u2")
     row = plane.line_size // np.dtype(dtype).itemsize
     values = np.frombuffer(bytes(plane), dtype=dtype).reshape(-1, row)[: frame.height, : frame.width]

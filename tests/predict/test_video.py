@@ -1,5 +1,9 @@
 """Videos and webcams: ``pgnet.predict.video`` and ``pgnet-predict`` on short synthetic clips, tiny model at 64 px."""
 
+from fractions import Fraction
+from pathlib import Path
+
+import av
 import cv2
 import numpy as np
 import pytest
@@ -7,6 +11,7 @@ import pytest
 from pgnet.cli.predict import main as predict_main
 from pgnet.predict.compose import Composer, compose, mask_to_uint8
 from pgnet.predict.output_plan import plan_video_outputs
+from pgnet.predict.media import read_video
 from pgnet.predict.predictor import Predictor
 from pgnet.predict.video import (
     DEFAULT_FPS,
@@ -63,27 +68,54 @@ def moving_disc_frames(count, height=HEIGHT, width=WIDTH, noise=0.0, seed=0):
     return frames
 
 
-def write_clip(path, frames, fps=FPS, fourcc="mp4v"):
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (frames[0].shape[1], frames[0].shape[0]))
-    assert writer.isOpened()
-    for frame in frames:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
+def write_clip(path, frames, fps=FPS, codec=None, pts=None, audio_seconds=None, audio_codec="aac"):
+    """A real encoded video (PyAV) of RGB ``frames``: mp4 (H.264, or 4:4:4 for odd sides), avi
+    (MJPEG) or mkv; ``pts`` in 1/``fps`` units (default 0, 1, 2, ...); ``audio_seconds`` adds a
+    440 Hz tone of that length."""
+    height, width = frames[0].shape[:2]
+    codec = codec or {".avi": "mjpeg", ".webm": "libvpx-vp9"}.get(Path(path).suffix, "libx264")
+    pix_fmt = {"mjpeg": "yuvj420p"}.get(codec, "yuv420p" if height % 2 == width % 2 == 0 else "yuv444p")
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.codec_context.time_base = 1 / Fraction(fps).limit_denominator(1001)
+        sound = None
+        if audio_seconds:
+            sound = container.add_stream(audio_codec, rate=48000)
+            sound.layout = "mono"
+        for index, picture in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts, frame.time_base = (pts or range(len(frames)))[index], stream.codec_context.time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+        if sound is not None:
+            samples = np.sin(np.arange(int(48000 * audio_seconds)) * (2 * np.pi * 440 / 48000)).astype(np.float32)
+            for start in range(0, len(samples), 1024):
+                chunk = samples[None, start:start + 1024]
+                audio = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
+                audio.sample_rate, audio.pts = 48000, start
+                container.mux(sound.encode(audio))
+            container.mux(sound.encode(None))
     return path
 
 
 def read_clip(path):
     """(RGB frames, fps) of a video file."""
-    capture = cv2.VideoCapture(str(path))
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    capture.release()
+    frames, _ = read_video(path)
+    with av.open(str(path)) as container:
+        fps = float(container.streams.video[0].average_rate)
     return frames, fps
+
+
+def audio_seconds(path):
+    """The length of a file's audio stream in seconds (None without one): end of its last packet."""
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        ends = [float((packet.pts + packet.duration) * packet.time_base)
+                for packet in container.demux(stream) if packet.size]
+        return max(ends)
 
 
 class FakeCamera:
@@ -134,7 +166,7 @@ def test_cli_video_keeps_frame_count_size_and_fps_and_a_folder_of_videos(checkpo
     inputs = tmp_path / "in"
     inputs.mkdir()
     write_clip(inputs / "a.mp4", moving_disc_frames(5))
-    write_clip(inputs / "b.avi", moving_disc_frames(3), fps=25.0, fourcc="MJPG")
+    write_clip(inputs / "b.avi", moving_disc_frames(3), fps=25.0)
     cv2.imwrite(str(inputs / "still.png"), moving_disc_frames(1)[0])
     status, out, err = run_cli(capsys, inputs, "-c", checkpoint, "-o", tmp_path / "out", "--size", SIZE, *FAST)
     assert status == 0, err
@@ -150,7 +182,7 @@ def test_cli_video_keeps_frame_count_size_and_fps_and_a_folder_of_videos(checkpo
 @pytest.mark.parametrize("mode", ["overlay", "color", "blur", "background"])
 def test_each_background_mode_on_video(tmp_path, mode):
     source = moving_disc_frames(3)
-    clip = write_clip(tmp_path / "clip.avi", source, fourcc="MJPG")
+    clip = write_clip(tmp_path / "clip.avi", source)
     backdrop = np.full((10, 30, 3), (0, 200, 0), np.uint8)
     composer = Composer(mode, "#ff00ff", background=backdrop if mode == "background" else None, blur=5,
                         refine_foreground=mode == "background")
@@ -169,9 +201,10 @@ def stand_in_frames(clip, **options):
     return list(predict_video(ColourPredictor(), clip, **options))
 
 
-def test_rgba_video_is_a_numbered_png_sequence(tmp_path):
+def test_rgba_video_as_a_numbered_png_sequence(tmp_path):
     clip = write_clip(tmp_path / "clip.mp4", moving_disc_frames(3))
-    result = write_video(ColourPredictor(), clip, tmp_path / "cut", composer=Composer("rgba"), progress=False)
+    result = write_video(ColourPredictor(), clip, tmp_path / "cut", composer=Composer("rgba"), progress=False,
+                         video_format="png")
     names = sorted(path.name for path in result.output.iterdir())
     assert names == ["000001.png", "000002.png", "000003.png"]
     for name, frame in zip(names, stand_in_frames(clip)):
@@ -183,7 +216,7 @@ def test_rgba_video_is_a_numbered_png_sequence(tmp_path):
 def test_truncated_video_keeps_decoded_frames_and_unreadable_ones_are_skipped(checkpoint, tmp_path, capsys):
     inputs = tmp_path / "in"
     inputs.mkdir()
-    whole = write_clip(tmp_path / "whole.avi", moving_disc_frames(12), fourcc="MJPG")
+    whole = write_clip(tmp_path / "whole.avi", moving_disc_frames(12))
     data = whole.read_bytes()
     (inputs / "cut.avi").write_bytes(data[: len(data) // 2])
     (inputs / "junk.mp4").write_bytes(b"not a video at all" * 20)
@@ -221,7 +254,7 @@ def test_webcam_loop_with_a_fake_camera(checkpoint, tmp_path, capsys, monkeypatc
 
 
 def test_smoothing_reduces_flicker_on_a_moving_shape(predictor, tmp_path):
-    clip = write_clip(tmp_path / "noisy.avi", moving_disc_frames(8, noise=12.0), fourcc="MJPG")
+    clip = write_clip(tmp_path / "noisy.avi", moving_disc_frames(8, noise=12.0))
     raw = [frame.mask for frame in predict_video(predictor, clip)]  # the tiny network's masks
     smoother = TemporalSmoother(0.6)
     smoothed = [smoother(mask).copy() for mask in raw]
@@ -240,13 +273,15 @@ def test_video_outputs_are_planned_without_collisions(tmp_path):
     (tmp_path / "in" / "sub").mkdir(parents=True)
     for name in ("a.mp4", "a.avi", "sub/b.mov", "c.txt"):
         (tmp_path / "in" / name).write_bytes(b"x")
-    jobs = plan_video_outputs([tmp_path / "in"], tmp_path / "out", "color", recursive=True)
+    jobs = plan_video_outputs([tmp_path / "in"], tmp_path / "out", "mp4", recursive=True)
     outputs = sorted(job.output.relative_to(tmp_path / "out").as_posix() for job in jobs)
     assert outputs == ["a.avi.mp4", "a.mp4.mp4", "sub/b.mp4"]
-    rgba = plan_video_outputs([tmp_path / "in" / "sub" / "b.mov"], tmp_path / "out", "rgba")
-    assert [job.output.name for job in rgba] == ["b"]
+    frames = plan_video_outputs([tmp_path / "in" / "sub" / "b.mov"], tmp_path / "out", "png")
+    assert [job.output.name for job in frames] == ["b"]
+    assert [job.output.name for job in plan_video_outputs([tmp_path / "in" / "sub"], tmp_path / "o", "webm")] == [
+        "b.webm"]
     with pytest.raises(FileExistsError, match="overwrite"):
-        plan_video_outputs([tmp_path / "in" / "a.mp4"], tmp_path / "in", "color")
+        plan_video_outputs([tmp_path / "in" / "a.mp4"], tmp_path / "in", "mp4")
     with pytest.raises(OSError, match="junk"):
         (tmp_path / "junk.mp4").write_bytes(b"x")
         FrameReader(tmp_path / "junk.mp4", SIZE)
@@ -279,3 +314,62 @@ def test_cli_rejects_bad_video_options(tmp_path, capsys):
             predict_main([*options, "-c", "ck.pth", "-o", str(tmp_path)] + ([] if not options else ["in.mp4"]))
         assert exit_info.value.code == 2
     assert "--smooth" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# Outputs as an editor expects them: exact size, alpha, audio, timestamps, whole or absent, resumable
+
+
+def stand_in_masks(clip, **options):
+    return [mask_to_uint8(frame.mask) for frame in stand_in_frames(clip, **options)]
+
+
+def test_odd_sizes_are_kept_in_every_format(tmp_path):
+    clip = write_clip(tmp_path / "odd.avi", moving_disc_frames(2, height=179, width=321))  # MJPEG
+    notes = []
+    for video_format, mode in (("mp4", "overlay"), ("webm", "rgba"), ("prores", "rgba")):
+        result = write_video(ColourPredictor(), clip, tmp_path / f"out-{video_format}", Composer(mode),
+                             video_format=video_format, progress=False, log=notes.append)
+        frames, _ = read_video(result.output)
+        assert (len(frames), frames[0].shape[:2], result.size) == (2, (179, 321), (179, 321))
+    assert len(notes) == 1 and "321x179 has an odd side" in notes[0] and "yuv444p" in notes[0]
+
+
+@pytest.mark.parametrize("video_format", ["webm", "prores"])
+def test_transparent_video_has_the_mask_as_alpha(tmp_path, video_format):
+    clip = write_clip(tmp_path / "clip.mkv", moving_disc_frames(4), codec="ffv1")  # lossless source
+    result = write_video(ColourPredictor(), clip, tmp_path / "cut", Composer("rgba"), video_format=video_format,
+                         progress=False)
+    decoded, _ = read_video(result.output, alpha=True, decoder="libvpx-vp9" if video_format == "webm" else None)
+    masks = stand_in_masks(clip)
+    errors = [np.abs(rgba[..., 3].astype(int) - mask).max() for rgba, mask in zip(decoded, masks)]
+    assert len(decoded) == 4
+    assert max(errors) == 0, errors  # ProRes 4444's alpha is lossless, and WebM with alpha is encoded lossless
+    colours = [np.abs(rgba[..., :3].astype(int) - frame.image).mean() for rgba, frame in
+               zip(decoded, stand_in_frames(clip))]
+    assert max(colours) < 4
+
+
+def test_audio_is_kept_copied_or_re_encoded_and_dropped_on_request(tmp_path):
+    clip = write_clip(tmp_path / "talk.mp4", moving_disc_frames(12), audio_seconds=1.0)
+    notes = []
+    length = audio_seconds(clip)
+    for video_format, mode, audio in (("mp4", "color", True), ("webm", "rgba", True), ("mp4", "mask", False)):
+        result = write_video(ColourPredictor(), clip, tmp_path / f"out-{video_format}-{audio}", Composer(mode),
+                             video_format=video_format, audio=audio, progress=False, log=notes.append)
+        if audio:
+            assert audio_seconds(result.output) == pytest.approx(length, abs=0.03)
+        else:
+            assert audio_seconds(result.output) is None
+        assert len(read_video(result.output)[0]) == 12
+    assert notes == [f"{clip}: audio re-encoded to libopus (.webm cannot hold the source's audio codec)"]
+
+
+def test_variable_frame_rate_timestamps_are_kept(tmp_path):
+    stamps = [0, 1, 3, 4, 9, 10]  # in 1/12 s: a stream with gaps
+    clip = write_clip(tmp_path / "vfr.mp4", moving_disc_frames(6), pts=stamps)
+    result = write_video(ColourPredictor(), clip, tmp_path / "out", progress=False)
+    with av.open(str(result.output)) as container:
+        stream = container.streams.video[0]
+        times = [float(frame.pts * stream.time_base) for frame in container.decode(stream)]
+    assert times == pytest.approx([stamp / FPS for stamp in stamps], abs=1e-3)
