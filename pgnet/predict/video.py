@@ -461,10 +461,11 @@ def write_video(
         finally:
             bar.close()
             if not completed:
-                if writer is not None:
-                    writer.close(cancel=True)
                 error = sys.exc_info()[1]
-                target.abandon(keep=isinstance(error, (KeyboardInterrupt, NoSpaceError)))
+                interrupted = isinstance(error, KeyboardInterrupt)
+                if writer is not None:  # after Ctrl-C the frames already predicted are still written
+                    writer.close(cancel=not interrupted)
+                target.abandon(keep=interrupted or isinstance(error, NoSpaceError))
     return VideoResult(Path(output), target.frames, reader.fps,
                        (int(size[0]), int(size[1])) if size else (0, 0), reader.ended_early() or reader.note)
 

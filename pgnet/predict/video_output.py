@@ -106,7 +106,9 @@ class VideoOutput:
             manifest["last_pts"]
         state = np.load(self.folder / STATE) if (self.folder / STATE).is_file() else None
         self._drop_unrecorded_frames(self.frames)
-        self.log(f"{self.output}: resuming after frame {self.frames} ({len(self.segments)} segments kept)")
+        for leftover in self.folder.glob(".*.tmp"):  # a segment a kill interrupted
+            leftover.unlink(missing_ok=True)
+        self.log(f"{self.output}: resuming after frame {self.frames}, kept in {self.folder}")
         return ResumePoint(self.frames, self.last_pts, state)
 
     def _read_manifest(self) -> dict[str, Any] | None:

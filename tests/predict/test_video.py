@@ -1,5 +1,8 @@
 """Videos and webcams: ``pgnet.predict.video`` and ``pgnet-predict`` on short synthetic clips, tiny model at 64 px."""
 
+import errno
+import json
+import tracemalloc
 from fractions import Fraction
 from pathlib import Path
 
@@ -10,17 +13,19 @@ import pytest
 
 from pgnet.cli.predict import main as predict_main
 from pgnet.predict.compose import Composer, compose, mask_to_uint8
+from pgnet.predict.media import SegmentEncoder, read_video
 from pgnet.predict.output_plan import plan_video_outputs
-from pgnet.predict.media import read_video
 from pgnet.predict.predictor import Predictor
 from pgnet.predict.video import (
     DEFAULT_FPS,
     FrameReader,
     TemporalSmoother,
+    frames_in_flight,
     mean_consecutive_change,
     predict_video,
     write_video,
 )
+from pgnet.predict.video_output import ResumeMismatchError
 
 SIZE = 64
 HEIGHT, WIDTH, FPS = 72, 96, 12.0
@@ -373,3 +378,102 @@ def test_variable_frame_rate_timestamps_are_kept(tmp_path):
         stream = container.streams.video[0]
         times = [float(frame.pts * stream.time_base) for frame in container.decode(stream)]
     assert times == pytest.approx([stamp / FPS for stamp in stamps], abs=1e-3)
+
+
+def test_a_full_disk_stops_the_video_with_exit_1_and_no_output(checkpoint, tmp_path, capsys, monkeypatch):
+    clip = write_clip(tmp_path / "clip.mp4", moving_disc_frames(6))
+    encode = SegmentEncoder.encode
+
+    def failing(self, picture, pts):  # the disk fills up at the fourth frame (as on a small tmpfs)
+        if self.frames == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        encode(self, picture, pts)
+
+    monkeypatch.setattr(SegmentEncoder, "encode", failing)
+    status, _, err = run_cli(capsys, clip, "-c", checkpoint, "-o", tmp_path / "out", "--size", SIZE, *FAST)
+    assert status == 1
+    assert f"error: no space left on device while writing {tmp_path / 'out' / 'clip.mp4'}" in err
+    assert [path.name for path in (tmp_path / "out").rglob("*")] == []  # no output, no temporary file
+
+
+class Interrupting(ColourPredictor):
+    """Ctrl-C during batch ``stop`` (counted from 0)."""
+
+    def __init__(self, stop):
+        super().__init__()
+        self.stop = stop
+
+    def predict_arrays(self, images, sizes):
+        if len(self.batches) == self.stop:
+            raise KeyboardInterrupt
+        return super().predict_arrays(images, sizes)
+
+
+@pytest.mark.parametrize("video_format", ["mp4", "png"])
+def test_an_interrupted_video_resumes_to_the_frames_of_an_uninterrupted_run(tmp_path, video_format):
+    clip = write_clip(tmp_path / "long.mp4", moving_disc_frames(14, noise=8.0), audio_seconds=14 / FPS)
+    options = dict(composer=Composer("rgba" if video_format == "png" else "blur", blur=3), smooth=0.5,
+                   segment_frames=4, video_format=video_format, progress=False, resume_key="model A")
+    output = tmp_path / ("out.mp4" if video_format == "mp4" else "out")
+    with pytest.raises(KeyboardInterrupt):
+        write_video(Interrupting(stop=5), clip, output, **options)  # 10 frames predicted, 2 segments written
+    partial = tmp_path / f".{output.name}.partial"
+    assert not output.exists() and not list(partial.rglob("*.tmp"))
+    assert json.loads((partial / "manifest.json").read_text())["frames"] == 8
+
+    notes = []
+    resumed_predictor = ColourPredictor()
+    result = write_video(resumed_predictor, clip, output, log=notes.append, **options)
+    assert notes[0] == f"{output}: resuming after frame 8, kept in {partial}"
+    assert sum(resumed_predictor.batches) == 6 and result.frames == 14 and not partial.exists()
+    whole = write_video(ColourPredictor(), clip, tmp_path / f"whole{output.suffix}", **options)
+    if video_format == "mp4":
+        resumed, stamps = read_video(result.output)
+        expected, expected_stamps = read_video(whole.output)
+        assert audio_seconds(result.output) == pytest.approx(audio_seconds(clip), abs=0.03)
+    else:
+        resumed = [cv2.imread(str(path), cv2.IMREAD_UNCHANGED) for path in sorted(result.output.iterdir())]
+        expected = [cv2.imread(str(path), cv2.IMREAD_UNCHANGED) for path in sorted(whole.output.iterdir())]
+        stamps = expected_stamps = None
+    assert len(resumed) == 14 and stamps == expected_stamps
+    for index, (picture, reference) in enumerate(zip(resumed, expected)):
+        np.testing.assert_array_equal(picture, reference, err_msg=f"frame {index}")
+
+    # Kept segments of another model are discarded, or refused with require_resume.
+    with pytest.raises(KeyboardInterrupt):
+        write_video(Interrupting(stop=3), clip, output, **options)
+    with pytest.raises(ResumeMismatchError, match="another command"):
+        write_video(ColourPredictor(), clip, output, require_resume=True, **{**options, "resume_key": "model B"})
+    notes = []
+    write_video(ColourPredictor(), clip, output, log=notes.append, **{**options, "resume_key": "model B"})
+    assert notes == [f"{output}: discarding 4 kept frames of another command"]
+
+
+def test_a_frame_folder_replaces_an_older_one_whole_and_pictures_cannot_land_in_it(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    clip = write_clip(tmp_path / "in" / "clip.mp4", moving_disc_frames(5))
+    short = write_clip(tmp_path / "short.mp4", moving_disc_frames(3))
+    for source in (clip, short):
+        write_video(ColourPredictor(), source, tmp_path / "out" / "clip", Composer("rgba"), video_format="png",
+                    progress=False)
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["clip"]
+    assert sorted(path.name for path in (tmp_path / "out" / "clip").iterdir()) == [f"00000{i}.png" for i in (1, 2, 3)]
+    (tmp_path / "in" / "clip").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "clip" / "000001.jpg"), moving_disc_frames(1)[0])
+    status, _, err = run_cli(capsys, tmp_path / "in", "-r", "-c", "unused.pth", "-o", tmp_path / "o2", "--mode",
+                             "rgba", "--video-format", "png")
+    assert status == 2 and "picture outputs would land on video outputs" in err and "000001.png" in err
+
+
+def test_frames_in_flight_are_bounded_whatever_the_length(tmp_path):
+    peaks = []
+    for count in (12, 36):
+        clip = write_clip(tmp_path / f"clip{count}.avi", moving_disc_frames(count, height=360, width=640))
+        tracemalloc.start()
+        write_video(ColourPredictor(), clip, tmp_path / f"out{count}.mp4", Composer("color"), progress=False,
+                    segment_frames=8)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    frame = 360 * 640 * 3
+    assert peaks[1] < 1.25 * peaks[0] + 2 * frame  # three times longer, same peak
+    assert peaks[1] < 4 * frames_in_flight(ColourPredictor.batch_size) * frame
