@@ -446,7 +446,7 @@ def test_an_interrupted_video_resumes_to_the_frames_of_an_uninterrupted_run(tmp_
         write_video(ColourPredictor(), clip, output, require_resume=True, **{**options, "resume_key": "model B"})
     notes = []
     write_video(ColourPredictor(), clip, output, log=notes.append, **{**options, "resume_key": "model B"})
-    assert notes == [f"{output}: discarding 4 kept frames of another command"]
+    assert notes[0] == f"{output}: discarding 4 kept frames of another command"
 
 
 def test_a_frame_folder_replaces_an_older_one_whole_and_pictures_cannot_land_in_it(tmp_path, capsys):
