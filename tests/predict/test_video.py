@@ -2,6 +2,11 @@
 
 import errno
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import tracemalloc
 from fractions import Fraction
 from pathlib import Path
@@ -477,3 +482,22 @@ def test_frames_in_flight_are_bounded_whatever_the_length(tmp_path):
     frame = 360 * 640 * 3
     assert peaks[1] < 1.25 * peaks[0] + 2 * frame  # three times longer, same peak
     assert peaks[1] < 4 * frames_in_flight(ColourPredictor.batch_size) * frame
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_video_leaves_nothing_under_the_final_name(checkpoint, tmp_path, signum):
+    clip = write_clip(tmp_path / "long.mp4", moving_disc_frames(600, height=48, width=64))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "pgnet.cli.predict", clip, "-c", checkpoint, "-o", out, "--size", SIZE,
+               "--segment-frames", 4, "--no-progress", *FAST]
+    process = subprocess.Popen([str(part) for part in command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    manifest = out / ".long.mp4.partial" / "manifest.json"
+    deadline = time.time() + 120
+    while not manifest.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, err.decode()
+    assert [path.name for path in out.iterdir()] == [".long.mp4.partial"]  # nothing under the final name
+    assert not list(manifest.parent.glob(".*")) and json.loads(manifest.read_text())["frames"] % 4 == 0
