@@ -17,7 +17,7 @@ import pytest
 
 from pgnet.cli.predict import main as predict_main
 from pgnet.predict.compose import Composer, compose, mask_to_uint8
-from pgnet.predict.media import SegmentEncoder, read_video
+from pgnet.predict.media import SegmentEncoder, read_video, upright
 from pgnet.predict.output_plan import plan_video_outputs
 from pgnet.predict.predictor import Predictor
 from pgnet.predict.video import (
@@ -318,11 +318,21 @@ def test_cli_pictures_on_a_background_keep_their_transparency(checkpoint, predic
 
 
 def test_cli_rejects_bad_video_options(tmp_path, capsys):
-    for options in (["--smooth", "1"], ["--max-frames", "0"], ["--mode", "color", "--background", "x.png"], []):
+    for options in (["--smooth", "1"], ["--max-frames", "0"], ["--mode", "color", "--background", "x.png"],
+                    ["--mode", "rgba", "--video-format", "mp4"], ["--segment-frames", "0"], []):
         with pytest.raises(SystemExit) as exit_info:
             predict_main([*options, "-c", "ck.pth", "-o", str(tmp_path)] + ([] if not options else ["in.mp4"]))
         assert exit_info.value.code == 2
-    assert "--smooth" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--smooth" in err and "mp4 (H.264) videos cannot be transparent" in err
+
+
+def test_frames_are_turned_upright_as_their_display_matrix_says():
+    picture = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    assert upright(picture, 0) is picture
+    np.testing.assert_array_equal(upright(picture, -90), [[3, 0], [4, 1], [5, 2]])  # a phone held upright
+    np.testing.assert_array_equal(upright(picture, 90), [[2, 5], [1, 4], [0, 3]])
+    np.testing.assert_array_equal(upright(picture, 180), picture[::-1, ::-1])
 
 
 # --------------------------------------------------------------------------------------------------
