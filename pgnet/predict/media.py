@@ -264,8 +264,9 @@ def join_segments(segments: Sequence[Path], output: Path, video_format: VideoFor
         container = av.open(str(output), "w", format=_muxer(video_format))
         try:
             video = container.add_stream_from_template(template)
-            for key, value in template.metadata.items():
-                video.metadata[key] = value
+            tags = {key.lower(): value for key, value in template.metadata.items()}
+            if "alpha_mode" in tags:  # WebM: players show the alpha only with this flag
+                video.metadata["alpha_mode"] = tags["alpha_mode"]
         except BaseException:
             container.close()
             raise

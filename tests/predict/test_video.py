@@ -364,6 +364,9 @@ def test_transparent_video_has_the_mask_as_alpha(tmp_path, video_format):
     errors = [np.abs(rgba[..., 3].astype(int) - mask).max() for rgba, mask in zip(decoded, masks)]
     assert len(decoded) == 4
     assert max(errors) == 0, errors  # ProRes 4444's alpha is lossless, and WebM with alpha is encoded lossless
+    if video_format == "webm":  # the flag players need to show the alpha
+        with av.open(str(result.output)) as container:
+            assert container.streams.video[0].metadata.get("ALPHA_MODE") == "1"
     colours = [np.abs(rgba[..., :3].astype(int) - frame.image).mean() for rgba, frame in
                zip(decoded, stand_in_frames(clip))]
     assert max(colours) < 4
