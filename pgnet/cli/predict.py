@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="videos: frames per segment, the most work an interruption loses (default 240)")
     parser.add_argument(
         "--resume", action="store_true",
-        help="videos: go on from the segments an interrupted run kept, and fail if they do not match this "
-        "command (without it the same command resumes anyway, and other commands' segments are discarded)",
+        help="videos: keep the outputs already complete, go on from the segments an interrupted run kept, and "
+        "fail if they belong to another command (without it the same command resumes too, outputs are written "
+        "again, and other commands' segments are discarded)",
     )
     parser.add_argument(
         "--size", type=int, help="network input side (default: the checkpoint's test size, 1024 officially)"

@@ -46,7 +46,7 @@ from pgnet.predict.compose import Composer
 from pgnet.predict.files import PredictionReport
 from pgnet.predict.media import DEFAULT_FPS, VIDEO_FORMATS, VideoFormat, VideoReadError, VideoSource
 from pgnet.predict.output_plan import VideoJob
-from pgnet.predict.video_output import SEGMENT_FRAMES, ResumePoint, VideoOutput
+from pgnet.predict.video_output import SEGMENT_FRAMES, ResumePoint, VideoOutput, partial_folder
 from pgnet.writing import NoSpaceError
 
 __all__ = [
@@ -496,10 +496,15 @@ def predict_videos(
 ) -> PredictionReport:
     """``write_video`` for each job (``options``: video_format, audio, resume_key, require_resume,
     segment_frames); a video that cannot be read or encoded is skipped and logged; a full disk stops
-    the run (``NoSpaceError``)."""
+    the run (``NoSpaceError``). With ``require_resume`` a video whose output exists (and has no kept
+    segments) is complete and kept as it is."""
     report = PredictionReport()
     log = log or (lambda message: tqdm.write(message, file=sys.stderr))
     for job in jobs:
+        if options.get("require_resume") and job.output.exists() and not partial_folder(job.output).exists():
+            log(f"{job.output} is complete: kept")  # resuming a run of many videos skips the finished ones
+            report.written.append(job.output)
+            continue
         try:
             result = write_video(predictor, job.source, job.output, composer, smooth=smooth, max_frames=max_frames,
                                  progress=progress, workers=workers, log=log, **options)

@@ -47,7 +47,7 @@ STATE = "state.npy"
 
 
 class ResumeMismatchError(UserError):
-    """``--resume`` was asked but the kept segments were made by another command (or there are none)."""
+    """``--resume`` was asked but the kept segments were made by another command or from another input."""
 
 
 @dataclass
@@ -95,9 +95,9 @@ class VideoOutput:
         manifest = self._read_manifest()
         matches = manifest is not None and self.key is not None and manifest.get("key") == self.key
         if not matches:
-            if self.require_resume:
-                reason = "nothing was kept" if manifest is None else "it was made by another command or input"
-                raise ResumeMismatchError(f"cannot resume {self.output}: {reason} (in {self.folder})")
+            if self.require_resume and manifest is not None:
+                raise ResumeMismatchError(f"cannot resume {self.output}: the frames kept in {self.folder} were made "
+                                          "by another command or from another input")
             if manifest is not None:
                 self.log(f"{self.output}: discarding {manifest.get('frames', 0)} kept frames of another command")
             shutil.rmtree(self.folder, ignore_errors=True)

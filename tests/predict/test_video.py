@@ -186,6 +186,10 @@ def test_cli_video_keeps_frame_count_size_and_fps_and_a_folder_of_videos(checkpo
         assert len(frames) == count and written_fps == pytest.approx(fps)
         assert frames[0].shape == (HEIGHT, WIDTH, 3)
     assert not list((tmp_path / "out").glob(".*"))  # no partial files left
+    status, out, err = run_cli(capsys, inputs, "-c", checkpoint, "-o", tmp_path / "out", "--size", SIZE, *FAST,
+                               "--resume")
+    assert status == 0 and "wrote 2 mask videos" in out
+    assert f"{tmp_path / 'out' / 'a.mp4'} is complete: kept" in err and "b.mp4 is complete: kept" in err
 
 
 @pytest.mark.parametrize("mode", ["overlay", "color", "blur", "background"])
