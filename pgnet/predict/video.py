@@ -10,8 +10,8 @@ complete segment when given the same ``resume_key``.
 Three stages overlap: frames are decoded with PyAV (and resized for the network) ahead on a reader
 thread (``pgnet.data.prefetch``), the network runs on the caller's thread, and outputs are composed on
 ``workers`` threads and encoded on a writer thread. Frames in flight are bounded whatever the
-resolution and length: ``2·batch + 2`` decoded ahead, the batch being predicted, and ``2·batch + 2``
-waiting to be composed and encoded (``frames_in_flight``).
+resolution and length: ``2·batch + 2`` decoded ahead, two batches (predicted, handed over), ``2·batch + 2``
+waiting to be composed and encoded, one being encoded (``frames_in_flight``).
 
 Files are decoded with PyAV; a camera (an index) with OpenCV, or any object with
 ``cv2.VideoCapture``'s ``isOpened``, ``read``, ``get`` and ``release`` that ``capture_factory``
@@ -113,8 +113,9 @@ def output_format(name: str | None, mode: str) -> VideoFormat:
 
 
 def frames_in_flight(batch_size: int) -> int:
-    """The most frames a video run holds at once (decoded ahead, predicted, waiting to be written)."""
-    return 2 * _depth(batch_size) + batch_size
+    """The most frames a video run holds at once: decoded ahead, the batch being predicted and the one
+    being handed to the writer, waiting to be composed and encoded, and the one being encoded."""
+    return 2 * _depth(batch_size) + 2 * batch_size + 1
 
 
 def _depth(batch_size: int) -> int:
