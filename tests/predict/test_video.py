@@ -30,6 +30,7 @@ from pgnet.predict.video import (
     write_video,
 )
 from pgnet.predict.video_output import ResumeMismatchError
+from pgnet.writing import NoSpaceError
 
 SIZE = 64
 HEIGHT, WIDTH, FPS = 72, 96, 12.0
@@ -538,3 +539,19 @@ def test_a_signal_mid_video_leaves_nothing_under_the_final_name(tmp_path, signum
     assert process.returncode == 128 + signum, err.decode()
     assert [path.name for path in out.iterdir()] == [".long.mp4.partial"]  # nothing under the final name
     assert not list(manifest.parent.glob(".*")) and json.loads(manifest.read_text())["frames"] % 4 == 0
+
+
+def test_a_real_full_disk_raises_no_space_and_leaves_no_output(tmp_path):
+    """On a 32 KiB tmpfs (where this process may mount one): FFmpeg's own write error, not an injected one."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        clip = write_clip(tmp_path / "clip.mp4", moving_disc_frames(24, noise=20.0))
+        with pytest.raises(NoSpaceError, match=f"no space left on device while writing {disk / 'clip.mp4'}"):
+            write_video(ColourPredictor(), clip, disk / "clip.mp4", Composer("overlay"), progress=False,
+                        segment_frames=8)
+        assert not (disk / "clip.mp4").exists() and not list(disk.rglob("*.tmp"))
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
