@@ -22,6 +22,7 @@ final file.
 from __future__ import annotations
 
 import heapq
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -129,10 +130,23 @@ class VideoSource:
 
     def frames(self) -> Iterator[tuple[np.ndarray, int | None]]:
         """(RGB picture, pts in ``time_base``) of each frame, in presentation order."""
-        for frame in self.container.decode(self.stream):
-            if self._from_pts is not None and frame.pts is not None and frame.pts < self._from_pts:
-                continue
+        decoded = self.container.decode(self.stream)
+        if self._from_pts is not None:
+            decoded = self._from(decoded)
+        for frame in decoded:
             yield upright(frame.to_ndarray(format="rgb24"), getattr(frame, "rotation", 0) or 0), frame.pts
+
+    def _from(self, decoded: Iterator[av.VideoFrame]) -> Iterator[av.VideoFrame]:
+        """The frames from ``_from_pts`` on. A seek that landed past that frame (an inexact index) is
+        redone from the start of the file, so that no frame is missed."""
+        first = next(decoded, None)
+        if first is not None and first.pts is not None and first.pts > self._from_pts:
+            self.container.seek(0, stream=self.stream, backward=True, any_frame=False)
+            decoded, first = self.container.decode(self.stream), None
+        frames = decoded if first is None else itertools.chain((first,), decoded)
+        for frame in frames:
+            if frame.pts is None or frame.pts >= self._from_pts:
+                yield frame
 
     def close(self) -> None:
         self.container.close()
