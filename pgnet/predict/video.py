@@ -339,16 +339,16 @@ class FrameWriter:
         self.cancelled = False
         self._closed = False
         self._pool = ThreadPoolExecutor(max(1, int(workers)), thread_name_prefix="pgnet-compose")
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))  # (frame, future of the picture)
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))  # (pts, state, future of the picture)
         self._thread = threading.Thread(target=self._run, name="pgnet-frame-writer", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not _END:
-            frame, future = item
+            pts, state, future = item
             if self.error is None and not self.cancelled:  # otherwise drain, so the producer never blocks
                 try:
-                    self.output.add(future.result(), frame.pts, frame.mask if self.keep_state else None)
+                    self.output.add(future.result(), pts, state)
                     self.frames += 1
                 except BaseException as error:  # raised by ``put`` or ``close``
                     self.error = error
@@ -361,7 +361,9 @@ class FrameWriter:
     def put(self, frame: VideoFrame) -> None:
         if self.error is not None:
             self._raise_error()
-        self._queue.put((frame, self._pool.submit(self.composer, frame.image, frame.mask)))
+        # The frame itself is not queued: its picture and mask go once the output picture is composed.
+        state = frame.mask if self.keep_state else None
+        self._queue.put((frame.pts, state, self._pool.submit(self.composer, frame.image, frame.mask)))
 
     def close(self, cancel: bool = False) -> None:
         """Wait for the frames put so far to be written (``cancel``: drop them); raises a writing error."""
