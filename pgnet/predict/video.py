@@ -467,7 +467,10 @@ def write_video(
                 error = sys.exc_info()[1]
                 interrupted = isinstance(error, KeyboardInterrupt)
                 if writer is not None:  # after Ctrl-C the frames already predicted are still written
-                    writer.close(cancel=not interrupted)
+                    try:
+                        writer.close(cancel=not interrupted)
+                    except Exception:  # a write error during that: the error already raised goes on
+                        pass
                 target.abandon(keep=interrupted or isinstance(error, NoSpaceError))
     return VideoResult(Path(output), target.frames, reader.fps,
                        (int(size[0]), int(size[1])) if size else (0, 0), reader.ended_early() or reader.note)
