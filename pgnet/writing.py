@@ -5,7 +5,8 @@
   never a truncated one. The file gets the usual permissions (0666 less the umask). A full disk is
   :class:`NoSpaceError`: "no space left on device while writing PATH", with nothing left behind.
   :func:`atomic_create` does the same for a file made otherwise (a hard link, a copy), and
-  :func:`move_into_place` is its last step, for a file a third party wrote under a temporary name.
+  :func:`move_into_place` is its last step, for a file a third party wrote under a temporary name;
+  :func:`is_no_space` tells whether an error of such a writer was a full disk.
 - :func:`write_image` encodes an RGB, RGBA or gray uint8 picture by the path's suffix and writes it
   with :func:`atomic_write`; predictions, cut-outs and cache copies all go through it.
 - :func:`check_overwrites` is run by every command before any work: no output may land on an input
@@ -158,6 +159,15 @@ def _is_no_space(error: BaseException) -> bool:
             return True
         error, seen = error.__cause__ or error.__context__, seen + 1
     return False
+
+
+def is_no_space(error: BaseException, folder: str | Path | None = None) -> bool:
+    """Whether ``error`` means a full disk: an ENOSPC/EDQUOT error in it or its causes, or an OS or
+    runtime error while ``folder``'s file system has (almost) no space left (encoders do not always
+    say why a write failed)."""
+    if _is_no_space(error):
+        return True
+    return folder is not None and isinstance(error, (OSError, RuntimeError)) and _folder_is_full(Path(folder))
 
 
 def write_bytes(path: str | Path, data: bytes | bytearray | memoryview | np.ndarray) -> Path:

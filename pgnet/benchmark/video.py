@@ -1,7 +1,8 @@
 """Video benchmarks on synthetic data: video prediction, temporal smoothing and foreground refinement.
 
-- frames/s of ``write_video`` (mask mode, threaded reading and writing) on a synthetic clip of a moving
-  subject with sensor noise, beside the time of the predictor alone on one frame; without a checkpoint
+- frames/s and peak memory (resident set, sampled) of ``write_video`` (mask mode, H.264 out; decoding,
+  network and encoding overlapped) on a synthetic clip of a moving subject with sensor noise, beside
+  the time of the predictor alone on one frame, at each resolution asked (720p and 4K by default); without a checkpoint
   the default model (Swin-B + ResNet-18) runs with random weights (BatchNorm calibrated, as in
   ``pgnet-benchmark``), which cost the same as trained ones;
 - flicker: mean absolute change between consecutive masks of that clip, raw and smoothed with weights
@@ -14,12 +15,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
@@ -28,7 +30,8 @@ from pgnet.benchmark.model import build_benchmark_model
 from pgnet.data.synthetic import make_soft_composite
 from pgnet.predict.compose import Composer
 from pgnet.predict.foreground import estimate_foreground
-from pgnet.predict.video import TemporalSmoother, mean_consecutive_change, write_video
+from pgnet.predict.media import VIDEO_FORMATS, SegmentEncoder
+from pgnet.predict.video import TemporalSmoother, frames_in_flight, mean_consecutive_change, write_video
 
 SMOOTHING_WEIGHTS = (0.5, 0.8)
 
@@ -46,18 +49,49 @@ class RecordingComposer(Composer):
 
 
 def write_moving_clip(path: Path, frames: int, height: int, width: int, fps: float = 30.0) -> Path:
-    """A subject with a soft edge sliding 1 % of the width per frame, Gaussian noise of sigma 6."""
+    """A subject with a soft edge sliding 1 % of the width per frame, Gaussian noise of sigma 6 (H.264)."""
     _, alpha, foreground, background = make_soft_composite(7, (height, width))
     rng = np.random.default_rng(0)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    encoder = SegmentEncoder(path, VIDEO_FORMATS["mp4"], (height, width), False, 1 / Fraction(fps), fps)
     for index in range(frames):
         shift = int((index - frames // 2) * 0.01 * width)
         moved = np.roll(alpha, shift, axis=1)[..., None]
         frame = moved * np.roll(foreground, shift, axis=1) + (1 - moved) * background
-        frame = np.clip(frame + rng.normal(0, 6, frame.shape), 0, 255).astype(np.uint8)
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
+        encoder.encode(np.clip(frame + rng.normal(0, 6, frame.shape), 0, 255).astype(np.uint8), index)
+    encoder.close()
     return path
+
+
+def resident_mib() -> float:
+    """This process's resident memory in MiB (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class PeakResident:
+    """The peak resident memory of a block, sampled every ``interval`` seconds on a thread (MiB)."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval, self.peak_mib, self.start_mib = interval, 0.0, 0.0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_mib = max(self.peak_mib, resident_mib())
+
+    def __enter__(self) -> PeakResident:
+        self.start_mib = self.peak_mib = resident_mib()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mib = max(self.peak_mib, resident_mib())
 
 
 def video_predictor(checkpoint: str | None, size: int, batch_size: int = 1) -> Predictor:
@@ -82,12 +116,15 @@ def measure_video(predictor: Predictor, frames: int, height: int, width: int,
         log(f"the predictor alone on one {width}x{height} frame: {network:.2f} s")
         composer = RecordingComposer()
         start, cpu_start = time.perf_counter(), time.process_time()
-        result = write_video(predictor, clip, Path(folder) / "out.mp4", composer, progress=True)
+        with PeakResident() as memory:
+            result = write_video(predictor, clip, Path(folder) / "out.mp4", composer, progress=True)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     log(f"video: {result.frames} frames {width}x{height} at --size {predictor.size}, batch "
         f"{predictor.batch_size}, {torch.get_num_threads()} threads: {result.frames / seconds:.3f} frames/s "
         f"({seconds:.1f} s; CPU time of the process {cpu_seconds / result.frames:.2f} s per frame; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    log(f"peak resident memory {memory.peak_mib:.0f} MiB ({memory.peak_mib - memory.start_mib:+.0f} MiB over the "
+        f"model loaded; at most {frames_in_flight(predictor.batch_size)} frames in flight)")
     raw = composer.masks
     flicker = {"raw": mean_consecutive_change(raw)}
     log(f"flicker (mean |mask_t - mask_t-1|): raw {flicker['raw']:.5f}")
@@ -98,6 +135,7 @@ def measure_video(predictor: Predictor, frames: int, height: int, width: int,
         flicker[f"smooth_{weight}"] = mean_consecutive_change(smoothed)
         log(f"  --smooth {weight}: {flicker[f'smooth_{weight}']:.5f} (mean |smoothed - raw| {lag:.5f})")
     return {"network_s": network, "frames": result.frames, "frames_per_s": result.frames / seconds,
+            "peak_mib": memory.peak_mib, "video_mib": memory.peak_mib - memory.start_mib,
             "cpu_s_per_frame": cpu_seconds / result.frames, "flicker": flicker}
 
 

@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--checkpoint", help="a checkpoint (default: the official architecture, random weights)")
     video.add_argument("--size", type=int, default=1024)
     video.add_argument("--frames", type=int, default=30)
-    video.add_argument("--width", type=int, default=1280)
-    video.add_argument("--height", type=int, default=720)
+    video.add_argument("--resolutions", type=_resolutions, default="1280x720,3840x2160", metavar="WxH,...",
+                       help="frame sizes to measure (default 720p and 4K)")
     video.add_argument("-b", "--batch-size", type=int, default=1)
     video.add_argument("--skip-video", action="store_true", help="only the foreground refinement figures")
 
@@ -242,6 +242,17 @@ def run_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolutions(text: str) -> list[tuple[int, int]]:
+    """``1280x720,3840x2160`` as [(1280, 720), (3840, 2160)]."""
+    try:
+        sizes = [tuple(int(side) for side in part.lower().split("x")) for part in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or any(len(size) != 2 or min(size) < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT[,WIDTHxHEIGHT...], got {text!r}")
+    return sizes  # type: ignore[return-value]
+
+
 def run_video(args: argparse.Namespace) -> int:
     """Video prediction, smoothing and foreground refinement figures, printed."""
     # here: keeps --help fast (torch, timm)
@@ -249,7 +260,8 @@ def run_video(args: argparse.Namespace) -> int:
 
     if not args.skip_video:
         predictor = video_predictor(args.checkpoint, args.size, args.batch_size)
-        measure_video(predictor, args.frames, args.height, args.width)
+        for width, height in args.resolutions:
+            measure_video(predictor, args.frames, height, width)
     measure_foreground_refinement()
     return 0
 

@@ -4,9 +4,13 @@ pictures and videos on disk, or for a webcam."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from pgnet.cli.common import (
     NothingDoneError,
@@ -19,6 +23,9 @@ from pgnet.cli.common import (
 from pgnet.device import PRECISIONS
 from pgnet.errors import UserError
 from pgnet.predict.compose import DEFAULT_BLUR, OUTPUT_MODES, Composer
+
+# pgnet.predict.media.VIDEO_FORMATS, named here so that --help stays fast (no PyAV import)
+VIDEO_FORMAT_NAMES = ("mp4", "webm", "prores", "png")
 
 PROG = "pgnet-predict"
 EXIT_STATUSES = (
@@ -36,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("inputs", nargs="*", help="pictures, videos, folders, or glob patterns (quote them)")
     parser.add_argument("-o", "--output", required=True,
-                        help="folder for the outputs (created; names kept: pictures .png, videos .mp4)")
+                        help="folder for the outputs (created; names kept: pictures .png, videos by --video-format)")
     parser.add_argument("-c", "--checkpoint", required=True,
                         help="project checkpoint, an official one, or a model package folder")
     parser.add_argument(
@@ -45,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mode",
         choices=OUTPUT_MODES,
-        help="mask: 8-bit mask; rgba: cut-out with the mask as alpha (videos: numbered PNGs); overlay: tinted "
+        help="mask: 8-bit mask; rgba: cut-out with the mask as alpha (videos: WebM with alpha); overlay: tinted "
         "picture; color: the subject on a plain colour; blur: on its background blurred; background: on the "
         "--background picture (default: mask, or background when --background is given)",
     )
@@ -61,6 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="videos: mask = A x previous + (1 - A) x current (0 = off; lags ~A/(1-A) frames)")
     parser.add_argument("--webcam", type=int, metavar="N", help="read camera N instead of files (Ctrl-C stops)")
     parser.add_argument("--max-frames", type=int, help="videos and webcam: stop after this many frames")
+    parser.add_argument(
+        "--video-format", choices=VIDEO_FORMAT_NAMES,
+        help="videos: mp4 (H.264), webm (VP9, with alpha for rgba), prores (ProRes 4444 .mov, with alpha), png "
+        "(a folder of numbered frames); default webm for --mode rgba, mp4 otherwise",
+    )
+    parser.add_argument("--no-audio", action="store_true", help="videos: leave the source's audio out")
+    parser.add_argument("--segment-frames", type=int, default=240, metavar="N",
+                        help="videos: frames per segment, the most work an interruption loses (default 240)")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="videos: keep the outputs already complete, go on from the segments an interrupted run kept, and "
+        "fail if they belong to another command (without it the same command resumes too, outputs are written "
+        "again, and other commands' segments are discarded)",
+    )
     parser.add_argument(
         "--size", type=int, help="network input side (default: the checkpoint's test size, 1024 officially)"
     )
@@ -99,16 +120,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_frames is not None and args.max_frames < 1:
         parser.error(f"--max-frames must be positive, got {args.max_frames}")
     check_output_folder(parser, args.output)
-    return run_command(PROG, lambda: _predict(args, mode))
+    if args.segment_frames < 1:
+        parser.error(f"--segment-frames must be positive, got {args.segment_frames}")
+    if mode == "rgba" and args.video_format == "mp4":
+        parser.error("mp4 (H.264) videos cannot be transparent: --mode rgba needs --video-format webm, prores or png")
+    with terminate_as_interrupt():
+        return run_command(PROG, lambda: _predict(args, mode))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: the run stops as after Ctrl-C (the output being written is removed) and exits 143."""
+
+    exit_status = 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Inside the block SIGTERM raises ``Terminated`` in the main thread, so it cleans up as Ctrl-C does."""
+
+    def handler(signum: int, frame: Any) -> None:
+        print(f"{PROG}: terminated", file=sys.stderr, flush=True)
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _resume_key(args: argparse.Namespace) -> str:
+    """What identifies the model of a video run: a kept output is resumed only by the same one."""
+    checkpoint = Path(args.checkpoint)
+    stamp = checkpoint.stat() if checkpoint.is_file() else None
+    parts = [os.path.realpath(checkpoint), stamp and stamp.st_size, stamp and stamp.st_mtime_ns, args.weights,
+             args.size, args.fast_decode, args.flip, args.precision, args.device, args.batch_size, args.no_optimize,
+             args.compile]
+    return "|".join(map(str, parts))
 
 
 def _predict(args: argparse.Namespace, mode: str) -> int:
     # Imported here, not at the top: --help and argument errors stay fast without torch.
     from pgnet.data.io import set_max_pixels
     from pgnet.predict.files import predict_files
-    from pgnet.predict.output_plan import VIDEO_SUFFIX, is_video_file, plan_outputs, plan_video_outputs
+    from pgnet.predict.output_plan import VIDEO_SUFFIXES, check_apart, is_video_file, plan_outputs, plan_video_outputs
     from pgnet.predict.predictor import Predictor
-    from pgnet.predict.video import predict_videos, source_name, write_video
+    from pgnet.predict.video import default_video_format, predict_videos, source_name, write_video
 
     if args.max_pixels is not None:
         set_max_pixels(int(args.max_pixels))
@@ -117,7 +178,9 @@ def _predict(args: argparse.Namespace, mode: str) -> int:
     picture_inputs = [source for source in args.inputs if not is_video_file(source)]
     with errors_as(UserError, FileNotFoundError):  # an input path that matches nothing: a usage error
         jobs = plan_outputs(picture_inputs, args.output, recursive=args.recursive) if picture_inputs else []
-        video_jobs = plan_video_outputs(args.inputs, args.output, mode, recursive=args.recursive)
+        video_format = args.video_format or default_video_format(mode)
+        video_jobs = plan_video_outputs(args.inputs, args.output, video_format, recursive=args.recursive)
+        check_apart(jobs, video_jobs)
     if not jobs and not video_jobs and args.webcam is None:
         raise NothingDoneError(f"no pictures or videos found in {' '.join(args.inputs)}")
     with errors_as(UserError, RuntimeError):  # torch's errors loading a checkpoint: a usage error
@@ -138,16 +201,20 @@ def _predict(args: argparse.Namespace, mode: str) -> int:
         print(f"wrote {len(report.written)} {mode} pictures to {args.output}; skipped {len(report.skipped)}")
         written += len(report.written)
     if video_jobs:
-        report = predict_videos(predictor, video_jobs, composer, smooth=args.smooth, progress=not args.no_progress,
-                                max_frames=args.max_frames, workers=args.workers)
+        with errors_as(NothingDoneError, UserError):  # a full disk: exit 1
+            report = predict_videos(predictor, video_jobs, composer, smooth=args.smooth,
+                                    progress=not args.no_progress, max_frames=args.max_frames, workers=args.workers,
+                                    video_format=video_format, audio=not args.no_audio,
+                                    resume_key=_resume_key(args), require_resume=args.resume,
+                                    segment_frames=args.segment_frames)
         print(f"wrote {len(report.written)} {mode} videos to {args.output}; skipped {len(report.skipped)}")
         written += len(report.written)
     if args.webcam is not None:
-        output = Path(args.output) / f"webcam{args.webcam}{'' if mode == 'rgba' else VIDEO_SUFFIX}"
+        output = Path(args.output) / f"webcam{args.webcam}{VIDEO_SUFFIXES[video_format]}"
         try:
             result = write_video(predictor, args.webcam, output, composer, smooth=args.smooth,
                                  max_frames=args.max_frames, progress=not args.no_progress,
-                                 workers=args.workers)
+                                 workers=args.workers, video_format=video_format)
         except OSError as error:  # VideoReadError included
             raise NothingDoneError(f"{source_name(args.webcam)}: {getattr(error, 'reason', error)}") from error
         print(f"wrote {result.frames} frames of {source_name(args.webcam)} to {result.output}")

@@ -5,7 +5,8 @@ folder, it was found in. Pictures of one folder whose names differ only by suffi
 ``a.png``) keep it (``a.jpg.png``). When pictures from different inputs would still land on the same
 output (``d1/a.jpg`` and ``d2/a.jpg``), every output keeps its path relative to the inputs' common
 folder instead (``out/d1/a.png``, ``out/d2/a.png``). No output may land on an input
-(``pgnet.writing.check_overwrites``). Videos are found and named alike (``plan_video_outputs``).
+(``pgnet.writing.check_overwrites``). Videos are found and named alike (``plan_video_outputs``), and
+no picture output may land in a video's frame folder or on a video's output (``check_apart``).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgnet.data.io import list_files, list_images
+from pgnet.errors import format_list
 from pgnet.writing import OverwriteError, check_overwrites
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
-VIDEO_SUFFIX = ".mp4"  # video outputs: MPEG-4 part 2 (see ``pgnet.predict.video``)
+VIDEO_SUFFIXES = {"mp4": ".mp4", "webm": ".webm", "prores": ".mov", "png": ""}  # ``pgnet.predict.media``
 
 
 @dataclass
@@ -119,7 +121,7 @@ def check_outputs_outside_inputs(outputs: Iterable[Path], sources: Iterable[str 
 
 @dataclass
 class VideoJob:
-    """One input video and its output (an mp4 file, or a folder of PNGs for rgba)."""
+    """One input video and its output (a video file, or a folder of PNGs)."""
 
     source: Path
     output: Path
@@ -140,16 +142,18 @@ def list_videos(source: str | os.PathLike, recursive: bool = False) -> list[Path
 
 
 def plan_video_outputs(
-    sources: Iterable[str | os.PathLike], output_dir: str | os.PathLike, mode: str, recursive: bool = False
+    sources: Iterable[str | os.PathLike], output_dir: str | os.PathLike, video_format: str = "mp4",
+    recursive: bool = False,
 ) -> list[VideoJob]:
-    """The videos named by ``sources`` and their outputs under ``output_dir``.
+    """The videos named by ``sources`` and their outputs under ``output_dir`` in ``video_format``.
 
-    ``clip.avi`` gives ``clip.mp4`` (for rgba, the folder ``clip/``), keeping its path under the
-    folder it was found in; two videos whose outputs would collide keep their suffix
-    (``clip.avi.mp4``). Raises FileExistsError when an output would replace an input.
+    ``clip.avi`` gives ``clip.mp4`` (``webm``: ``clip.webm``, ``prores``: ``clip.mov``, ``png``: the
+    folder ``clip/``), keeping its path under the folder it was found in; two videos whose outputs
+    would collide keep their suffix (``clip.avi.mp4``). Raises FileExistsError when an output would
+    replace an input.
     """
     output_dir, sources = Path(output_dir), list(sources)
-    suffix = "" if mode == "rgba" else VIDEO_SUFFIX
+    suffix = VIDEO_SUFFIXES[video_format]
     found: dict[Path, tuple[Path, Path]] = {}  # resolved source -> (source, path under its folder)
     for source in sources:
         source_path = Path(source).expanduser()
@@ -169,3 +173,19 @@ def plan_video_outputs(
         jobs.append(VideoJob(path, output))
     check_outputs_outside_inputs([job.output for job in jobs if job.output.suffix], sources, output_dir, recursive)
     return sorted(jobs, key=lambda job: str(job.source))
+
+
+def check_apart(picture_jobs: Iterable[FileJob], video_jobs: Iterable[VideoJob]) -> None:
+    """Refuse a run where a picture's output would land on a video's output or inside a video's frame
+    folder (``clip/000001.jpg`` beside ``clip.mp4`` written as PNG frames): raises ``OverwriteError``."""
+    videos = {Path(os.path.abspath(job.output)): job.source for job in video_jobs}
+    clashes = []
+    for job in picture_jobs:
+        output = Path(os.path.abspath(job.output))
+        for place in (output, *output.parents):
+            if place in videos:
+                clashes.append(f"{job.output} (from {job.source}; the output of {videos[place]} is {place})")
+                break
+    if clashes:
+        raise OverwriteError(f"{len(clashes)} picture outputs would land on video outputs: "
+                             f"{format_list(clashes, separator='; ')}; choose another output folder or video format")

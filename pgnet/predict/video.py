@@ -1,20 +1,27 @@
-"""Saliency for videos and webcams: threaded frame reading and writing, batching, smoothing.
+"""Saliency for videos and webcams: threaded decoding, batching, smoothing, and outputs written whole.
 
-``predict_video`` yields each frame with its mask; ``write_video`` writes the output video (mp4,
-same size and frame rate) of one mode of ``pgnet.predict.compose``, or for ``rgba`` (which common codecs
-cannot hold) a folder of numbered PNGs. Frames are decoded (and resized for the network) ahead on a
-reader thread (``pgnet.data.prefetch``) and composed and encoded on writer threads, so the network
-does not wait for either; both hold a bounded number of frames. Audio is not carried over.
+``predict_video`` yields each frame with its mask; ``write_video`` writes the output of one mode of
+``pgnet.predict.compose`` at the source's exact size and timestamps, with its audio: an H.264 ``mp4``,
+a VP9 ``webm`` (with alpha for ``rgba``, the default there), a ProRes 4444 ``.mov`` or a folder of
+PNGs (``pgnet.predict.media.VIDEO_FORMATS``). The output is built in segments beside its final name
+and renamed when complete (``pgnet.predict.video_output``); an interrupted run resumes after the last
+complete segment when given the same ``resume_key``.
 
-A capture source is anything with ``cv2.VideoCapture``'s ``isOpened``, ``read``, ``get`` and
-``release``; ``capture_factory`` (default ``cv2.VideoCapture``) opens it from a path or a camera
-index, which lets tests drive the webcam loop with a fake camera.
+Three stages overlap: frames are decoded with PyAV (and resized for the network) ahead on a reader
+thread (``pgnet.data.prefetch``), the network runs on the caller's thread, and outputs are composed on
+``workers`` threads and encoded on a writer thread. Frames in flight are bounded whatever the
+resolution and length: ``2·batch + 2`` decoded ahead, two batches (predicted, handed over), ``2·batch + 2``
+waiting to be composed and encoded, one being encoded (``frames_in_flight``).
+
+Files are decoded with PyAV; a camera (an index) with OpenCV, or any object with
+``cv2.VideoCapture``'s ``isOpened``, ``read``, ``get`` and ``release`` that ``capture_factory``
+(default ``cv2.VideoCapture``) opens, which lets tests drive the webcam loop with a fake camera.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-import math
 import os
 import queue
 import sys
@@ -22,43 +29,55 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import av
 import cv2
 import numpy as np
 from tqdm import tqdm
 
 from pgnet.data.prefetch import prefetch
 from pgnet.data.preprocessing import resize_for_network
-from pgnet.errors import UserError
+from pgnet.errors import UnknownNameError, UserError
 from pgnet.predict.batching import ArrayPredictor, predict_batches
 from pgnet.predict.compose import Composer
 from pgnet.predict.files import PredictionReport
-from pgnet.predict.output_plan import VIDEO_SUFFIX, VideoJob
-from pgnet.writing import move_into_place, write_image
+from pgnet.predict.media import DEFAULT_FPS, VIDEO_FORMATS, VideoFormat, VideoReadError, VideoSource
+from pgnet.predict.output_plan import VideoJob
+from pgnet.predict.video_output import SEGMENT_FRAMES, ResumePoint, VideoOutput, partial_folder
+from pgnet.writing import NoSpaceError
 
-VIDEO_FOURCC = "mp4v"  # MPEG-4 part 2, which OpenCV's pip wheels can write
-DEFAULT_FPS = 30.0  # when the source does not tell (many webcams)
+__all__ = [
+    "DEFAULT_FPS",
+    "FrameReader",
+    "TemporalSmoother",
+    "VideoFrame",
+    "VideoReadError",
+    "VideoResult",
+    "default_video_format",
+    "frames_in_flight",
+    "mean_consecutive_change",
+    "output_format",
+    "predict_frames",
+    "predict_video",
+    "predict_videos",
+    "source_name",
+    "write_video",
+]
 _END = object()
-
-
-class VideoReadError(OSError, UserError):
-    """A video (or camera) that cannot be opened or yields no frame; ``path`` names it."""
-
-    def __init__(self, path: str | Path | int, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 @dataclass
 class VideoFrame:
-    """One frame: its index from 0, the H×W×3 uint8 RGB picture and its H×W float32 mask."""
+    """One frame: its index from 0, the H×W×3 uint8 RGB picture, its H×W float32 mask and its pts (in
+    the reader's ``time_base``)."""
 
     index: int
     image: np.ndarray
     mask: np.ndarray
+    pts: int | None = None
 
 
 @dataclass
@@ -76,19 +95,49 @@ def source_name(source: str | os.PathLike | int) -> str:
     return f"camera {source}" if isinstance(source, int) else str(source)
 
 
+def default_video_format(mode: str) -> str:
+    """``webm`` (VP9 with alpha) for cut-outs, ``mp4`` (H.264) for every other mode."""
+    return "webm" if mode == "rgba" else "mp4"
+
+
+def output_format(name: str | None, mode: str) -> VideoFormat:
+    """The output format named (None: the mode's default); a format that cannot hold the mode is
+    refused here, before any work."""
+    name = name or default_video_format(mode)
+    if name not in VIDEO_FORMATS:
+        raise UnknownNameError(f"unknown video format {name!r}; choose from {', '.join(VIDEO_FORMATS)}")
+    chosen = VIDEO_FORMATS[name]
+    if mode == "rgba":
+        chosen.pixel_format(True, (2, 2))  # raises for a format without alpha
+    return chosen
+
+
+def frames_in_flight(batch_size: int) -> int:
+    """The most frames a video run holds at once: decoded ahead, the batch being predicted and the one
+    being handed to the writer, waiting to be composed and encoded, and the one being encoded."""
+    return 2 * _depth(batch_size) + 2 * batch_size + 1
+
+
+def _depth(batch_size: int) -> int:
+    return 2 * batch_size + 2
+
+
 class FrameReader:
-    """Decodes frames ahead on a thread: iterating gives (RGB frame, network-size copy) pairs in order.
+    """Decodes frames ahead on a thread: iterating gives (RGB frame, network-size copy, pts) in order.
 
     Args:
         source: a video path or a camera index.
         size: the network input side (each frame is also resized to size×size, as uint8, on the
             thread); None: the second copy is the frame itself.
-        capture_factory: opens ``source`` (default ``cv2.VideoCapture``).
-        max_frames: stop after this many frames (None: until the source ends).
+        capture_factory: opens a camera (default ``cv2.VideoCapture``); given, a path is opened by
+            it too.
+        max_frames: stop after frame ``max_frames`` (None: until the source ends).
         depth: frames decoded ahead at most.
+        resume: start after the frames a kept output already holds.
 
-    Raises ``VideoReadError`` when the source cannot be opened. After iterating, ``frames`` is the
-    number decoded and ``expected`` the count the container announces (None for a camera).
+    Raises ``VideoReadError`` when the source cannot be opened. ``time_base`` times the pts (a file's
+    stream's; 1/fps for a camera); after iterating, ``frames`` is the number decoded (resumed ones
+    included) and ``expected`` the count the container announces (None for a camera).
     """
 
     def __init__(
@@ -98,42 +147,77 @@ class FrameReader:
         capture_factory: Callable[[Any], Any] | None = None,
         max_frames: int | None = None,
         depth: int = 8,
+        resume: ResumePoint | None = None,
     ) -> None:
         self.source = source
         self.size = None if size is None else int(size)  # None: frames are not resized here
         self.max_frames = max_frames
         self.depth = max(1, int(depth))
-        opener = capture_factory or cv2.VideoCapture
-        self.capture = opener(source if isinstance(source, int) else str(source))
-        if not self.capture.isOpened():
-            self.capture.release()
-            raise VideoReadError(source_name(source), "cannot open (not a video, unsupported codec or no such camera)")
-        fps = float(self.capture.get(cv2.CAP_PROP_FPS) or 0.0)
-        self.fps = fps if math.isfinite(fps) and 0 < fps < 1000 else DEFAULT_FPS
-        count = float(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0)  # -1 or nan for some streams
-        self.expected = int(count) if math.isfinite(count) and count >= 1 and not isinstance(source, int) else None
+        self.video: VideoSource | None = None
+        self.capture = None
+        self.audio = False
+        if isinstance(source, int) or capture_factory is not None:
+            opener = capture_factory or cv2.VideoCapture
+            self.capture = opener(source if isinstance(source, int) else str(source))
+            if not self.capture.isOpened():
+                self.capture.release()
+                raise VideoReadError(source_name(source), "cannot open (no such camera or unsupported source)")
+            fps = float(self.capture.get(cv2.CAP_PROP_FPS) or 0.0)
+            self.fps = fps if np.isfinite(fps) and 0 < fps < 1000 else DEFAULT_FPS
+            self.time_base = 1 / Fraction(self.fps).limit_denominator(1001)
+            self.expected = None
+            self._decoded: Iterator[tuple[np.ndarray, int | None]] = self._camera_frames()
+        else:
+            self.video = VideoSource(source)
+            self.fps, self.time_base, self.expected = self.video.fps, self.video.time_base, self.video.expected
+            self.audio = self.video.audio is not None
+            self._decoded = self.video.frames()
         self.frames = 0
-        # One thread: a capture is read in order, one frame after the other.
+        self.note: str | None = None  # why decoding stopped before the end, when it did
+        self._read_count = 0
+        self._last_pts: int | None = None
+        if resume is not None and resume.frames:
+            self.frames, self._last_pts = resume.frames, resume.last_pts
+            if self.video is not None and resume.last_pts is not None:
+                self.video.start(resume.last_pts + 1)
+            else:
+                self._decoded = itertools.islice(self._decoded, resume.frames, None)
+        # One thread: a source is read in order, one frame after the other.
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="pgnet-frame-reader")
+
+    def _camera_frames(self) -> Iterator[tuple[np.ndarray, int | None]]:
+        while True:
+            ok, frame = self.capture.read()
+            if not ok or frame is None:
+                return
+            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), None
 
     @property
     def total(self) -> int | None:
-        """Frames this reader will give at most, when known (for a progress bar)."""
+        """Frames this reader will give at most, counted from the first, when known (a progress bar)."""
         if self.expected is None:
             return self.max_frames
         return self.expected if self.max_frames is None else min(self.expected, self.max_frames)
 
-    def _read(self, _: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The next frame (RGB, network-size copy), or None past the end of the source (the
-        argument, the frame's index, is what ``prefetch`` passes)."""
-        ok, frame = self.capture.read()
-        if not ok or frame is None:
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """The next frame (RGB, network-size copy, pts), or None past the end of the source."""
+        try:
+            item = next(self._decoded, None)
+        except (av.FFmpegError, ValueError) as error:  # corrupt data: what was decoded is kept
+            if not self._read_count:
+                raise
+            self.note = f"stopped decoding at frame {index}: {error}"
             return None
-        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        return rgb, (rgb if self.size is None else resize_for_network(rgb, self.size))
+        if item is None:
+            return None
+        self._read_count += 1
+        rgb, pts = item
+        if pts is None:  # a camera, or a stream without timestamps: the frame's place at the frame rate
+            pts = round(index / (self.fps * self.time_base))
+        return rgb, (rgb if self.size is None else resize_for_network(rgb, self.size)), pts
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        indices = itertools.count() if self.max_frames is None else range(self.max_frames)
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+        indices = itertools.count(self.frames) if self.max_frames is None else range(self.frames, self.max_frames)
         for _, future in prefetch(self._pool, self._read, indices, self.depth):
             try:
                 item = future.result()
@@ -141,9 +225,17 @@ class FrameReader:
                 raise VideoReadError(source_name(self.source), f"decoding failed: {error}") from error
             if item is None:
                 break
+            rgb, small, pts = item
+            if self._last_pts is not None and pts <= self._last_pts:  # timestamps must increase
+                pts = self._last_pts + 1
+            self._last_pts = pts
             self.frames += 1
-            yield item
+            yield rgb, small, pts
         self.close()
+
+    @property
+    def stopped_by_max_frames(self) -> bool:
+        return self.max_frames is not None and self.frames >= self.max_frames
 
     def ended_early(self) -> str | None:
         """A note when the source yielded fewer frames than it announced (truncated or corrupt)."""
@@ -153,9 +245,13 @@ class FrameReader:
         return f"ends early: decoded {self.frames} of the {self.expected} frames its header announces (kept)"
 
     def close(self) -> None:
-        """Stop decoding: drop the frames read ahead and release the capture."""
+        """Stop decoding: drop the frames read ahead and release the source."""
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self.capture.release()
+        if self.capture is not None:
+            self.capture.release()
+        if self.video is not None:
+            self.video.close()
+            self.video = None
 
     def __enter__(self) -> FrameReader:
         return self
@@ -197,15 +293,17 @@ def mean_consecutive_change(masks: Iterable[np.ndarray]) -> float:
     return float(np.mean(changes)) if changes else 0.0
 
 
-def predict_frames(predictor: ArrayPredictor, reader: Iterable[tuple[np.ndarray, np.ndarray]],
-                   smooth: float = 0.0) -> Iterator[VideoFrame]:
-    """Masks of a reader's frames, ``predictor.batch_size`` frames per forward pass, smoothed if asked."""
+def predict_frames(predictor: ArrayPredictor, reader: Iterable[tuple[np.ndarray, np.ndarray, int | None]],
+                   smooth: float = 0.0, start: int = 0, state: np.ndarray | None = None) -> Iterator[VideoFrame]:
+    """Masks of a reader's frames, ``predictor.batch_size`` frames per forward pass, smoothed if asked
+    (from ``state``, the smoothed mask before the first frame, when resuming); indices from ``start``."""
     smoother = TemporalSmoother(smooth)
-    frames = ((frame, small, frame.shape[:2]) for frame, small in reader)
-    index = 0
+    smoother.state = state
+    frames = (((frame, pts), small, frame.shape[:2]) for frame, small, pts in reader)
+    index = start
     for batch in predict_batches(predictor, frames):
-        for frame, mask in batch:
-            yield VideoFrame(index, frame, smoother(mask))
+        for (frame, pts), mask in batch:
+            yield VideoFrame(index, frame, smoother(mask), pts)
             index += 1
 
 
@@ -224,74 +322,59 @@ def predict_video(
 ) -> Iterator[VideoFrame]:
     """Each frame of a video (path) or camera (index) with its mask, as ``VideoFrame``s in order."""
     with FrameReader(source, _reader_size(predictor), capture_factory, max_frames,
-                     depth=2 * predictor.batch_size + 2) as reader:
+                     depth=_depth(predictor.batch_size)) as reader:
         yield from predict_frames(predictor, reader, smooth)
 
 
 class FrameWriter:
-    """Composes frames on ``workers`` threads and writes them in order on another: an mp4
-    (``mp4v``), or numbered PNGs for ``rgba``.
+    """Composes frames on ``workers`` threads and hands them, in order, to a ``VideoOutput`` on a
+    writer thread; at most ``depth`` frames wait. ``keep_state``: each frame's mask goes with it (the
+    smoother's state, kept at segment ends for resuming)."""
 
-    The video goes to a hidden temporary file beside ``output`` and is renamed when ``close`` succeeds,
-    so an interrupted run leaves no half-written video under the output's name.
-    """
-
-    def __init__(self, output: Path, composer: Composer, fps: float, size: tuple[int, int], depth: int = 8,
-                 workers: int = 2) -> None:
-        self.output, self.composer, self.size = Path(output), composer, size
+    def __init__(self, output: VideoOutput, composer: Composer, depth: int = 8, workers: int = 2,
+                 keep_state: bool = False) -> None:
+        self.output, self.composer, self.keep_state = output, composer, keep_state
         self.frames = 0
         self.error: BaseException | None = None
-        self.sequence = composer.mode == "rgba"
-        self.writer = None
-        if self.sequence:
-            self.output.mkdir(parents=True, exist_ok=True)
-        else:
-            self.output.parent.mkdir(parents=True, exist_ok=True)
-            self.partial = self.output.with_name(f".{self.output.stem}.partial{VIDEO_SUFFIX}")
-            fourcc = cv2.VideoWriter_fourcc(*VIDEO_FOURCC)
-            self.writer = cv2.VideoWriter(str(self.partial), fourcc, fps, (size[1], size[0]), True)
-            if not self.writer.isOpened():
-                raise OSError(f"cannot write a {VIDEO_FOURCC} video to {self.output}")
+        self.cancelled = False
+        self._closed = False
         self._pool = ThreadPoolExecutor(max(1, int(workers)), thread_name_prefix="pgnet-compose")
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))  # (index, future of the picture)
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))  # (pts, state, future of the picture)
         self._thread = threading.Thread(target=self._run, name="pgnet-frame-writer", daemon=True)
         self._thread.start()
 
-    def _write(self, index: int, picture: np.ndarray) -> None:
-        if self.sequence:
-            write_image(self.output / f"{index + 1:06d}.png", picture)
-        else:
-            code = cv2.COLOR_GRAY2BGR if picture.ndim == 2 else cv2.COLOR_RGB2BGR
-            self.writer.write(cv2.cvtColor(picture, code))
-        self.frames += 1
-
     def _run(self) -> None:
         while (item := self._queue.get()) is not _END:
-            index, future = item
-            if self.error is None:  # after an error keep draining, so the producer never blocks
+            pts, state, future = item
+            if self.error is None and not self.cancelled:  # otherwise drain, so the producer never blocks
                 try:
-                    self._write(index, future.result())
-                except Exception as error:  # raised by ``put`` or ``close``
+                    self.output.add(future.result(), pts, state)
+                    self.frames += 1
+                except BaseException as error:  # raised by ``put`` or ``close``
                     self.error = error
+
+    def _raise_error(self) -> None:
+        if isinstance(self.error, (NoSpaceError, UserError)):
+            raise self.error
+        raise OSError(f"writing {self.output.output} failed: {self.error}") from self.error
 
     def put(self, frame: VideoFrame) -> None:
         if self.error is not None:
-            raise OSError(f"writing {self.output} failed: {self.error}") from self.error
-        self._queue.put((frame.index, self._pool.submit(self.composer, frame.image, frame.mask)))
+            self._raise_error()
+        # The frame itself is not queued: its picture and mask go once the output picture is composed.
+        state = frame.mask if self.keep_state else None
+        self._queue.put((frame.pts, state, self._pool.submit(self.composer, frame.image, frame.mask)))
 
-    def close(self, keep: bool = True) -> None:
-        """Finish writing; ``keep=False`` (or a writing error) removes the partial video."""
-        self._queue.put(_END)
-        self._thread.join()
-        self._pool.shutdown()
-        if self.writer is not None:
-            self.writer.release()
-            if keep and self.error is None and self.frames:
-                move_into_place(self.partial, self.output)
-            else:
-                self.partial.unlink(missing_ok=True)
-        if self.error is not None:
-            raise OSError(f"writing {self.output} failed: {self.error}") from self.error
+    def close(self, cancel: bool = False) -> None:
+        """Wait for the frames put so far to be written (``cancel``: drop them); raises a writing error."""
+        if not self._closed:
+            self._closed = True
+            self.cancelled = cancel
+            self._queue.put(_END)
+            self._thread.join()
+            self._pool.shutdown(cancel_futures=cancel)
+        if self.error is not None and not cancel:
+            self._raise_error()
 
 
 def write_video(
@@ -305,48 +388,105 @@ def write_video(
     capture_factory: Callable[[Any], Any] | None = None,
     progress: bool = True,
     workers: int = 2,
+    video_format: str | None = None,
+    audio: bool = True,
+    resume_key: str | None = None,
+    require_resume: bool = False,
+    segment_frames: int = SEGMENT_FRAMES,
+    log: Callable[[str], None] | None = None,
 ) -> VideoResult:
-    """Predict every frame of ``source`` and write the output video (or PNG folder for rgba).
+    """Predict every frame of ``source`` and write the output video (or frame folder), whole or not at all.
 
-    ``composer`` picks the mode (default: the mask); ``fps`` overrides the source's frame rate;
-    ``workers`` threads compose the output frames (in order). A camera runs until ``max_frames``
-    or Ctrl-C, and the video written so far is kept. Raises ``VideoReadError`` for a source that
-    cannot be opened or yields no frame.
+    ``composer`` picks the mode (default: the mask); ``video_format`` the output (``VIDEO_FORMATS``;
+    default ``default_video_format``); ``audio`` False leaves the source's audio out; ``fps``
+    overrides the source's frame rate (frames are then evenly spaced); ``workers`` threads compose the
+    output frames. ``resume_key`` (what identifies the model and options, e.g. the command line) makes
+    the run resumable: kept segments of the same source and key are continued, others discarded
+    (``require_resume``: refused). A camera runs until ``max_frames`` or Ctrl-C, and what was filmed is
+    kept. Raises ``VideoReadError`` for a source that cannot be opened or yields no frame,
+    ``NoSpaceError`` for a full disk (the completed segments kept for resuming), ``OSError`` when
+    encoding fails; ``log`` (default: stderr) gets the notes a user should see.
     """
     composer = composer or Composer("mask")
-    depth = 2 * predictor.batch_size + 2
-    with FrameReader(source, _reader_size(predictor), capture_factory, max_frames, depth=depth) as reader:
-        frames = predict_frames(predictor, reader, smooth)
+    log = log or (lambda message: tqdm.write(message, file=sys.stderr))
+    chosen = output_format(video_format, composer.mode)
+    camera = isinstance(source, int)
+    key = None if camera or resume_key is None else _resume_key(resume_key, source, chosen, composer, smooth,
+                                                                max_frames, fps, audio, segment_frames)
+    target = VideoOutput(output, chosen, key, segment_frames, require_resume, log)
+    resume = target.resume_point()
+    depth = _depth(predictor.batch_size)
+    with FrameReader(source, _reader_size(predictor), capture_factory, max_frames, depth, resume) as reader:
+        start = resume.frames if resume else 0
+        frames = predict_frames(predictor, reader, smooth, start, resume.state if resume else None)
+        if fps:
+            reader.fps, reader.time_base = float(fps), 1 / Fraction(float(fps)).limit_denominator(1001)
+            frames = (VideoFrame(f.index, f.image, f.mask, f.index) for f in frames)
         first = next(frames, None)
-        if first is None:
+        if first is None and not start:
             raise VideoReadError(source_name(source), "no frame could be decoded")
-        size = first.image.shape[:2]
-        rate = float(fps) if fps else reader.fps
-        writer = FrameWriter(Path(output), composer, rate, size, depth=depth, workers=workers)
-        bar = tqdm(total=reader.total, unit="frame", desc=Path(str(source)).name, disable=not progress,
-                   dynamic_ncols=True, leave=False)
-        keep = False
+        size = first.image.shape[:2] if first is not None else None
+        writer = None
+        bar = tqdm(total=reader.total, initial=start, unit="frame", desc=Path(str(source)).name,
+                   disable=not progress, dynamic_ncols=True, leave=False)
+        completed = False
         try:
-            for frame in _chain(first, frames):
-                if frame.image.shape[:2] != size:
-                    shape = frame.image.shape[:2]
-                    raise VideoReadError(source_name(source), f"frame {frame.index} is {shape}, not {size}")
-                writer.put(frame)
-                bar.update(1)
-            keep = True
-        except KeyboardInterrupt:
-            keep = isinstance(source, int)  # Ctrl-C is how a camera run ends; a file's output is dropped
-            if not keep:
-                raise
+            if first is not None:
+                note = chosen.size_note(composer.mode == "rgba", size)
+                if note:
+                    log(f"{source_name(source)}: {note}")
+                target.begin(size, composer.mode == "rgba", reader.time_base, reader.fps)
+                writer = FrameWriter(target, composer, depth, workers, keep_state=smooth > 0)
+                try:
+                    for frame in itertools.chain((first,), frames):
+                        if frame.image.shape[:2] != size:
+                            shape = frame.image.shape[:2]
+                            raise VideoReadError(source_name(source), f"frame {frame.index} is {shape}, not {size}")
+                        writer.put(frame)
+                        bar.update(1)
+                except KeyboardInterrupt:
+                    if not camera:  # Ctrl-C is how a camera run ends; a file's run stops here
+                        raise
+                writer.close()
+            elif size is None:  # resumed after every frame had been written
+                target.begin((0, 0), composer.mode == "rgba", reader.time_base, reader.fps)
+            audio_from = Path(source) if audio and reader.audio else None
+            if audio_from is not None and chosen.codec is None:
+                log(f"{source_name(source)}: frame folders carry no audio (choose --video-format mp4, webm or prores)")
+                audio_from = None
+            end_time = None
+            if reader.stopped_by_max_frames and target.last_pts is not None:
+                end_time = float(target.last_pts * reader.time_base) + 1.0 / reader.fps
+            audio_note = target.finish(audio_from, end_time)
+            if audio_note:
+                log(f"{source_name(source)}: {audio_note} ({chosen.suffix} cannot hold the source's audio codec)")
+            completed = True
         finally:
             bar.close()
-            writer.close(keep=keep)
-    return VideoResult(Path(output), writer.frames, rate, (int(size[0]), int(size[1])), reader.ended_early())
+            if not completed:
+                error = sys.exc_info()[1]
+                interrupted = isinstance(error, KeyboardInterrupt)
+                if writer is not None:  # after Ctrl-C the frames already predicted are still written
+                    try:
+                        writer.close(cancel=not interrupted)
+                    except Exception:  # a write error during that: the error already raised goes on
+                        pass
+                target.abandon(keep=interrupted or isinstance(error, NoSpaceError))
+    return VideoResult(Path(output), target.frames, reader.fps,
+                       (int(size[0]), int(size[1])) if size else (0, 0), reader.ended_early() or reader.note)
 
 
-def _chain(first: VideoFrame, rest: Iterator[VideoFrame]) -> Iterator[VideoFrame]:
-    yield first
-    yield from rest
+def _resume_key(resume_key: str, source: str | os.PathLike, chosen: VideoFormat, composer: Composer,
+                smooth: float, max_frames: int | None, fps: float | None, audio: bool, segment_frames: int) -> str:
+    """What a kept output must match to be resumed: the source file as it is now, the caller's key
+    (the model), and every option that changes the frames."""
+    status = os.stat(source)
+    background = composer.background
+    digest = hashlib.sha1(np.ascontiguousarray(background).tobytes()).hexdigest() if background is not None else None
+    parts = [resume_key, os.path.realpath(source), status.st_size, status.st_mtime_ns, chosen.name, composer.mode,
+             composer.color, composer.blur, composer.refine_foreground, digest, smooth, max_frames, fps, audio,
+             segment_frames]
+    return "|".join(map(str, parts))
 
 
 def predict_videos(
@@ -358,15 +498,25 @@ def predict_videos(
     log: Callable[[str], None] | None = None,
     max_frames: int | None = None,
     workers: int = 2,
+    **options: Any,
 ) -> PredictionReport:
-    """``write_video`` for each job; a video that cannot be read or written is skipped and logged."""
+    """``write_video`` for each job (``options``: video_format, audio, resume_key, require_resume,
+    segment_frames); a video that cannot be read or encoded is skipped and logged; a full disk stops
+    the run (``NoSpaceError``). With ``require_resume`` a video whose output exists (and has no kept
+    segments) is complete and kept as it is."""
     report = PredictionReport()
-    log = log or (lambda message: print(message, file=sys.stderr))
+    log = log or (lambda message: tqdm.write(message, file=sys.stderr))
     for job in jobs:
+        if options.get("require_resume") and job.output.exists() and not partial_folder(job.output).exists():
+            log(f"{job.output} is complete: kept")  # resuming a run of many videos skips the finished ones
+            report.written.append(job.output)
+            continue
         try:
-            result = write_video(predictor, job.source, job.output, composer, smooth=smooth,
-                                 max_frames=max_frames, progress=progress, workers=workers)
-        except (VideoReadError, OSError, cv2.error) as error:
+            result = write_video(predictor, job.source, job.output, composer, smooth=smooth, max_frames=max_frames,
+                                 progress=progress, workers=workers, log=log, **options)
+        except NoSpaceError:
+            raise
+        except (VideoReadError, OSError, av.FFmpegError, cv2.error) as error:
             reason = error.reason if isinstance(error, VideoReadError) else str(error)
             report.skipped.append((job.source, reason))
             log(f"skipped {job.source}: {reason}")

@@ -278,7 +278,10 @@ def test_benchmark_commands_parse_their_flags():
     assert parser.parse_args(["metrics", "--n", "3"]).num_images == 3
     args = parser.parse_args(["video", "-b", "2", "--skip-video", "--checkpoint", "c.pth"])
     assert (args.command, args.batch_size, args.skip_video, args.checkpoint) == ("video", 2, True, "c.pth")
-    assert (args.size, args.frames, args.width, args.height) == (1024, 30, 1280, 720)
+    assert (args.size, args.frames, args.resolutions) == (1024, 30, [(1280, 720), (3840, 2160)])
+    assert parser.parse_args(["video", "--resolutions", "640x360"]).resolutions == [(640, 360)]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["video", "--resolutions", "720p"])
     args = parser.parse_args(["cost", "--graft-points", "r5-s2", "r4-s1:window", "--out", "cost.json"])
     assert (args.command, args.graft_points, args.out) == ("cost", ["r5-s2", "r4-s1:window"], "cost.json")
     assert (args.window_size, args.size, args.train_size, args.train_batch, args.repetitions) == (8, 1024, 512, 2, 3)

@@ -1,21 +1,36 @@
 """Videos and webcams: ``pgnet.predict.video`` and ``pgnet-predict`` on short synthetic clips, tiny model at 64 px."""
 
+import errno
+import json
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+from fractions import Fraction
+from pathlib import Path
+
+import av
 import cv2
 import numpy as np
 import pytest
 
 from pgnet.cli.predict import main as predict_main
 from pgnet.predict.compose import Composer, compose, mask_to_uint8
+from pgnet.predict.media import SegmentEncoder, read_video, upright
 from pgnet.predict.output_plan import plan_video_outputs
 from pgnet.predict.predictor import Predictor
 from pgnet.predict.video import (
     DEFAULT_FPS,
     FrameReader,
     TemporalSmoother,
+    frames_in_flight,
     mean_consecutive_change,
     predict_video,
     write_video,
 )
+from pgnet.predict.video_output import ResumeMismatchError
+from pgnet.writing import NoSpaceError
 
 SIZE = 64
 HEIGHT, WIDTH, FPS = 72, 96, 12.0
@@ -63,27 +78,54 @@ def moving_disc_frames(count, height=HEIGHT, width=WIDTH, noise=0.0, seed=0):
     return frames
 
 
-def write_clip(path, frames, fps=FPS, fourcc="mp4v"):
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (frames[0].shape[1], frames[0].shape[0]))
-    assert writer.isOpened()
-    for frame in frames:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
+def write_clip(path, frames, fps=FPS, codec=None, pts=None, audio_seconds=None, audio_codec="aac"):
+    """A real encoded video (PyAV) of RGB ``frames``: mp4 (H.264, or 4:4:4 for odd sides), avi
+    (MJPEG) or mkv; ``pts`` in 1/``fps`` units (default 0, 1, 2, ...); ``audio_seconds`` adds a
+    440 Hz tone of that length."""
+    height, width = frames[0].shape[:2]
+    codec = codec or {".avi": "mjpeg", ".webm": "libvpx-vp9"}.get(Path(path).suffix, "libx264")
+    pix_fmt = {"mjpeg": "yuvj420p"}.get(codec, "yuv420p" if height % 2 == width % 2 == 0 else "yuv444p")
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.codec_context.time_base = 1 / Fraction(fps).limit_denominator(1001)
+        sound = None
+        if audio_seconds:
+            sound = container.add_stream(audio_codec, rate=48000)
+            sound.layout = "mono"
+        for index, picture in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts, frame.time_base = (pts or range(len(frames)))[index], stream.codec_context.time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+        if sound is not None:
+            samples = np.sin(np.arange(int(48000 * audio_seconds)) * (2 * np.pi * 440 / 48000)).astype(np.float32)
+            for start in range(0, len(samples), 1024):
+                chunk = samples[None, start:start + 1024]
+                audio = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
+                audio.sample_rate, audio.pts = 48000, start
+                container.mux(sound.encode(audio))
+            container.mux(sound.encode(None))
     return path
 
 
 def read_clip(path):
     """(RGB frames, fps) of a video file."""
-    capture = cv2.VideoCapture(str(path))
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    capture.release()
+    frames, _ = read_video(path)
+    with av.open(str(path)) as container:
+        fps = float(container.streams.video[0].average_rate)
     return frames, fps
+
+
+def audio_seconds(path):
+    """The length of a file's audio stream in seconds (None without one): end of its last packet."""
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        ends = [float((packet.pts + packet.duration) * packet.time_base)
+                for packet in container.demux(stream) if packet.size]
+        return max(ends)
 
 
 class FakeCamera:
@@ -134,7 +176,7 @@ def test_cli_video_keeps_frame_count_size_and_fps_and_a_folder_of_videos(checkpo
     inputs = tmp_path / "in"
     inputs.mkdir()
     write_clip(inputs / "a.mp4", moving_disc_frames(5))
-    write_clip(inputs / "b.avi", moving_disc_frames(3), fps=25.0, fourcc="MJPG")
+    write_clip(inputs / "b.avi", moving_disc_frames(3), fps=25.0)
     cv2.imwrite(str(inputs / "still.png"), moving_disc_frames(1)[0])
     status, out, err = run_cli(capsys, inputs, "-c", checkpoint, "-o", tmp_path / "out", "--size", SIZE, *FAST)
     assert status == 0, err
@@ -145,12 +187,16 @@ def test_cli_video_keeps_frame_count_size_and_fps_and_a_folder_of_videos(checkpo
         assert len(frames) == count and written_fps == pytest.approx(fps)
         assert frames[0].shape == (HEIGHT, WIDTH, 3)
     assert not list((tmp_path / "out").glob(".*"))  # no partial files left
+    status, out, err = run_cli(capsys, inputs, "-c", checkpoint, "-o", tmp_path / "out", "--size", SIZE, *FAST,
+                               "--resume")
+    assert status == 0 and "wrote 2 mask videos" in out
+    assert f"{tmp_path / 'out' / 'a.mp4'} is complete: kept" in err and "b.mp4 is complete: kept" in err
 
 
 @pytest.mark.parametrize("mode", ["overlay", "color", "blur", "background"])
 def test_each_background_mode_on_video(tmp_path, mode):
     source = moving_disc_frames(3)
-    clip = write_clip(tmp_path / "clip.avi", source, fourcc="MJPG")
+    clip = write_clip(tmp_path / "clip.avi", source)
     backdrop = np.full((10, 30, 3), (0, 200, 0), np.uint8)
     composer = Composer(mode, "#ff00ff", background=backdrop if mode == "background" else None, blur=5,
                         refine_foreground=mode == "background")
@@ -169,9 +215,10 @@ def stand_in_frames(clip, **options):
     return list(predict_video(ColourPredictor(), clip, **options))
 
 
-def test_rgba_video_is_a_numbered_png_sequence(tmp_path):
+def test_rgba_video_as_a_numbered_png_sequence(tmp_path):
     clip = write_clip(tmp_path / "clip.mp4", moving_disc_frames(3))
-    result = write_video(ColourPredictor(), clip, tmp_path / "cut", composer=Composer("rgba"), progress=False)
+    result = write_video(ColourPredictor(), clip, tmp_path / "cut", composer=Composer("rgba"), progress=False,
+                         video_format="png")
     names = sorted(path.name for path in result.output.iterdir())
     assert names == ["000001.png", "000002.png", "000003.png"]
     for name, frame in zip(names, stand_in_frames(clip)):
@@ -183,7 +230,7 @@ def test_rgba_video_is_a_numbered_png_sequence(tmp_path):
 def test_truncated_video_keeps_decoded_frames_and_unreadable_ones_are_skipped(checkpoint, tmp_path, capsys):
     inputs = tmp_path / "in"
     inputs.mkdir()
-    whole = write_clip(tmp_path / "whole.avi", moving_disc_frames(12), fourcc="MJPG")
+    whole = write_clip(tmp_path / "whole.avi", moving_disc_frames(12))
     data = whole.read_bytes()
     (inputs / "cut.avi").write_bytes(data[: len(data) // 2])
     (inputs / "junk.mp4").write_bytes(b"not a video at all" * 20)
@@ -221,7 +268,7 @@ def test_webcam_loop_with_a_fake_camera(checkpoint, tmp_path, capsys, monkeypatc
 
 
 def test_smoothing_reduces_flicker_on_a_moving_shape(predictor, tmp_path):
-    clip = write_clip(tmp_path / "noisy.avi", moving_disc_frames(8, noise=12.0), fourcc="MJPG")
+    clip = write_clip(tmp_path / "noisy.avi", moving_disc_frames(8, noise=12.0))
     raw = [frame.mask for frame in predict_video(predictor, clip)]  # the tiny network's masks
     smoother = TemporalSmoother(0.6)
     smoothed = [smoother(mask).copy() for mask in raw]
@@ -240,13 +287,15 @@ def test_video_outputs_are_planned_without_collisions(tmp_path):
     (tmp_path / "in" / "sub").mkdir(parents=True)
     for name in ("a.mp4", "a.avi", "sub/b.mov", "c.txt"):
         (tmp_path / "in" / name).write_bytes(b"x")
-    jobs = plan_video_outputs([tmp_path / "in"], tmp_path / "out", "color", recursive=True)
+    jobs = plan_video_outputs([tmp_path / "in"], tmp_path / "out", "mp4", recursive=True)
     outputs = sorted(job.output.relative_to(tmp_path / "out").as_posix() for job in jobs)
     assert outputs == ["a.avi.mp4", "a.mp4.mp4", "sub/b.mp4"]
-    rgba = plan_video_outputs([tmp_path / "in" / "sub" / "b.mov"], tmp_path / "out", "rgba")
-    assert [job.output.name for job in rgba] == ["b"]
+    frames = plan_video_outputs([tmp_path / "in" / "sub" / "b.mov"], tmp_path / "out", "png")
+    assert [job.output.name for job in frames] == ["b"]
+    assert [job.output.name for job in plan_video_outputs([tmp_path / "in" / "sub"], tmp_path / "o", "webm")] == [
+        "b.webm"]
     with pytest.raises(FileExistsError, match="overwrite"):
-        plan_video_outputs([tmp_path / "in" / "a.mp4"], tmp_path / "in", "color")
+        plan_video_outputs([tmp_path / "in" / "a.mp4"], tmp_path / "in", "mp4")
     with pytest.raises(OSError, match="junk"):
         (tmp_path / "junk.mp4").write_bytes(b"x")
         FrameReader(tmp_path / "junk.mp4", SIZE)
@@ -274,8 +323,235 @@ def test_cli_pictures_on_a_background_keep_their_transparency(checkpoint, predic
 
 
 def test_cli_rejects_bad_video_options(tmp_path, capsys):
-    for options in (["--smooth", "1"], ["--max-frames", "0"], ["--mode", "color", "--background", "x.png"], []):
+    for options in (["--smooth", "1"], ["--max-frames", "0"], ["--mode", "color", "--background", "x.png"],
+                    ["--mode", "rgba", "--video-format", "mp4"], ["--segment-frames", "0"], []):
         with pytest.raises(SystemExit) as exit_info:
             predict_main([*options, "-c", "ck.pth", "-o", str(tmp_path)] + ([] if not options else ["in.mp4"]))
         assert exit_info.value.code == 2
-    assert "--smooth" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--smooth" in err and "mp4 (H.264) videos cannot be transparent" in err
+
+
+def test_frames_are_turned_upright_as_their_display_matrix_says():
+    picture = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    assert upright(picture, 0) is picture
+    np.testing.assert_array_equal(upright(picture, -90), [[3, 0], [4, 1], [5, 2]])  # a phone held upright
+    np.testing.assert_array_equal(upright(picture, 90), [[2, 5], [1, 4], [0, 3]])
+    np.testing.assert_array_equal(upright(picture, 180), picture[::-1, ::-1])
+
+
+# --------------------------------------------------------------------------------------------------
+# Outputs as an editor expects them: exact size, alpha, audio, timestamps, whole or absent, resumable
+
+
+def stand_in_masks(clip, **options):
+    return [mask_to_uint8(frame.mask) for frame in stand_in_frames(clip, **options)]
+
+
+def test_odd_sizes_are_kept_in_every_format(tmp_path):
+    clip = write_clip(tmp_path / "odd.avi", moving_disc_frames(2, height=179, width=321))  # MJPEG
+    notes = []
+    for video_format, mode in (("mp4", "overlay"), ("webm", "rgba"), ("prores", "rgba")):
+        result = write_video(ColourPredictor(), clip, tmp_path / f"out-{video_format}", Composer(mode),
+                             video_format=video_format, progress=False, log=notes.append)
+        frames, _ = read_video(result.output)
+        assert (len(frames), frames[0].shape[:2], result.size) == (2, (179, 321), (179, 321))
+    assert len(notes) == 1 and "321x179 has an odd side" in notes[0] and "yuv444p" in notes[0]
+
+
+@pytest.mark.parametrize("video_format", ["webm", "prores"])
+def test_transparent_video_has_the_mask_as_alpha(tmp_path, video_format):
+    clip = write_clip(tmp_path / "clip.mkv", moving_disc_frames(4), codec="ffv1")  # lossless source
+    result = write_video(ColourPredictor(), clip, tmp_path / "cut", Composer("rgba"), video_format=video_format,
+                         progress=False)
+    decoded, _ = read_video(result.output, alpha=True, decoder="libvpx-vp9" if video_format == "webm" else None)
+    masks = stand_in_masks(clip)
+    errors = [np.abs(rgba[..., 3].astype(int) - mask).max() for rgba, mask in zip(decoded, masks)]
+    assert len(decoded) == 4
+    assert max(errors) == 0, errors  # ProRes 4444's alpha is lossless, and WebM with alpha is encoded lossless
+    if video_format == "webm":  # the flag players need to show the alpha
+        with av.open(str(result.output)) as container:
+            assert container.streams.video[0].metadata.get("ALPHA_MODE") == "1"
+    colours = [np.abs(rgba[..., :3].astype(int) - frame.image).mean() for rgba, frame in
+               zip(decoded, stand_in_frames(clip))]
+    assert max(colours) < 4
+
+
+def test_audio_is_kept_copied_or_re_encoded_and_dropped_on_request(tmp_path):
+    clip = write_clip(tmp_path / "talk.mp4", moving_disc_frames(12), audio_seconds=1.0)
+    notes = []
+    length = audio_seconds(clip)
+    for video_format, mode, audio in (("mp4", "color", True), ("webm", "rgba", True), ("mp4", "mask", False)):
+        result = write_video(ColourPredictor(), clip, tmp_path / f"out-{video_format}-{audio}", Composer(mode),
+                             video_format=video_format, audio=audio, progress=False, log=notes.append)
+        if audio:
+            assert audio_seconds(result.output) == pytest.approx(length, abs=0.03)
+        else:
+            assert audio_seconds(result.output) is None
+        assert len(read_video(result.output)[0]) == 12
+    assert notes == [f"{clip}: audio re-encoded to libopus (.webm cannot hold the source's audio codec)"]
+
+
+def test_variable_frame_rate_timestamps_are_kept(tmp_path):
+    stamps = [0, 1, 3, 4, 9, 10]  # in 1/12 s: a stream with gaps
+    clip = write_clip(tmp_path / "vfr.mp4", moving_disc_frames(6), pts=stamps)
+    result = write_video(ColourPredictor(), clip, tmp_path / "out", progress=False)
+    with av.open(str(result.output)) as container:
+        stream = container.streams.video[0]
+        times = [float(frame.pts * stream.time_base) for frame in container.decode(stream)]
+    assert times == pytest.approx([stamp / FPS for stamp in stamps], abs=1e-3)
+
+
+def test_a_full_disk_stops_the_video_with_exit_1_and_no_output(checkpoint, tmp_path, capsys, monkeypatch):
+    clip = write_clip(tmp_path / "clip.mp4", moving_disc_frames(6))
+    encode = SegmentEncoder.encode
+
+    def failing(self, picture, pts):  # the disk fills up at the fourth frame (as on a small tmpfs)
+        if self.frames == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        encode(self, picture, pts)
+
+    monkeypatch.setattr(SegmentEncoder, "encode", failing)
+    status, _, err = run_cli(capsys, clip, "-c", checkpoint, "-o", tmp_path / "out", "--size", SIZE, *FAST)
+    assert status == 1
+    assert f"error: no space left on device while writing {tmp_path / 'out' / 'clip.mp4'}" in err
+    assert [path.name for path in (tmp_path / "out").rglob("*")] == []  # no output, no temporary file
+
+
+class Interrupting(ColourPredictor):
+    """Ctrl-C during batch ``stop`` (counted from 0)."""
+
+    def __init__(self, stop):
+        super().__init__()
+        self.stop = stop
+
+    def predict_arrays(self, images, sizes):
+        if len(self.batches) == self.stop:
+            raise KeyboardInterrupt
+        return super().predict_arrays(images, sizes)
+
+
+@pytest.mark.parametrize("video_format", ["mp4", "png"])
+def test_an_interrupted_video_resumes_to_the_frames_of_an_uninterrupted_run(tmp_path, video_format):
+    clip = write_clip(tmp_path / "long.mp4", moving_disc_frames(14, noise=8.0), audio_seconds=14 / FPS)
+    options = dict(composer=Composer("rgba" if video_format == "png" else "blur", blur=3), smooth=0.5,
+                   segment_frames=4, video_format=video_format, progress=False, resume_key="model A")
+    output = tmp_path / ("out.mp4" if video_format == "mp4" else "out")
+    with pytest.raises(KeyboardInterrupt):
+        write_video(Interrupting(stop=5), clip, output, **options)  # 10 frames predicted, 2 segments written
+    partial = tmp_path / f".{output.name}.partial"
+    assert not output.exists() and not list(partial.rglob("*.tmp"))
+    assert json.loads((partial / "manifest.json").read_text())["frames"] == 8
+
+    notes = []
+    resumed_predictor = ColourPredictor()
+    result = write_video(resumed_predictor, clip, output, log=notes.append, **options)
+    assert notes[0] == f"{output}: resuming after frame 8, kept in {partial}"
+    assert sum(resumed_predictor.batches) == 6 and result.frames == 14 and not partial.exists()
+    whole = write_video(ColourPredictor(), clip, tmp_path / f"whole{output.suffix}", **options)
+    if video_format == "mp4":
+        resumed, stamps = read_video(result.output)
+        expected, expected_stamps = read_video(whole.output)
+        assert audio_seconds(result.output) == pytest.approx(audio_seconds(clip), abs=0.03)
+    else:
+        resumed = [cv2.imread(str(path), cv2.IMREAD_UNCHANGED) for path in sorted(result.output.iterdir())]
+        expected = [cv2.imread(str(path), cv2.IMREAD_UNCHANGED) for path in sorted(whole.output.iterdir())]
+        stamps = expected_stamps = None
+    assert len(resumed) == 14 and stamps == expected_stamps
+    for index, (picture, reference) in enumerate(zip(resumed, expected)):
+        np.testing.assert_array_equal(picture, reference, err_msg=f"frame {index}")
+
+    # Kept segments of another model are discarded, or refused with require_resume.
+    with pytest.raises(KeyboardInterrupt):
+        write_video(Interrupting(stop=3), clip, output, **options)
+    with pytest.raises(ResumeMismatchError, match="another command"):
+        write_video(ColourPredictor(), clip, output, require_resume=True, **{**options, "resume_key": "model B"})
+    notes = []
+    write_video(ColourPredictor(), clip, output, log=notes.append, **{**options, "resume_key": "model B"})
+    assert notes[0] == f"{output}: discarding 4 kept frames of another command"
+
+
+def test_a_frame_folder_replaces_an_older_one_whole_and_pictures_cannot_land_in_it(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    clip = write_clip(tmp_path / "in" / "clip.mp4", moving_disc_frames(5))
+    short = write_clip(tmp_path / "short.mp4", moving_disc_frames(3))
+    for source in (clip, short):
+        write_video(ColourPredictor(), source, tmp_path / "out" / "clip", Composer("rgba"), video_format="png",
+                    progress=False)
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["clip"]
+    assert sorted(path.name for path in (tmp_path / "out" / "clip").iterdir()) == [f"00000{i}.png" for i in (1, 2, 3)]
+    (tmp_path / "in" / "clip").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "clip" / "000001.jpg"), moving_disc_frames(1)[0])
+    status, _, err = run_cli(capsys, tmp_path / "in", "-r", "-c", "unused.pth", "-o", tmp_path / "o2", "--mode",
+                             "rgba", "--video-format", "png")
+    assert status == 2 and "picture outputs would land on video outputs" in err and "000001.png" in err
+
+
+def test_frames_in_flight_are_bounded_whatever_the_length(tmp_path):
+    class OneByOne(ColourPredictor):
+        batch_size = 1  # at most frames_in_flight(1) = 11 frames held
+
+    frame = moving_disc_frames(1, height=96, width=160)[0]
+    peaks = []
+    for count in (24, 96):  # both longer than the bound
+        clip = write_clip(tmp_path / f"clip{count}.avi", [frame] * count)
+        tracemalloc.start()
+        write_video(OneByOne(), clip, tmp_path / f"out{count}.mp4", Composer("color"), progress=False,
+                    segment_frames=8)
+        peaks.append(tracemalloc.get_traced_memory()[1])  # numpy's allocations included
+        tracemalloc.stop()
+    frame_bytes = frame.nbytes + frame[..., 0].nbytes * 4  # the frame, its float32 mask
+    assert peaks[1] < 1.5 * peaks[0]  # four times longer, about the same peak (threads' timing varies it)
+    assert max(peaks) < 2 * frames_in_flight(1) * frame_bytes
+
+
+# pgnet-predict's video path (its SIGTERM handler, its error mapping, write_video) with a stand-in
+# network: what a signal does, without the time to load a model in a subprocess.
+SIGNALLED = """
+import sys, numpy as np
+from pgnet.cli.predict import PROG, terminate_as_interrupt
+from pgnet.cli.common import run_command
+from pgnet.predict.video import write_video
+
+class Slow:
+    size, batch_size, fast_decode = 64, 2, True
+    def predict_arrays(self, images, sizes):
+        return [np.full(size, 0.5, np.float32) for size in sizes]
+
+with terminate_as_interrupt():
+    sys.exit(run_command(PROG, lambda: write_video(Slow(), sys.argv[1], sys.argv[2], progress=False,
+                                                   segment_frames=4, resume_key="stand-in") and 0))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_video_leaves_nothing_under_the_final_name(tmp_path, signum):
+    clip = write_clip(tmp_path / "long.mp4", moving_disc_frames(300, height=48, width=64))
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-c", SIGNALLED, str(clip), str(out / "long.mp4")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    manifest = out / ".long.mp4.partial" / "manifest.json"
+    deadline = time.time() + 120
+    while not manifest.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, err.decode()
+    assert [path.name for path in out.iterdir()] == [".long.mp4.partial"]  # nothing under the final name
+    assert not list(manifest.parent.glob(".*")) and json.loads(manifest.read_text())["frames"] % 4 == 0
+
+
+def test_a_real_full_disk_raises_no_space_and_leaves_no_output(tmp_path):
+    """On a 32 KiB tmpfs (where this process may mount one): FFmpeg's own write error, not an injected one."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        clip = write_clip(tmp_path / "clip.mp4", moving_disc_frames(24, noise=20.0))
+        with pytest.raises(NoSpaceError, match=f"no space left on device while writing {disk / 'clip.mp4'}"):
+            write_video(ColourPredictor(), clip, disk / "clip.mp4", Composer("overlay"), progress=False,
+                        segment_frames=8)
+        assert not (disk / "clip.mp4").exists() and not list(disk.rglob("*.tmp"))
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
