@@ -60,12 +60,12 @@ def write_moving_clip(path: Path, frames: int, height: int, width: int, fps: flo
     return path
 
 
-def video_predictor(checkpoint: str | None, size: int, batch_size: int = 1) -> Predictor:
+def video_predictor(checkpoint: str | None, size: int, batch_size: int = 1, precision: str = "auto") -> Predictor:
     """A CPU predictor of ``checkpoint``, or of the official architecture with random weights."""
     # Random weights are seeded, with BatchNorm calibrated as pgnet-benchmark does (otherwise the
     # logits are in the hundreds and every mask is the same saturated picture).
     model = load_model(checkpoint, "cpu") if checkpoint else build_benchmark_model({})
-    return Predictor(model, size=size, device="cpu", batch_size=batch_size)
+    return Predictor(model, size=size, device="cpu", batch_size=batch_size, precision=precision)
 
 
 def measure_video(predictor: Predictor, frames: int, height: int, width: int,
