@@ -66,7 +66,8 @@ def measure_predictor_speed(
     predictors = {p: Predictor(model, size=size, device="cpu", precision=p, preprocessing=preprocessing)
                   for p in precisions}
     paths: dict[str, Any] = {"official_fp32": lambda: official_predict(model, picture, size, preprocessing)}
-    paths.update({f"predictor_{p}": (lambda predictor=predictor: predictor(picture)) for p, predictor in predictors.items()})
+    for name, predictor in predictors.items():
+        paths[f"predictor_{name}"] = lambda predictor=predictor: predictor(picture)
     reference = official_predict(model, picture, size, preprocessing).numpy()
     differences = {}
     for name, run in paths.items():

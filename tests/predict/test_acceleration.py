@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pgnet.benchmark import SMALL_MODEL, build_benchmark_model
-from pgnet.models.pgnet import PGNet
 from pgnet.device import CPU_BF16_VARIABLE
+from pgnet.models.pgnet import PGNet
 from pgnet.predict.acceleration import (
     CUDAGraphRunner,
     Float32Head,
