@@ -90,7 +90,7 @@ def cpu_flags() -> dict[str, bool]:
 
 def cpu_native_bf16(override: bool | None = None) -> bool:
     """Whether the CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX), so that oneDNN runs bfloat16
-    convolutions and matmuls at twice the float32 rate; without it bfloat16 is emulated, and slower.
+    convolutions and matmuls at twice the float32 rate; without it bfloat16 is emulated.
 
     ``override`` (else the ``PGNET_CPU_BF16`` environment variable, "1" or "0") replaces the detection,
     which asks torch and falls back to the ``/proc/cpuinfo`` flags.
@@ -111,7 +111,7 @@ def cpu_native_bf16(override: bool | None = None) -> bool:
 
 # Whether ``auto`` runs inference in bfloat16 on a CPU with native bfloat16: on, since the scores of a
 # trained model stay within 0.002 of float32 and the mean probability difference within 2e-3
-# (docs/performance.md, "bfloat16 on the CPU").
+# (docs/performance.md, "bfloat16 and int8 on the CPU").
 AUTO_CPU_BF16 = True
 
 # "off" is the training config's spelling of fp32 (``train.amp: off``).

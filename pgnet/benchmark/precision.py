@@ -7,7 +7,7 @@ by call interleaved so that load on a shared machine affects all alike.
 
 ``measure_precision_scores`` scores a trained model at each precision on pictures with masks and
 reports each score's difference from float32, with the largest and mean probability difference: the
-rule ``auto`` is held to (``AUTO_RULE``) is judged on these.
+rule ``auto`` is held to (``AUTO_RULE_SCORE``, ``AUTO_RULE_MEAN_PROBABILITY``) is judged on these.
 """
 
 from __future__ import annotations
@@ -117,8 +117,9 @@ def measure_precision_scores(
             if precision == "fp32":
                 reference.append(prediction)
             difference = np.abs(prediction - reference[index])
-            largest, total, pixels = max(largest, float(difference.max())), total + float(difference.sum()), \
-                pixels + difference.size
+            largest = max(largest, float(difference.max()))
+            total += float(difference.sum())
+            pixels += difference.size
         scores = metrics.compute()
         result: dict[str, Any] = {"resolved": predictor.precision, **{k: scores[k] for k in SCORES}}
         result["max_abs_diff_probability"] = largest

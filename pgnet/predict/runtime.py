@@ -7,7 +7,7 @@ channels_last images.
 
 bfloat16 runs under autocast on CUDA (and for a network that is not optimised); on a CPU the
 optimised network is a bfloat16 copy instead (``LowPrecisionNetwork``: weights and activations in
-bfloat16, its head and logits in float32), which oneDNN runs faster than autocast's casts.
+bfloat16, its head and logits in float32), which spares autocast's per-call casts of the weights.
 """
 
 from __future__ import annotations
