@@ -1,5 +1,8 @@
 """Settings and fixtures shared by the whole test run.
 
+Inference precision ``auto`` stays float32 on this machine's CPU (``PGNET_CPU_BF16=0`` unless set): the
+tests' tolerances are float32's, and the bfloat16 tests ask for bfloat16 (or force the detection).
+
 One torch thread (unless OMP_NUM_THREADS says otherwise): the tests run tiny models, where a second
 thread buys next to nothing, and on a shared 2-core machine two threads stall each other's parallel
 regions (the suite took several times longer). Subprocesses inherit the setting.
@@ -17,6 +20,7 @@ Session fixtures, built once and only when a test asks for them:
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
+os.environ.setdefault("PGNET_CPU_BF16", "0")  # pgnet.device.CPU_BF16_VARIABLE; subprocesses inherit it
 
 from pathlib import Path
 

@@ -6,8 +6,9 @@ and its attention-map branch run (``need_attention=True``). The fast paths drop 
 then calls ``scaled_dot_product_attention``) and run under ``torch.inference_mode``; the ``fast_*``
 ones run the copy ``pgnet.predict.acceleration.prepare_for_inference`` makes (Swin's window attention through
 ``scaled_dot_product_attention``, BatchNorm folded into the convolutions, channels_last), on CUDA under
-bf16 autocast with cuDNN autotuning and also replayed from CUDA graphs, and ``torch.compile``'d
-(unless ``compile`` is off). The paths are timed interleaved, call by call, so that load on a shared
+bf16 autocast with cuDNN autotuning and also replayed from CUDA graphs, on a CPU with native bfloat16
+also as a bfloat16 copy (``fast_bf16``, its head in float32), and ``torch.compile``'d (unless
+``compile`` is off). The paths are timed interleaved, call by call, so that load on a shared
 machine affects all alike, and each path's prediction is compared with the straightforward one.
 """
 
@@ -26,7 +27,7 @@ from torch import nn
 from pgnet.benchmark.memory import MIB, PeakMemory, find_largest_batch, release_memory, tensor_mib
 from pgnet.benchmark.record import dtype_name, figure, variant_record
 from pgnet.benchmark.timing import cudnn_benchmark, timed, timing_details, write_profile
-from pgnet.device import synchronize
+from pgnet.device import cpu_native_bf16, synchronize
 from pgnet.models.pgnet import PGNet, PGNetOutput
 from pgnet.predict.acceleration import CUDAGraphRunner, compile_for_inference, prepare_for_inference
 from pgnet.predict.runtime import autocast_for
@@ -39,6 +40,7 @@ class InferenceVariant:
     name: str
     attention: bool = False  # the official path: N×N attention materialised, attention-map branch run
     autocast_dtype: torch.dtype | None = None  # autocast dtype; None: float32
+    weights_dtype: torch.dtype | None = None  # the prepared copy's own dtype (bfloat16 on a CPU); None: float32
     channels_last: bool = False
     fold_batchnorm: bool = False  # BatchNorm folded into the convolutions
     swin_sdpa: bool = False  # Swin's window attention through scaled_dot_product_attention
@@ -49,6 +51,8 @@ class InferenceVariant:
 
     @property
     def dtype(self) -> str:
+        if self.weights_dtype is not None:
+            return str(self.weights_dtype).removeprefix("torch.")
         return dtype_name(self.autocast_dtype)
 
 
@@ -63,6 +67,8 @@ def default_inference_variants(device: torch.device, compile: bool = False) -> l
         variants.append(InferenceVariant("no_attention_branch_bf16", autocast_dtype=torch.bfloat16))
         fast = InferenceVariant("fast_bf16", autocast_dtype=torch.bfloat16, cudnn_benchmark=True, **fast)
     else:
+        if device.type == "cpu" and cpu_native_bf16():
+            variants.append(InferenceVariant("fast_bf16", weights_dtype=torch.bfloat16, **fast))
         fast = InferenceVariant("fast_fp32", **fast)
     variants.append(fast)
     if device.type == "cuda":
@@ -80,14 +86,16 @@ def prepare_for_variant(
     compile: bool = False,
     cuda_graphs: bool = False,
     autocast_dtype: torch.dtype | None = None,
+    weights_dtype: torch.dtype | None = None,
     compile_mode: str | None = None,
 ) -> nn.Module | CUDAGraphRunner:
     """``model`` as a variant runs it (``model`` itself is left as it is): a copy prepared by
-    ``pgnet.predict.acceleration.prepare_for_inference``, compiled, or replayed from CUDA graphs under
-    ``autocast_dtype`` autocast. Compiled and graphed for inference only."""
+    ``pgnet.predict.acceleration.prepare_for_inference`` (in ``weights_dtype``), compiled, or replayed
+    from CUDA graphs under ``autocast_dtype`` autocast. Compiled and graphed for inference only."""
     prepared: nn.Module = model
-    if channels_last or fold_bn or swin_sdpa:
-        prepared = prepare_for_inference(model, fold_bn=fold_bn, swin_sdpa=swin_sdpa, channels_last=channels_last)
+    if channels_last or fold_bn or swin_sdpa or weights_dtype is not None:
+        prepared = prepare_for_inference(model, fold_bn=fold_bn, swin_sdpa=swin_sdpa, channels_last=channels_last,
+                                         dtype=weights_dtype)
     if compile:
         return compile_for_inference(prepared, compile_mode)
     if cuda_graphs:
@@ -198,7 +206,7 @@ def measure_inference(
 def _model_key(variant: InferenceVariant) -> tuple[Any, ...]:
     graphed = variant.cuda_graphs
     return (variant.channels_last, variant.fold_batchnorm, variant.swin_sdpa, variant.compile, graphed,
-            variant.autocast_dtype if graphed else None)
+            variant.autocast_dtype if graphed else None, variant.weights_dtype)
 
 
 def measure_largest_batch(model: PGNet, device: torch.device, variant: InferenceVariant, size: int = 1024,

@@ -19,6 +19,8 @@ import pgnet._compat  # noqa: F401  # isort: skip  (first: makes torchvision, he
 import timm
 import torch
 
+from pgnet.device import cpu_flags, cpu_native_bf16
+
 
 def cpu_name() -> str:
     """The processor's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
@@ -47,6 +49,9 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
+    if device.type == "cpu":
+        env.update(cpu_flags=cpu_flags(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                   cpu_native_bf16=cpu_native_bf16())
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env.update(
@@ -96,6 +101,8 @@ def variant_record(variant: Any) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in asdict(variant).items():
         if key == "autocast_dtype":
-            key, value = "amp_dtype", None if value is None else str(value).removeprefix("torch.")
+            key = "amp_dtype"
+        if isinstance(value, torch.dtype):
+            value = str(value).removeprefix("torch.")
         values[key] = value
     return values

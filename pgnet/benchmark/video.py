@@ -94,12 +94,12 @@ class PeakResident:
         self.peak_mib = max(self.peak_mib, resident_mib())
 
 
-def video_predictor(checkpoint: str | None, size: int, batch_size: int = 1) -> Predictor:
+def video_predictor(checkpoint: str | None, size: int, batch_size: int = 1, precision: str = "auto") -> Predictor:
     """A CPU predictor of ``checkpoint``, or of the official architecture with random weights."""
     # Random weights are seeded, with BatchNorm calibrated as pgnet-benchmark does (otherwise the
     # logits are in the hundreds and every mask is the same saturated picture).
     model = load_model(checkpoint, "cpu") if checkpoint else build_benchmark_model({})
-    return Predictor(model, size=size, device="cpu", batch_size=batch_size)
+    return Predictor(model, size=size, device="cpu", batch_size=batch_size, precision=precision)
 
 
 def measure_video(predictor: Predictor, frames: int, height: int, width: int,

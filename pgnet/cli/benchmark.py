@@ -2,7 +2,8 @@
 loader and the evaluator, each fast path against the straightforward one; a table and JSON), and single
 benchmarks as commands: ``data`` (one loader worker), ``metrics`` (pgnet.metrics against pysodmetrics),
 ``video`` (video prediction, smoothing, foreground refinement), ``cost`` (a grafting configuration's
-cost), ``serve`` (``pgnet-serve`` under load). See ``pgnet.benchmark``.
+cost), ``serve`` (``pgnet-serve`` under load), ``precision`` (the CPU's precisions: speed end to end
+and their cost in scores). See ``pgnet.benchmark``.
 
 The handlers import the library (torch, timm) when they run, not at the top, so that ``--help`` is fast.
 """
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pgnet.cli.common import EXIT_NOT_DONE, EXIT_STATUS_HELP, build_command_parser, run_command
+from pgnet.device import PRECISIONS
 
 PROG = "pgnet-benchmark"
 EXAMPLE = """examples:
@@ -26,7 +28,8 @@ EXAMPLE = """examples:
   scripts/benchmark.py metrics --n 10 --json m.json   # pgnet.metrics against pysodmetrics
   scripts/benchmark.py video --frames 30              # video prediction, smoothing, foreground refinement
   scripts/benchmark.py cost --graft-points r5-s2 r4-s1:window --out cost.json
-  scripts/benchmark.py serve models/dh --clients 16 --seconds 30   # pgnet-serve under load"""
+  scripts/benchmark.py serve models/dh --clients 16 --seconds 30   # pgnet-serve under load
+  scripts/benchmark.py precision --threads 2 --checkpoint runs/demo/checkpoints/best.pth"""
 
 
 def _add_suite_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,6 +112,28 @@ def build_parser() -> argparse.ArgumentParser:
                        help="frame sizes to measure (default 720p and 4K)")
     video.add_argument("-b", "--batch-size", type=int, default=1)
     video.add_argument("--skip-video", action="store_true", help="only the foreground refinement figures")
+    video.add_argument("--precision", default="auto", choices=PRECISIONS,
+                       help="the predictor's precision (default auto: bf16 on a CPU that computes it natively)")
+
+    precision = _add_command(commands, "precision", "On the CPU: the Predictor at each precision against the "
+                             "official code (pictures/s on one SIZE² picture, preprocessing included, timed "
+                             "interleaved), and with --checkpoint each precision's scores beside float32's on "
+                             "synthetic pictures with masks, judged by the rule auto is held to.")
+    precision.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "auto"], choices=PRECISIONS)
+    precision.add_argument("--size", type=int, default=1024, help="network input and picture side (1024)")
+    precision.add_argument("--iterations", type=int, default=5, help="timed calls per path (5)")
+    precision.add_argument("--model-config", nargs="+", default=[], metavar="KEY=VALUE",
+                           help="ModelConfig overrides of the timed network (default: the official architecture, "
+                                "random weights)")
+    precision.add_argument("--checkpoint", help="a trained model to score at each precision (scores skipped without)")
+    precision.add_argument("--score-images", type=int, default=40, help="synthetic pictures scored (40)")
+    precision.add_argument("--score-picture", type=int, default=320, help="their side (320)")
+    precision.add_argument("--score-seed", type=int, default=100000,
+                           help="their seed (100000: the demo config's validation set)")
+    precision.add_argument("--score-size", type=int, help="network input side when scoring (the checkpoint's)")
+    precision.add_argument("--skip-speed", action="store_true", help="scores only")
+    precision.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    precision.add_argument("--json", type=Path, default=None, help="write the figures here")
 
     cost = _add_command(commands, "cost", "Cost of one grafting configuration on the CPU: parameters, inference "
                         "GFLOPs and fast-path seconds at SIZE², resident-memory growth of a training step "
@@ -259,7 +284,7 @@ def run_video(args: argparse.Namespace) -> int:
     from pgnet.benchmark.video import measure_foreground_refinement, measure_video, video_predictor
 
     if not args.skip_video:
-        predictor = video_predictor(args.checkpoint, args.size, args.batch_size)
+        predictor = video_predictor(args.checkpoint, args.size, args.batch_size, args.precision)
         for width, height in args.resolutions:
             measure_video(predictor, args.frames, height, width)
     measure_foreground_refinement()
@@ -294,8 +319,38 @@ def run_serve(args: argparse.Namespace) -> int:
     return EXIT_NOT_DONE if failed else 0
 
 
+def run_precision(args: argparse.Namespace) -> int:
+    """The precisions' speed against the official code and, with a checkpoint, their scores; printed."""
+    # here: keeps --help fast (torch, timm)
+    import torch
+
+    from pgnet.benchmark.model import build_benchmark_model
+    from pgnet.benchmark.precision import format_precision_figures, measure_precision_scores, measure_predictor_speed
+    from pgnet.benchmark.record import environment
+    from pgnet.checkpoint import load_model_and_preprocessing
+    from pgnet.config import apply_overrides
+    from pgnet.data.synthetic import make_sample, sample_seed
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report: dict = {"environment": environment(torch.device("cpu"))}
+    if not args.skip_speed:
+        model = build_benchmark_model(apply_overrides({}, args.model_config))
+        report["speed"] = measure_predictor_speed(model, args.precisions, args.size, iterations=args.iterations)
+    if args.checkpoint:
+        model, preprocessing = load_model_and_preprocessing(args.checkpoint, "cpu")
+        samples = [make_sample(sample_seed(args.score_seed, index), args.score_picture)
+                   for index in range(args.score_images)]
+        report["scores"] = measure_precision_scores(model, samples, args.precisions, args.score_size, preprocessing)
+    print(format_precision_figures(report))
+    if args.json is not None:
+        _write_json(args.json, report)
+        print(f"wrote {args.json}")
+    return 0
+
+
 COMMANDS = {None: run_suite, "data": run_data, "metrics": run_metrics, "video": run_video, "cost": run_cost,
-            "serve": run_serve}
+            "serve": run_serve, "precision": run_precision}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

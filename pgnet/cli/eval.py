@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "default: the official protocol, full decode, normalised as float, then resized)")
     model.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     model.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                       help="auto: bf16 on CUDA, fp32 elsewhere")
+                       help="auto: bf16 on CUDA and on a CPU with native bfloat16 (AVX-512 BF16, AMX), "
+                            "fp32 elsewhere")
     model.add_argument("--no-optimize", action="store_true",
                        help="run the network as loaded (default: BatchNorm folded, fused attention, channels_last, "
                             "CUDA graphs on CUDA; scores agree to ~1e-5)")

@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-b", "--batch-size", type=int, default=1, help="pictures per forward pass (default 1)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: bf16 on CUDA, fp32 elsewhere")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: bf16 on CUDA and on a CPU with native bfloat16 (AVX-512 BF16, AMX), fp32 elsewhere")
     parser.add_argument("--no-optimize", action="store_true",
                         help="run the model as loaded (default: BatchNorm folded, fused attention, channels_last)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (each new size compiles)")

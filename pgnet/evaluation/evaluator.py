@@ -321,7 +321,7 @@ def evaluate(
         meta["checkpoint"] = str(model_method.checkpoint)
         meta.update(size=preprocessing.eval_size, mean=list(preprocessing.mean), std=list(preprocessing.std),
                     fast_decode=model_method.fast_decode, flip=model_method.flip, weights=model_method.weights,
-                    precision=model_method.precision, optimize=model_method.optimize)
+                    precision=runtime.precision, optimize=model_method.optimize)  # resolved: auto → fp32 or bf16
     meta["prediction_dirs"] = {name: str(folder) for name, folder in prediction_dirs.items()}
     report = EvaluationReport(output_dir, meta, references, latex_metrics)
 

@@ -4,7 +4,9 @@ Each keeps the official computation, so the outputs agree with the plain float32
 rounding (``pgnet-benchmark`` measures by how much, and how much faster each is):
 
 - ``prepare_for_inference``: a copy with BatchNorm folded into the convolutions, Swin's window
-  attention through ``scaled_dot_product_attention`` and channels_last weights;
+  attention through ``scaled_dot_product_attention`` and channels_last weights, and optionally its
+  weights and activations in bfloat16 (``LowPrecisionNetwork``: the prediction head, its logits and
+  what follows stay float32), the CPU's bfloat16 path;
 - ``compile_for_inference``: ``torch.compile`` with Inductor's freezing (weights folded into the graph
   as constants), static shapes;
 - ``CUDAGraphRunner``: one CUDA graph captured per input shape and replayed. At batch 1 a forward pass
@@ -29,15 +31,47 @@ from pgnet.models.layers import fold_batchnorm
 from pgnet.models.pgnet import PGNet, PGNetOutput
 
 
+class Float32Head(nn.Module):
+    """A convolution kept in float32 that takes lower-precision features: the prediction head of a
+    bfloat16 network, so that its logits (and their resize to the picture) are computed in float32."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.float())
+
+
+class LowPrecisionNetwork(nn.Module):
+    """A PGNet whose weights and activations are in ``dtype`` (bfloat16) but for its prediction head:
+    called like the network with a float32 image, which it casts; ``pred`` comes out float32, the side
+    outputs in ``dtype``. Made by ``prepare_for_inference(model, dtype=...)``."""
+
+    def __init__(self, model: PGNet, dtype: torch.dtype):
+        super().__init__()
+        head = copy.deepcopy(model.head_pred)  # float32, before the cast
+        self.model = model.to(dtype)
+        self.model.head_pred = Float32Head(head)
+        self.dtype = dtype
+
+    def forward(self, image: torch.Tensor, output_size: tuple[int, int] | None = None,
+                need_attention: bool | None = None) -> PGNetOutput:
+        return self.model(image.to(self.dtype), output_size=output_size, need_attention=need_attention)
+
+
 def prepare_for_inference(
-    model: PGNet, fold_bn: bool = True, swin_sdpa: bool = True, channels_last: bool = True
-) -> PGNet:
+    model: PGNet, fold_bn: bool = True, swin_sdpa: bool = True, channels_last: bool = True,
+    dtype: torch.dtype | None = None,
+) -> PGNet | LowPrecisionNetwork:
     """An eval-mode copy of ``model`` (left as it is) with the chosen fast paths applied.
 
     fold_bn: fold every BatchNorm into the convolution before it (running statistics; eval only).
     swin_sdpa: let timm's window attention call ``scaled_dot_product_attention``.
     channels_last: weights in channels_last; fed a channels_last image, every feature stays
         channels_last, the layout cuDNN and oneDNN convolutions run fastest in.
+    dtype: weights and activations in this dtype (bfloat16), BatchNorm folded before the cast; the
+        prediction head stays float32 (a ``LowPrecisionNetwork``).
     """
     prepared = copy.deepcopy(model).eval()
     if fold_bn:
@@ -46,6 +80,8 @@ def prepare_for_inference(
         prepared.swin.set_fused_attention(True)
     if channels_last:
         prepared = prepared.to(memory_format=torch.channels_last)
+    if dtype is not None and dtype != torch.float32:
+        return LowPrecisionNetwork(prepared, dtype)
     return prepared
 
 
@@ -165,10 +201,11 @@ def inference_network(
     compile: bool = False,
     cuda_graphs: bool | None = None,
     autocast_dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Any:
     """What to call for inference on ``device``: ``model`` itself (moved there, in eval mode) or its
-    prepared copy (made where ``model`` is, then moved: the device holds one set of weights), compiled
-    or replayed from CUDA graphs.
+    prepared copy (made where ``model`` is, then moved: the device holds one set of weights; in
+    ``dtype`` when given), compiled or replayed from CUDA graphs.
 
     ``cuda_graphs`` None means: on when ``device`` is CUDA and the network isn't compiled. A
     ``CUDAGraphRunner`` applies ``autocast_dtype`` itself; the other forms leave autocast to the caller.
@@ -177,7 +214,9 @@ def inference_network(
         raise ValueError(f"CUDA graphs need a CUDA device, not {device}")
     if cuda_graphs and compile:
         raise ValueError("choose CUDA graphs or torch.compile, not both")
-    network: Any = (prepare_for_inference(model) if optimize else model.eval()).to(device)
+    if dtype is not None and not optimize:
+        raise ValueError("a network in another dtype is a prepared copy: dtype needs optimize")
+    network: Any = (prepare_for_inference(model, dtype=dtype) if optimize else model.eval()).to(device)
     if compile:
         return compile_for_inference(network)
     if cuda_graphs or (cuda_graphs is None and device.type == "cuda"):

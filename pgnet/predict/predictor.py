@@ -70,8 +70,10 @@ class Predictor:
         device: "cuda", "mps", "cpu", ... or None to pick CUDA, then MPS, then the CPU.
         flip: test-time augmentation: the mask is the mean of the predictions for the picture and
             for its mirror image (mirrored back).
-        precision: "bf16" runs the network under bfloat16 autocast, "fp32" in float32; "auto" (the
-            default) is bf16 on CUDA and fp32 elsewhere. Masks are always returned as float32.
+        precision: "bf16" runs the network in bfloat16 (autocast on CUDA; on a CPU, with ``optimize``,
+            a bfloat16 copy whose head and logits stay float32), "fp32" in float32; "auto" (the
+            default) is bf16 on CUDA and on a CPU that computes bfloat16 natively
+            (``pgnet.device.cpu_native_bf16``), fp32 elsewhere. Masks are always returned as float32.
         batch_size: pictures per forward pass in ``predict_batch``.
         optimize: run a copy of the model with BatchNorm folded, fused attention and channels_last
             (``pgnet.predict.acceleration.prepare_for_inference``; masks agree with the plain model to ~1e-4).

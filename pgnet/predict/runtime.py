@@ -4,6 +4,10 @@
 and precision (resolved by ``pgnet.device``), the network from
 ``pgnet.predict.acceleration.inference_network`` and the rule that an optimised network is fed
 channels_last images.
+
+bfloat16 runs under autocast on CUDA (and for a network that is not optimised); on a CPU the
+optimised network is a bfloat16 copy instead (``LowPrecisionNetwork``: weights and activations in
+bfloat16, its head and logits in float32), which spares autocast's per-call casts of the weights.
 """
 
 from __future__ import annotations
@@ -18,16 +22,24 @@ from torch import nn
 
 from pgnet.device import autocast, autocast_dtype, resolve_device, resolve_precision
 from pgnet.models.pgnet import predict_probabilities
-from pgnet.predict.acceleration import CUDAGraphRunner, inference_network
+from pgnet.predict.acceleration import CUDAGraphRunner, LowPrecisionNetwork, inference_network
 
 
 def autocast_for(
     network: Any, device: torch.device, dtype: torch.dtype | None
 ) -> Callable[[], contextlib.AbstractContextManager]:
-    """A factory of the autocast context to call ``network`` in: ``dtype`` autocast, or none for float32
-    and for a ``CUDAGraphRunner`` (which autocasts inside its graphs)."""
-    dtype = None if isinstance(network, CUDAGraphRunner) else dtype
+    """A factory of the autocast context to call ``network`` in: ``dtype`` autocast, or none for float32,
+    for a ``CUDAGraphRunner`` (which autocasts inside its graphs) and for a ``LowPrecisionNetwork``
+    (already in its dtype), compiled or not."""
+    if isinstance(getattr(network, "_orig_mod", network), (CUDAGraphRunner, LowPrecisionNetwork)):
+        dtype = None
     return lambda: autocast(device, dtype)
+
+
+def network_dtype(device: torch.device, precision: str, optimize: bool) -> torch.dtype | None:
+    """The dtype of the network's own weights: bfloat16 for an optimised network on a CPU in bf16,
+    None (float32, autocast where the precision asks) otherwise."""
+    return torch.bfloat16 if device.type == "cpu" and optimize and precision == "bf16" else None
 
 
 @dataclass(frozen=True)
@@ -38,7 +50,7 @@ class InferenceRuntime:
     (``pgnet.models.pgnet.predict_probabilities``) with it.
     """
 
-    network: Any  # the model, its prepared copy, compiled, or a CUDAGraphRunner
+    network: Any  # the model, its prepared copy (float32 or a LowPrecisionNetwork), compiled, or a CUDAGraphRunner
     device: torch.device
     precision: str  # resolved: "fp32", "bf16" or "fp16"
     channels_last: bool  # feed channels_last images (the network was prepared for them)
@@ -58,9 +70,10 @@ class InferenceRuntime:
         it, or replay CUDA graphs (``cuda_graphs`` None: on CUDA unless compiled); see
         ``pgnet.predict.acceleration.inference_network``."""
         device = resolve_device(device)
-        precision = resolve_precision(precision, device)
+        precision = resolve_precision(precision, device, inference=True)
         network = inference_network(model.eval(), device, optimize=optimize, compile=compile,
-                                    cuda_graphs=cuda_graphs, autocast_dtype=autocast_dtype(precision))
+                                    cuda_graphs=cuda_graphs, autocast_dtype=autocast_dtype(precision),
+                                    dtype=network_dtype(device, precision, optimize))
         return cls(network, device, precision, channels_last=bool(optimize))
 
     @property

@@ -15,9 +15,20 @@ from pgnet.benchmark.loader import measure_loader
 from pgnet.benchmark.memory import find_largest_batch, is_too_large
 from pgnet.benchmark.model import SMALL_MODEL, build_benchmark_model
 from pgnet.benchmark.options import BenchmarkOptions
+from pgnet.benchmark.precision import (
+    AUTO_RULE_MEAN_PROBABILITY,
+    AUTO_RULE_SCORE,
+    SCORES,
+    format_precision_figures,
+    measure_precision_scores,
+    measure_predictor_speed,
+)
+from pgnet.benchmark.record import environment
 from pgnet.benchmark.targets import LOADER_SPEEDUP, TARGETS, summarize
 from pgnet.benchmark.training import default_train_variants, measure_train_step
 from pgnet.cli.benchmark import build_parser, main
+from pgnet.data.synthetic import make_sample
+from pgnet.device import CPU_BF16_VARIABLE
 from pgnet.models.layers import fold_batchnorm
 
 CPU = torch.device("cpu")
@@ -285,6 +296,10 @@ def test_benchmark_commands_parse_their_flags():
     args = parser.parse_args(["cost", "--graft-points", "r5-s2", "r4-s1:window", "--out", "cost.json"])
     assert (args.command, args.graft_points, args.out) == ("cost", ["r5-s2", "r4-s1:window"], "cost.json")
     assert (args.window_size, args.size, args.train_size, args.train_batch, args.repetitions) == (8, 1024, 512, 2, 3)
+    args = parser.parse_args(["precision", "--threads", "2", "--checkpoint", "c.pth", "--precisions", "fp32", "bf16"])
+    assert (args.command, args.threads, args.checkpoint, args.precisions) == ("precision", 2, "c.pth", ["fp32", "bf16"])
+    assert (args.size, args.iterations, args.score_images, args.score_seed) == (1024, 5, 40, 100000)
+    assert parser.parse_args(["video", "--precision", "fp32"]).precision == "fp32"
     with pytest.raises(SystemExit):
         parser.parse_args(["bogus"])
 
@@ -302,3 +317,35 @@ def test_data_and_metrics_commands(tmp_path, capsys):
         "pysodmetrics", "pgnet (same metrics)", "pgnet (all, + BIoU, mBA)"]
     assert max(report["abs_difference_vs_pysodmetrics"].values()) < 1e-6
     assert {"pgnet_results", "pgnet_full_results", "torch_version", "platform", "processor"} <= report.keys()
+
+
+def test_cpu_bfloat16_path_is_measured_where_the_cpu_computes_bfloat16(small_model, monkeypatch):
+    monkeypatch.setenv(CPU_BF16_VARIABLE, "0")
+    assert "fast_bf16" not in [v.name for v in default_inference_variants(CPU)]
+    monkeypatch.setenv(CPU_BF16_VARIABLE, "1")
+    variants = default_inference_variants(CPU)
+    bf16 = next(v for v in variants if v.name == "fast_bf16")
+    assert variants[-1].name == "fast_fp32" and bf16.weights_dtype == torch.bfloat16 and bf16.autocast_dtype is None
+    _, figure = measure_inference(small_model, CPU, [variants[0], bf16], size=64, iterations=1, warmup=1)
+    check_figure(figure)
+    assert figure["dtype"] == "bfloat16" and figure["variant"]["weights_dtype"] == "bfloat16"
+    assert 0 < figure["max_abs_diff_probability"] < 0.1
+    env = environment(CPU)
+    assert env["cpu_native_bf16"] and set(env["cpu_flags"]) >= {"avx512_bf16", "amx_bf16"}
+
+
+def test_precision_speed_and_scores(small_model, capsys):
+    speed = measure_predictor_speed(small_model, ("fp32", "bf16"), size=64, iterations=1, warmup=0)
+    assert [f["name"] for f in speed] == ["official_fp32", "predictor_fp32", "predictor_bf16"]
+    assert [f["dtype"] for f in speed] == ["fp32", "fp32", "bf16"] and speed[0]["speedup"] == 1.0
+    assert speed[1]["max_abs_diff_probability"] < 1e-4 < speed[2]["max_abs_diff_probability"] < 0.1
+    samples = [make_sample(index, 64) for index in range(2)]
+    scores = measure_precision_scores(small_model, samples, ("bf16",), size=64)
+    assert list(scores) == ["fp32", "bf16"] and scores["fp32"]["max_abs_diff_probability"] == 0.0
+    bf16 = scores["bf16"]
+    assert bf16["resolved"] == "bf16" and 0 < bf16["mean_abs_diff_probability"] < 5e-3
+    assert bf16["delta_MAE"] == pytest.approx(bf16["MAE"] - scores["fp32"]["MAE"])
+    assert bf16["auto_rule"] == (all(abs(bf16[f"delta_{k}"]) <= AUTO_RULE_SCORE for k in SCORES)
+                                 and bf16["mean_abs_diff_probability"] <= AUTO_RULE_MEAN_PROBABILITY)
+    table = format_precision_figures({"speed": speed, "scores": scores})
+    assert "predictor_bf16" in table and ("holds" in table or "fails" in table)

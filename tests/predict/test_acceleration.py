@@ -1,13 +1,20 @@
-"""Inference fast paths on the CPU: the prepared copy, torch.compile, and the CUDA-graph runner's guards
-and eager fallback (its graphs themselves are tested in test_gpu.py)."""
+"""Inference fast paths on the CPU: the prepared copy (float32 and bfloat16), torch.compile, and the
+CUDA-graph runner's guards and eager fallback (its graphs themselves are tested in test_gpu.py)."""
 
 import numpy as np
 import pytest
 import torch
 
 from pgnet.benchmark import SMALL_MODEL, build_benchmark_model
+from pgnet.device import CPU_BF16_VARIABLE
 from pgnet.models.pgnet import PGNet
-from pgnet.predict.acceleration import CUDAGraphRunner, inference_network, prepare_for_inference
+from pgnet.predict.acceleration import (
+    CUDAGraphRunner,
+    Float32Head,
+    LowPrecisionNetwork,
+    inference_network,
+    prepare_for_inference,
+)
 from pgnet.predict.predictor import Predictor
 
 CPU = torch.device("cpu")
@@ -73,6 +80,43 @@ def test_predictor_fast_and_compiled_paths_agree_with_the_plain_model(model):
         mask = predictor(image)
         assert mask.shape == (90, 120) and mask.dtype == np.float32
         assert np.abs(mask - expected).max() <= 1e-4
+
+
+def test_bfloat16_copy_runs_bfloat16_with_its_head_and_logits_in_float32(model):
+    image = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(2))
+    prepared = prepare_for_inference(model, dtype=torch.bfloat16)
+    assert isinstance(prepared, LowPrecisionNetwork) and isinstance(prepared.model.head_pred, Float32Head)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.model.resnet.modules())  # folded first
+    assert prepared.model.resnet.conv1.weight.dtype == torch.bfloat16
+    assert prepared.model.swin.patch_embed.proj.weight.dtype == torch.bfloat16
+    assert prepared.model.head_pred.conv.weight.dtype == torch.float32
+    assert model.head_pred.weight.dtype == torch.float32  # the original is untouched
+    with torch.inference_mode():
+        reference = model(image, output_size=(24, 24), need_attention=False).pred.sigmoid()
+        output = prepared(image.contiguous(memory_format=torch.channels_last), output_size=(24, 24))
+    assert output.pred.dtype == torch.float32 and output.side_cnn.dtype == torch.bfloat16
+    difference = (output.pred.sigmoid() - reference).abs()
+    assert difference.max() < 0.05 and difference.mean() < 5e-3  # bfloat16's 8 bits of mantissa
+    with pytest.raises(ValueError, match="dtype needs optimize"):
+        inference_network(model, CPU, optimize=False, dtype=torch.bfloat16)
+
+
+def test_auto_precision_follows_the_cpus_native_bf16(model, monkeypatch):
+    """Forced off, ``auto`` is the float32 path (masks as the plain model's to 1e-4); forced on, the
+    bfloat16 copy, run without autocast, close to float32."""
+    image = np.random.default_rng(3).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    expected = Predictor(model, size=64, device="cpu", optimize=False, precision="fp32")(image)
+    monkeypatch.setenv(CPU_BF16_VARIABLE, "0")
+    without = Predictor(model, size=64, device="cpu")
+    assert without.precision == "fp32" and not isinstance(without.network, LowPrecisionNetwork)
+    assert np.abs(without(image) - expected).max() <= 1e-4
+    monkeypatch.setenv(CPU_BF16_VARIABLE, "1")
+    native = Predictor(model, size=64, device="cpu")
+    assert native.precision == "bf16" and isinstance(native.network, LowPrecisionNetwork)
+    assert not torch.is_autocast_enabled("cpu") and native.runtime.autocast().__class__.__name__ == "nullcontext"
+    mask = native(image)
+    assert mask.dtype == np.float32 and mask.shape == (70, 90)
+    assert 0 < np.abs(mask - expected).mean() < 5e-3
 
 
 class _FakeGraph:
