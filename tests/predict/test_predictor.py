@@ -300,5 +300,8 @@ def test_outputs_never_replace_pictures_in_a_searched_output_folder(tmp_path):
         plan_outputs([tmp_path], tmp_path / "masks", recursive=True)
     jobs = plan_outputs([tmp_path], tmp_path / "masks", recursive=False)
     assert [(job.source.name, job.output) for job in jobs] == [("a.png", inside)]
-    jobs = plan_outputs([tmp_path], tmp_path / "out", recursive=True)
-    assert sorted(job.output.relative_to(tmp_path / "out").as_posix() for job in jobs) == ["a.png", "masks/a.png"]
+    with pytest.raises(FileExistsError, match="a second run would read them"):  # inside the searched folder
+        plan_outputs([tmp_path], tmp_path / "out", recursive=True)
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-out"
+    jobs = plan_outputs([tmp_path], elsewhere, recursive=True)
+    assert sorted(job.output.relative_to(elsewhere).as_posix() for job in jobs) == ["a.png", "masks/a.png"]
