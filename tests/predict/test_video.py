@@ -436,8 +436,8 @@ class Interrupting(ColourPredictor):
 @pytest.mark.parametrize("video_format", ["mp4", "png"])
 def test_an_interrupted_video_resumes_to_the_frames_of_an_uninterrupted_run(tmp_path, video_format, monkeypatch):
     """The frames given to the encoder (mp4) or written (png) are those of an uninterrupted run, exactly.
-    Decoded mp4 frames are compared within a few levels: libx264 does not always give the same bits
-    for the same frames in a loaded process (a segment came out either of two ways, max 13 levels apart)."""
+    Decoded mp4 frames are compared within a few levels: on a loaded machine libx264 now and then
+    encodes the same frames of a segment to other bits (up to 13 levels apart when decoded)."""
     encoded = {}  # (pts, picture) of each completed segment's frames, by the folder it was built in
     encode, close = SegmentEncoder.encode, SegmentEncoder.close
 
