@@ -14,9 +14,7 @@
 
 from __future__ import annotations
 
-import os
 import statistics
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -25,7 +23,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from pgnet.benchmark.memory import MIB
+from pgnet.benchmark.memory import ResidentPeak
 from pgnet.benchmark.model import build_benchmark_model
 from pgnet.config import LossConfig, OptimConfig
 from pgnet.models.pgnet import PGNet, count_parameters
@@ -56,37 +54,6 @@ def inference_seconds(model: PGNet, size: int, repetitions: int = 3) -> list[flo
             if index:
                 seconds.append(time.perf_counter() - start)
     return seconds
-
-
-class ResidentPeak:
-    """Peak resident memory of the process inside a ``with`` block, above what it held at the start."""
-
-    def __init__(self, interval_s: float = 0.001):
-        self.interval_s = interval_s
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.growth_mib = 0.0
-
-    def _resident(self) -> int:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * self.page
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self._peak = max(self._peak, self._resident())
-            time.sleep(self.interval_s)
-
-    def __enter__(self) -> ResidentPeak:
-        self._start = self._peak = self._resident()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._peak = max(self._peak, self._resident())
-        self.growth_mib = (self._peak - self._start) / MIB
 
 
 def training_step_memory_mib(model: PGNet, size: int, batch: int, seed: int = 0) -> float:

@@ -1,9 +1,12 @@
-"""Memory: the peak CUDA memory of a block, the size of tensors and modules, and the search for the
-largest batch that fits on the device."""
+"""Memory: the peak CUDA memory of a block, a process's resident memory and the peak of a block on
+the CPU (``/proc``, Linux), the size of tensors and modules, and the search for the largest batch that
+fits on the device."""
 
 from __future__ import annotations
 
 import gc
+import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -93,3 +96,38 @@ def find_largest_batch(fits: Callable[[int], bool], limit: int, tolerance: float
         else:
             bad = middle
     return good
+
+
+def resident_mib(pid: int | str = "self") -> float | None:
+    """The resident memory of process ``pid`` (this one by default) in MiB; None where /proc has none."""
+    try:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class ResidentPeak:
+    """This process's peak resident memory inside a ``with`` block, sampled every ``interval_s``
+    seconds: ``start_mib`` at entry, ``peak_mib``, and ``growth_mib`` = peak − start (0 off Linux)."""
+
+    def __init__(self, interval_s: float = 0.001) -> None:
+        self.interval_s = interval_s
+        self.start_mib = self.peak_mib = self.growth_mib = 0.0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak_mib = max(self.peak_mib, resident_mib() or 0.0)
+
+    def __enter__(self) -> ResidentPeak:
+        self.start_mib = self.peak_mib = resident_mib() or 0.0
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mib = max(self.peak_mib, resident_mib() or 0.0)
+        self.growth_mib = self.peak_mib - self.start_mib

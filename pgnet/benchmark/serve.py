@@ -19,24 +19,15 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from pgnet.benchmark.memory import resident_mib
+
 MAX_CLIENTS = 256
 MAX_SECONDS = 600.0
-
-
-def resident_mib(pid: int) -> float | None:
-    """The resident memory of process ``pid`` in MiB (from /proc; None where there is none)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
-    return int(found[1]) / 1024 if found else None
 
 
 def synthetic_jpegs(count: int, height: int, width: int, seed: int = 0) -> list[bytes]:

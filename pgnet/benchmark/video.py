@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from fractions import Fraction
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from pgnet import Predictor, load_model
+from pgnet.benchmark.memory import ResidentPeak
 from pgnet.benchmark.model import build_benchmark_model
 from pgnet.data.synthetic import make_soft_composite
 from pgnet.predict.compose import Composer
@@ -62,38 +62,6 @@ def write_moving_clip(path: Path, frames: int, height: int, width: int, fps: flo
     return path
 
 
-def resident_mib() -> float:
-    """This process's resident memory in MiB (Linux; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-class PeakResident:
-    """The peak resident memory of a block, sampled every ``interval`` seconds on a thread (MiB)."""
-
-    def __init__(self, interval: float = 0.02) -> None:
-        self.interval, self.peak_mib, self.start_mib = interval, 0.0, 0.0
-        self._stop = threading.Event()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak_mib = max(self.peak_mib, resident_mib())
-
-    def __enter__(self) -> PeakResident:
-        self.start_mib = self.peak_mib = resident_mib()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_mib = max(self.peak_mib, resident_mib())
-
-
 def video_predictor(checkpoint: str | None, size: int, batch_size: int = 1, precision: str = "auto") -> Predictor:
     """A CPU predictor of ``checkpoint``, or of the official architecture with random weights."""
     # Random weights are seeded, with BatchNorm calibrated as pgnet-benchmark does (otherwise the
@@ -116,7 +84,7 @@ def measure_video(predictor: Predictor, frames: int, height: int, width: int,
         log(f"the predictor alone on one {width}x{height} frame: {network:.2f} s")
         composer = RecordingComposer()
         start, cpu_start = time.perf_counter(), time.process_time()
-        with PeakResident() as memory:
+        with ResidentPeak(interval_s=0.02) as memory:
             result = write_video(predictor, clip, Path(folder) / "out.mp4", composer, progress=True)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     log(f"video: {result.frames} frames {width}x{height} at --size {predictor.size}, batch "

@@ -2,9 +2,11 @@
 the training step with Swin checkpointing, the loader and evaluator figures, the CLI's JSON."""
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ from pgnet.benchmark import suite
 from pgnet.benchmark.evaluator import measure_evaluator
 from pgnet.benchmark.inference import default_inference_variants, measure_inference, prepare_for_variant
 from pgnet.benchmark.loader import measure_loader
-from pgnet.benchmark.memory import find_largest_batch, is_too_large
+from pgnet.benchmark.memory import ResidentPeak, find_largest_batch, is_too_large, resident_mib
 from pgnet.benchmark.model import SMALL_MODEL, build_benchmark_model
 from pgnet.benchmark.options import BenchmarkOptions
 from pgnet.benchmark.precision import (
@@ -349,3 +351,12 @@ def test_precision_speed_and_scores(small_model, capsys):
                                  and bf16["mean_abs_diff_probability"] <= AUTO_RULE_MEAN_PROBABILITY)
     table = format_precision_figures({"speed": speed, "scores": scores})
     assert "predictor_bf16" in table and ("holds" in table or "fails" in table)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc to read the resident memory")
+def test_resident_peak_sees_what_a_block_allocates():
+    with ResidentPeak() as peak:
+        block = np.ones((64, 2**20 // 8))  # 64 MiB, touched
+        block += 1
+    assert 48 < peak.growth_mib < 256 and peak.peak_mib >= peak.start_mib + peak.growth_mib - 1e-6
+    assert resident_mib() > 0 and resident_mib(os.getpid()) > 0

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from serve_pictures import json_mask, picture, png, png_bomb
 
+from pgnet.benchmark.memory import resident_mib
 from pgnet.data.io import MAX_PIXELS_ENV
 from pgnet.serve.app import ServeSettings, create_app
 
@@ -155,11 +156,6 @@ def test_probes_metrics_docs_and_page(serve_predictor, serve_package):
     assert "http://" not in page and "https://" not in page  # nothing fetched from elsewhere: works offline
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as stream:
-        return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 class QuickPredictor:
     """The predictor's interface with a stand-in network (a blurred brightness map), for load tests:
     1,000 forward passes of even the tiny PGNet take ~25 s on a shared CPU, and the load test checks the
@@ -192,11 +188,11 @@ def test_a_thousand_requests_from_16_clients_all_succeed_and_memory_stays_flat(s
                     response = await client.post(f"/v1/predict?mode={mode}", content=pictures[(index + slot) % 16])
                     statuses[slot] = response.status_code
                     if sum(status != -1 for status in statuses) == 100 and "100" not in rss:
-                        rss["100"] = rss_bytes()
+                        rss["100"] = resident_mib()
 
             started = time.perf_counter()
             await asyncio.gather(*(client_loop(index) for index in range(16)))
-            rss["1000"] = rss_bytes()
+            rss["1000"] = resident_mib()
             return statuses, time.perf_counter() - started
 
     statuses, seconds = run(scenario())
