@@ -55,10 +55,6 @@ def env():
     return {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads}
 
 
-def run_train(args, timeout=300, **kwargs):
-    return subprocess.run(TRAIN + args, capture_output=True, text=True, timeout=timeout, env=env(), **kwargs)
-
-
 def train_in_process(args: list[str]) -> int:
     """``scripts/train.py args`` in this process (no start-up cost), for runs that need no process of their
     own; the global switch a run sets is restored."""
@@ -228,22 +224,22 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     assert position["global_step"] >= 2
 
 
-def test_refuses_to_overwrite_a_run(uninterrupted):
-    result = run_train(["--config", str(REPO / "configs" / "demo.yaml"), "--run-dir", str(uninterrupted), *TINY])
-    assert result.returncode == 2
-    assert "already holds a run" in result.stderr
+def test_refuses_to_overwrite_a_run(uninterrupted, capsys):
+    before = sorted((path.name, path.stat().st_mtime_ns) for path in uninterrupted.rglob("*"))
+    args = ["--config", str(REPO / "configs" / "demo.yaml"), "--run-dir", str(uninterrupted), *TINY]
+    assert train_in_process(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert sorted((path.name, path.stat().st_mtime_ns) for path in uninterrupted.rglob("*")) == before
 
 
-def test_config_errors_stop_before_anything_runs(tmp_path):
-    result = run_train(["--config", str(REPO / "configs" / "demo.yaml"), "--run-dir", str(tmp_path / "r"),
-                        "train.epoch=3"])
-    assert result.returncode == 2
-    assert "unknown key train.epoch; did you mean train.epochs?" in result.stderr
+def test_config_errors_stop_before_anything_runs(tmp_path, capsys):
+    demo = ["--config", str(REPO / "configs" / "demo.yaml"), "--run-dir", str(tmp_path / "r")]
+    assert train_in_process([*demo, "train.epoch=3"]) == 2
+    assert "unknown key train.epoch; did you mean train.epochs?" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
-    result = run_train(["--config", str(REPO / "configs" / "demo.yaml"), "--run-dir", str(tmp_path / "r"),
-                        "data.train=[{name: DUTS-TR, root: /nonexistent/DUTS}]"])
-    assert result.returncode == 2
-    assert "/nonexistent/DUTS" in result.stderr
+    assert train_in_process([*demo, "data.train=[{name: DUTS-TR, root: /nonexistent/DUTS}]"]) == 2
+    assert "/nonexistent/DUTS" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def tiny_trainer(tmp_path, *extra):
