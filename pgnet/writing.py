@@ -17,10 +17,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -168,6 +169,20 @@ def is_no_space(error: BaseException, folder: str | Path | None = None) -> bool:
     if _is_no_space(error):
         return True
     return folder is not None and isinstance(error, (OSError, RuntimeError)) and _folder_is_full(Path(folder))
+
+
+@contextlib.contextmanager
+def no_space_as_error(output: str | Path, folder: str | Path) -> Iterator[None]:
+    """Inside the block, an error that means a full disk (:func:`is_no_space`, ``folder``'s file
+    system) is raised as :class:`NoSpaceError` naming ``output``; other errors pass unchanged."""
+    try:
+        yield
+    except NoSpaceError:
+        raise
+    except Exception as error:
+        if is_no_space(error, folder):
+            raise NoSpaceError(output) from error
+        raise
 
 
 def write_bytes(path: str | Path, data: bytes | bytearray | memoryview | np.ndarray) -> Path:

@@ -32,10 +32,9 @@ import numpy as np
 from pgnet.errors import UserError
 from pgnet.predict.media import SegmentEncoder, VideoFormat, count_frames, join_segments
 from pgnet.writing import (
-    NoSpaceError,
     atomic_create,
-    is_no_space,
     move_into_place,
+    no_space_as_error,
     write_bytes,
     write_image,
     write_text,
@@ -132,7 +131,7 @@ class VideoOutput:
     def add(self, picture: np.ndarray, pts: int, state: np.ndarray | None = None) -> None:
         """Write the next output picture (``pts`` in the time base of ``begin``); ``state`` is the
         smoother's state after this frame, kept when the frame ends a segment."""
-        try:
+        with no_space_as_error(self.output, self.folder):
             if self.format.codec is None:
                 write_image(self.folder / "frames" / f"{self.frames + 1:06d}.png", picture)
             else:
@@ -144,12 +143,6 @@ class VideoOutput:
             self.last_pts = pts
             if self._in_segment == self.segment_frames:
                 self._close_segment(state)
-        except NoSpaceError:
-            raise
-        except Exception as error:
-            if is_no_space(error, self.folder):
-                raise NoSpaceError(self.output) from error
-            raise
 
     def _open_segment(self) -> None:
         size, alpha, time_base, fps = self._timing
@@ -181,7 +174,7 @@ class VideoOutput:
         seconds), check the frame count, rename into place and remove the folder. Returns a note on
         the audio for the log (None: nothing to say)."""
         note = None
-        try:
+        with no_space_as_error(self.output, self.folder):
             if self.format.codec is None:
                 self._place_frames()
             else:
@@ -189,12 +182,6 @@ class VideoOutput:
                     self._close_segment(None)
                 segments = [self.folder / name for name in self.segments]
                 note = self._join(segments, audio_from, end_time)
-        except NoSpaceError:
-            raise
-        except Exception as error:
-            if is_no_space(error, self.folder):
-                raise NoSpaceError(self.output) from error
-            raise
         shutil.rmtree(self.folder, ignore_errors=True)
         return note
 
