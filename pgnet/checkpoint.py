@@ -32,7 +32,7 @@ from pgnet.errors import format_list
 from pgnet.models.hub import check_known_file
 from pgnet.models.official import convert_official_state_dict, is_official_state_dict
 from pgnet.models.pgnet import ModelConfig, PGNet
-from pgnet.models.weights import CheckpointError, compare_weights, first_line, read_weights_file
+from pgnet.models.weights import CheckpointError, compare_weights, first_line, read_safetensors, read_weights_file
 from pgnet.writing import atomic_write, write_bytes, write_text
 
 CHECKPOINT_FORMAT = "pgnet"
@@ -220,7 +220,7 @@ def write_model_package(
     is the text of ``README.md``. An existing package is refused unless ``overwrite``. Each file is
     written atomically; an official checkpoint's keys are converted first.
     """
-    from safetensors.torch import save  # lazy: only exporting and reading packages need it
+    from safetensors.torch import save  # lazy: only exporting a package needs it
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -252,9 +252,6 @@ def read_model_package(folder: str | Path, dtype: torch.dtype = torch.float32) -
 
     Every problem is a one-line :class:`CheckpointError` naming the folder or file.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     config_path, weights_path = folder / PACKAGE_CONFIG, folder / PACKAGE_WEIGHTS
     for path in (config_path, weights_path):
@@ -274,10 +271,7 @@ def read_model_package(folder: str | Path, dtype: torch.dtype = torch.float32) -
         raise CheckpointError(f"model package {config_path}: {error}") from None
     model_config = dataclasses.replace(model_config, swin_pretrained=None, resnet_pretrained=None)
     preprocessing = Preprocessing.from_checkpoint(config, source=str(config_path))
-    try:
-        tensors = load_file(str(weights_path))
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"model package {weights_path}: truncated or corrupt ({first_line(error)})") from None
+    tensors = read_safetensors(weights_path, what="model package")
     tensors = {key: value.to(dtype) if value.is_floating_point() else value for key, value in tensors.items()}
     return ModelWeights(folder, "model", tensors, model_config, preprocessing, official=False,
                         info={"source": config.get("source")})

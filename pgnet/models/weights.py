@@ -101,6 +101,18 @@ def read_weights_file(path: str | Path, map_location: str | torch.device = "cpu"
         raise CheckpointError(f"{what} {path}: truncated or corrupt ({first_line(error)})") from None
 
 
+def read_safetensors(path: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file (no code can run); an unreadable file is a one-line
+    CheckpointError naming ``what`` and the path."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{what} {path}: truncated or corrupt ({first_line(error) or 'corrupt'})") from None
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file.
 
@@ -108,13 +120,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as error:  # safetensors raises its own error types
-            reason = str(error).strip() or "corrupt"
-            raise CheckpointError(f"pretrained weights {path}: cannot read ({reason})") from None
+        return read_safetensors(path, what="pretrained weights")
     state = read_weights_file(path, what="pretrained weights")
     for wrapper in ("model", "state_dict", "model_state"):
         if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
