@@ -11,7 +11,8 @@ one; ``load_model``, ``convert_official_checkpoint`` and ``train.init_from`` all
 
 A model package is the released form of a model: a folder holding ``config.json`` (the model config
 and the preprocessing), ``model.safetensors`` (the weights only, float32 or float16) and a
-``README.md`` model card. Nothing in it is a pickle. :func:`read_model_weights` reads a package folder
+``README.md`` model card, and optionally ``int8_calibration.json`` (the model's int8 calibration, see
+``pgnet.predict.int8``). Nothing in it is a pickle. :func:`read_model_weights` reads a package folder
 as one more kind of input, so every command and ``Predictor`` accepts it where it accepts a checkpoint.
 """
 
@@ -42,6 +43,7 @@ PACKAGE_VERSION = 1
 PACKAGE_CONFIG = "config.json"
 PACKAGE_WEIGHTS = "model.safetensors"
 PACKAGE_CARD = "README.md"
+PACKAGE_INT8_CALIBRATION = "int8_calibration.json"  # optional: read by ``pgnet.predict`` (see ``pgnet.predict.int8``)
 # Entries of a training checkpoint that describe the run (kept in ``ModelWeights.info`` for model cards).
 RUN_INFO_FIELDS = ("best", "best_step", "history", "position", "converted_from")
 
@@ -212,13 +214,16 @@ def convert_official_checkpoint(source: str | Path, destination: str | Path) -> 
 
 
 def write_model_package(
-    found: ModelWeights, folder: str | Path, *, half: bool = False, card: str = "", overwrite: bool = False
+    found: ModelWeights, folder: str | Path, *, half: bool = False, card: str = "", overwrite: bool = False,
+    int8_calibration: str | None = None,
 ) -> Path:
     """Write the model ``found`` describes as a package folder (see the module docstring).
 
     ``half`` stores floating-point weights as float16 (half the size; read back as float32). ``card``
-    is the text of ``README.md``. An existing package is refused unless ``overwrite``. Each file is
-    written atomically; an official checkpoint's keys are converted first.
+    is the text of ``README.md``; ``int8_calibration`` the text of ``int8_calibration.json`` (without
+    it, an overwritten package's old calibration is removed: it was made for other weights). An
+    existing package is refused unless ``overwrite``. Each file is written atomically; an official
+    checkpoint's keys are converted first.
     """
     from safetensors.torch import save  # lazy: only exporting a package needs it
 
@@ -243,6 +248,10 @@ def write_model_package(
     folder.mkdir(parents=True, exist_ok=True)
     write_bytes(folder / PACKAGE_WEIGHTS, save(tensors, metadata={"format": "pt"}))
     write_text(folder / PACKAGE_CARD, card)
+    if int8_calibration is not None:
+        write_text(folder / PACKAGE_INT8_CALIBRATION, int8_calibration)
+    else:
+        (folder / PACKAGE_INT8_CALIBRATION).unlink(missing_ok=True)
     write_text(folder / PACKAGE_CONFIG, json.dumps(config, indent=2) + "\n")  # last: its presence marks a whole package
     return folder
 

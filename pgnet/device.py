@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: see resolve_precision
+# Inference may also run "int8" on a CPU: the ResNet branch in int8 (``pgnet.predict.int8``).
+INFERENCE_PRECISIONS = (*PRECISIONS, "int8")
 
 # "1" or "0" overrides what ``cpu_native_bf16`` detects (a test forces it off; a user may force it on).
 CPU_BF16_VARIABLE = "PGNET_CPU_BF16"
@@ -116,12 +118,12 @@ AUTO_CPU_BF16 = True
 
 # "off" is the training config's spelling of fp32 (``train.amp: off``).
 _ALIASES = {"off": "fp32"}
-_DTYPE_NAMES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
+_DTYPE_NAMES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16", "int8": "bfloat16"}  # int8: the rest in bf16
 
 
 def resolve_precision(name: str, device: torch.device, key: str = "precision", inference: bool = False,
                       native_bf16: bool | None = None) -> str:
-    """"fp32", "bf16" or "fp16" for ``device``.
+    """"fp32", "bf16" or "fp16" for ``device`` ("int8" too, for ``inference`` on a CPU).
 
     "auto" is bf16 on a CUDA device that has it; for ``inference``, also on a CPU that computes
     bfloat16 natively (``cpu_native_bf16``, with ``native_bf16`` its override); fp32 elsewhere.
@@ -130,8 +132,11 @@ def resolve_precision(name: str, device: torch.device, key: str = "precision", i
     import torch
 
     name = _ALIASES.get(name, name)
-    if name not in PRECISIONS:
-        raise PrecisionError(f"{key} must be one of {', '.join(PRECISIONS)}, got {name!r}")
+    valid = INFERENCE_PRECISIONS if inference else PRECISIONS
+    if name not in valid:
+        raise PrecisionError(f"{key} must be one of {', '.join(valid)}, got {name!r}")
+    if name == "int8" and device.type != "cpu":
+        raise PrecisionError(f"{key} int8 runs on a CPU only, not on {device}")
     if name == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"

@@ -24,6 +24,8 @@ from pgnet.benchmark.timing import timed
 from pgnet.data.preprocessing import Preprocessing, prepare_batch
 from pgnet.metrics.suite import SODMetrics
 from pgnet.models.pgnet import PGNet
+from pgnet.predict.calibration import calibrate_pictures
+from pgnet.predict.int8 import Int8Calibration
 from pgnet.predict.predictor import Predictor
 
 SCORES = ("Sm", "MAE", "maxFm", "BIoU", "mBA")
@@ -54,17 +56,24 @@ def measure_predictor_speed(
     warmup: int = 1,
     preprocessing: Preprocessing | None = None,
     seed: int = 0,
+    calibration: Int8Calibration | None = None,
 ) -> list[dict[str, Any]]:
     """Pictures/s of the official code and of a ``Predictor`` at each precision on one picture
     (default: a random size×size one), timed interleaved, with the speedup over the official code and
-    each mask's largest and mean difference from the official one."""
+    each mask's largest and mean difference from the official one. "int8" runs with ``calibration``
+    (default: one made from the timed picture), and so does "auto" when it is given and records a
+    check that held the accuracy rule (the calibrated model's default path)."""
     preprocessing = preprocessing or Preprocessing()
     if picture is None:
         picture = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
     model = model.eval().cpu()
     device = torch.device("cpu")
-    predictors = {p: Predictor(model, size=size, device="cpu", precision=p, preprocessing=preprocessing)
-                  for p in precisions}
+    given = calibration  # auto may use a given calibration (when its check held), never the one made here
+    if "int8" in precisions and calibration is None:
+        calibration = calibrate_pictures(model, [picture], size, preprocessing)
+    chosen = {"int8": calibration, "auto": given}
+    predictors = {p: Predictor(model, size=size, device="cpu", precision=p, preprocessing=preprocessing,
+                               calibration=chosen.get(p)) for p in precisions}
     paths: dict[str, Any] = {"official_fp32": lambda: official_predict(model, picture, size, preprocessing)}
     for name, predictor in predictors.items():
         paths[f"predictor_{name}"] = lambda predictor=predictor: predictor(picture)
@@ -96,38 +105,46 @@ def measure_predictor_speed(
 
 def measure_precision_scores(
     model: PGNet,
-    samples: Sequence[tuple[np.ndarray, np.ndarray]],
+    samples: Sequence[tuple[np.ndarray, np.ndarray | None]],
     precisions: Sequence[str] = ("fp32", "bf16"),
     size: int | None = None,
     preprocessing: Preprocessing | None = None,
+    calibration: Int8Calibration | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Scores of ``model`` on ``samples`` ((RGB picture, mask) pairs) at each precision, each with its
     differences from float32 (``delta_<score>``), the largest and mean probability difference, and
-    whether ``AUTO_RULE_*`` holds (``auto_rule``). float32 is always measured, first."""
+    whether ``AUTO_RULE_*`` holds (``auto_rule``). float32 is always measured, first; "int8" runs with
+    ``calibration``. Samples without masks (None) give the probability differences only, and then
+    ``auto_rule`` is False: the rule needs the scores."""
     preprocessing = preprocessing or Preprocessing()
+    with_masks = all(mask is not None for _, mask in samples)
     results: dict[str, dict[str, Any]] = {}
     reference: list[np.ndarray] = []
     for precision in ("fp32", *[p for p in precisions if p != "fp32"]):
-        predictor = Predictor(model, size=size, device="cpu", precision=precision, preprocessing=preprocessing)
+        predictor = Predictor(model, size=size, device="cpu", precision=precision, preprocessing=preprocessing,
+                              calibration=calibration if precision == "int8" else None)
         metrics = SODMetrics(("Sm", "MAE", "Fm", "BIoU", "mBA"))
         largest, total, pixels = 0.0, 0.0, 0
         for index, (picture, mask) in enumerate(samples):
             prediction = predictor(picture)
-            metrics.update(prediction, mask)
+            if with_masks:
+                metrics.update(prediction, mask)
             if precision == "fp32":
                 reference.append(prediction)
             difference = np.abs(prediction - reference[index])
             largest = max(largest, float(difference.max()))
             total += float(difference.sum())
             pixels += difference.size
-        scores = metrics.compute()
-        result: dict[str, Any] = {"resolved": predictor.precision, **{k: scores[k] for k in SCORES}}
+        scores = metrics.compute() if with_masks else {}
+        result: dict[str, Any] = {"resolved": predictor.precision, "pictures": len(samples),
+                                  **{k: scores[k] for k in SCORES if k in scores}}
         result["max_abs_diff_probability"] = largest
         result["mean_abs_diff_probability"] = total / pixels
-        if precision != "fp32":
+        if precision != "fp32" and with_masks:
             for key in SCORES:
                 result[f"delta_{key}"] = scores[key] - results["fp32"][key]
-        result["auto_rule"] = all(abs(result.get(f"delta_{key}", 0.0)) <= AUTO_RULE_SCORE for key in SCORES) \
+        result["auto_rule"] = with_masks \
+            and all(abs(result.get(f"delta_{key}", 0.0)) <= AUTO_RULE_SCORE for key in SCORES) \
             and result["mean_abs_diff_probability"] <= AUTO_RULE_MEAN_PROBABILITY
         results[precision] = result
     return results
@@ -148,7 +165,8 @@ def format_precision_figures(report: dict[str, Any]) -> str:
         lines.append(f"{'precision':10s} " + " ".join(f"{k:>8s} {'Δ':>8s}" for k in SCORES)
                      + f" {'max |Δp|':>9s} {'mean |Δp|':>9s} auto rule")
         for name, r in report["scores"].items():
-            cells = " ".join(f"{r[k]:8.4f} {r.get(f'delta_{k}', 0.0):+8.4f}" for k in SCORES)
+            cells = " ".join(f"{r[k]:8.4f} {r.get(f'delta_{k}', 0.0):+8.4f}" if k in r else f"{'-':>8s} {'-':>8s}"
+                             for k in SCORES)
             lines.append(f"{name:10s} {cells} {r['max_abs_diff_probability']:9.1e} "
                          f"{r['mean_abs_diff_probability']:9.1e} {'holds' if r['auto_rule'] else 'fails'}")
     return "\n".join(lines)

@@ -28,8 +28,10 @@ from pgnet import Predictor, load_model
 from pgnet.benchmark.memory import ResidentPeak
 from pgnet.benchmark.model import build_benchmark_model
 from pgnet.data.synthetic import make_soft_composite
+from pgnet.predict.calibration import calibrate_pictures
 from pgnet.predict.compose import Composer
 from pgnet.predict.foreground import estimate_foreground
+from pgnet.predict.int8 import Int8Calibration
 from pgnet.predict.media import VIDEO_FORMATS, SegmentEncoder
 from pgnet.predict.video import TemporalSmoother, frames_in_flight, mean_consecutive_change, write_video
 
@@ -62,12 +64,18 @@ def write_moving_clip(path: Path, frames: int, height: int, width: int, fps: flo
     return path
 
 
-def video_predictor(checkpoint: str | None, size: int, batch_size: int = 1, precision: str = "auto") -> Predictor:
-    """A CPU predictor of ``checkpoint``, or of the official architecture with random weights."""
+def video_predictor(checkpoint: str | None, size: int, batch_size: int = 1, precision: str = "auto",
+                    calibration: str | Path | None = None) -> Predictor:
+    """A CPU predictor of ``checkpoint``, or of the official architecture with random weights; "int8"
+    without a ``calibration`` file is calibrated on one random size² picture (as the speed benchmark)."""
     # Random weights are seeded, with BatchNorm calibrated as pgnet-benchmark does (otherwise the
     # logits are in the hundreds and every mask is the same saturated picture).
     model = load_model(checkpoint, "cpu") if checkpoint else build_benchmark_model({})
-    return Predictor(model, size=size, device="cpu", batch_size=batch_size, precision=precision)
+    int8 = Int8Calibration.load(calibration) if calibration else None
+    if precision == "int8" and int8 is None:
+        picture = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+        int8 = calibrate_pictures(model, [picture], size)
+    return Predictor(model, size=size, device="cpu", batch_size=batch_size, precision=precision, calibration=int8)
 
 
 def measure_video(predictor: Predictor, frames: int, height: int, width: int,

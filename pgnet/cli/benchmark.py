@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pgnet.cli.common import EXIT_NOT_DONE, EXIT_STATUS_HELP, build_command_parser, run_command
-from pgnet.device import PRECISIONS
+from pgnet.device import INFERENCE_PRECISIONS
 
 PROG = "pgnet-benchmark"
 EXAMPLE = """examples:
@@ -112,14 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="frame sizes to measure (default 720p and 4K)")
     video.add_argument("-b", "--batch-size", type=int, default=1)
     video.add_argument("--skip-video", action="store_true", help="only the foreground refinement figures")
-    video.add_argument("--precision", default="auto", choices=PRECISIONS,
+    video.add_argument("--precision", default="auto", choices=INFERENCE_PRECISIONS,
                        help="the predictor's precision (default auto: bf16 on a CPU that computes it natively)")
+    video.add_argument("--calibration", type=Path,
+                       help="an int8 calibration (pgnet-calibrate) for --precision int8 or auto")
 
     precision = _add_command(commands, "precision", "On the CPU: the Predictor at each precision against the "
                              "official code (pictures/s on one SIZE² picture, preprocessing included, timed "
                              "interleaved), and with --checkpoint each precision's scores beside float32's on "
                              "synthetic pictures with masks, judged by the rule auto is held to.")
-    precision.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "auto"], choices=PRECISIONS)
+    precision.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "auto"], choices=INFERENCE_PRECISIONS)
+    precision.add_argument("--calibration", type=Path,
+                           help="the int8 calibration to time and score with (default: int8's speed calibrated on "
+                                "the timed picture, its scores on --calibration-images synthetic training pictures)")
+    precision.add_argument("--calibration-images", type=int, default=16,
+                           help="synthetic pictures of the demo config's training set (seed 0) int8 is calibrated "
+                                "on when scoring (16)")
     precision.add_argument("--size", type=int, default=1024, help="network input and picture side (1024)")
     precision.add_argument("--iterations", type=int, default=5, help="timed calls per path (5)")
     precision.add_argument("--model-config", nargs="+", default=[], metavar="KEY=VALUE",
@@ -284,7 +292,7 @@ def run_video(args: argparse.Namespace) -> int:
     from pgnet.benchmark.video import measure_foreground_refinement, measure_video, video_predictor
 
     if not args.skip_video:
-        predictor = video_predictor(args.checkpoint, args.size, args.batch_size, args.precision)
+        predictor = video_predictor(args.checkpoint, args.size, args.batch_size, args.precision, args.calibration)
         for width, height in args.resolutions:
             measure_video(predictor, args.frames, height, width)
     measure_foreground_refinement()
@@ -330,18 +338,29 @@ def run_precision(args: argparse.Namespace) -> int:
     from pgnet.checkpoint import load_model_and_preprocessing
     from pgnet.config import apply_overrides
     from pgnet.data.synthetic import make_sample, sample_seed
+    from pgnet.predict.calibration import calibrate_pictures
+    from pgnet.predict.int8 import Int8Calibration
 
+    calibration = Int8Calibration.load(args.calibration) if args.calibration else None
     if args.threads:
         torch.set_num_threads(args.threads)
     report: dict = {"environment": environment(torch.device("cpu"))}
     if not args.skip_speed:
         model = build_benchmark_model(apply_overrides({}, args.model_config))
-        report["speed"] = measure_predictor_speed(model, args.precisions, args.size, iterations=args.iterations)
+        report["speed"] = measure_predictor_speed(model, args.precisions, args.size, iterations=args.iterations,
+                                                  calibration=calibration)
     if args.checkpoint:
         model, preprocessing = load_model_and_preprocessing(args.checkpoint, "cpu")
         samples = [make_sample(sample_seed(args.score_seed, index), args.score_picture)
                    for index in range(args.score_images)]
-        report["scores"] = measure_precision_scores(model, samples, args.precisions, args.score_size, preprocessing)
+        scored_calibration = calibration
+        if "int8" in args.precisions and scored_calibration is None:
+            pictures = [make_sample(sample_seed(0, index), args.score_picture)[0]
+                        for index in range(args.calibration_images)]
+            scored_calibration = calibrate_pictures(model, pictures, args.score_size or preprocessing.eval_size,
+                                                    preprocessing)
+        report["scores"] = measure_precision_scores(model, samples, args.precisions, args.score_size, preprocessing,
+                                                    scored_calibration)
     print(format_precision_figures(report))
     if args.json is not None:
         _write_json(args.json, report)

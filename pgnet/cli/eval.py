@@ -90,9 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="decode large JPEGs reduced and resize as uint8 before normalising (faster; "
                             "default: the official protocol, full decode, normalised as float, then resized)")
     model.add_argument("--flip", action="store_true", help="flip test-time augmentation")
-    model.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    model.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8"),
                        help="auto: bf16 on CUDA and on a CPU with native bfloat16 (AVX-512 BF16, AMX), "
-                            "fp32 elsewhere")
+                            "fp32 elsewhere; int8 (CPU): the ResNet branch in int8, needs --calibration")
+    model.add_argument("--calibration", type=Path,
+                       help="an int8 calibration of the checkpoint (pgnet-calibrate), for --precision int8; "
+                            "auto uses it when its recorded check held the accuracy rule")
     model.add_argument("--no-optimize", action="store_true",
                        help="run the network as loaded (default: BatchNorm folded, fused attention, channels_last, "
                             "CUDA graphs on CUDA; scores agree to ~1e-5)")
@@ -171,7 +174,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             model_method = ModelMethod(
                 Path(args.checkpoint), name=args.name, weights=args.weights, size=args.size,
                 normalization=args.normalization, fast_decode=args.fast_decode, precision=args.precision,
-                flip=args.flip,
+                calibration=args.calibration, flip=args.flip,
                 optimize=not args.no_optimize, batch_size=args.batch_size, num_workers=args.num_workers,
                 save_dir=Path(args.save_preds) if args.save_preds else None,
             )

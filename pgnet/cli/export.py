@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     package = parser.add_argument_group("package options")
     package.add_argument("--half", action="store_true", help="store the weights as float16 (read back as float32)")
     package.add_argument("--license", default="unspecified", help="the licence named in the model card")
+    package.add_argument("--calibration", help="the model's int8 calibration (pgnet-calibrate) to ship in the package: "
+                         "its predictor then runs int8 on CPUs where auto allows it")
     parser.add_argument(
         "--weights", default="model", choices=("model", "ema"), help="which weights of a project checkpoint"
     )
@@ -60,7 +62,7 @@ def _export(args: argparse.Namespace) -> int:
 
     if args.format == "package":
         folder = export_package(args.checkpoint, args.output, weights=args.weights, half=args.half,
-                                license=args.license, overwrite=args.overwrite)
+                                license=args.license, overwrite=args.overwrite, calibration=args.calibration)
         size = sum(path.stat().st_size for path in folder.iterdir()) / 2**20
         print(f"wrote {folder} ({size:.1f} MiB)")
         return 0

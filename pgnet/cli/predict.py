@@ -20,7 +20,7 @@ from pgnet.cli.common import (
     errors_as,
     run_command,
 )
-from pgnet.device import PRECISIONS
+from pgnet.device import INFERENCE_PRECISIONS
 from pgnet.errors import UserError
 from pgnet.predict.compose import DEFAULT_BLUR, OUTPUT_MODES, Composer
 
@@ -95,8 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-b", "--batch-size", type=int, default=1, help="pictures per forward pass (default 1)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="auto: bf16 on CUDA and on a CPU with native bfloat16 (AVX-512 BF16, AMX), fp32 elsewhere")
+    parser.add_argument("--precision", default="auto", choices=INFERENCE_PRECISIONS,
+                        help="auto: bf16 on CUDA and on a CPU with native bfloat16 (AVX-512 BF16, AMX), fp32 "
+                        "elsewhere; int8 (CPU): the ResNet branch in int8, needs --calibration")
+    parser.add_argument("--calibration", type=Path,
+                        help="an int8 calibration of the checkpoint (pgnet-calibrate), for --precision int8; auto "
+                        "uses it when its recorded check held the accuracy rule")
     parser.add_argument("--no-optimize", action="store_true",
                         help="run the model as loaded (default: BatchNorm folded, fused attention, channels_last)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (each new size compiles)")
@@ -160,7 +164,7 @@ def _resume_key(args: argparse.Namespace) -> str:
     stamp = checkpoint.stat() if checkpoint.is_file() else None
     parts = [os.path.realpath(checkpoint), stamp and stamp.st_size, stamp and stamp.st_mtime_ns, args.weights,
              args.size, args.fast_decode, args.flip, args.precision, args.device, args.batch_size, args.no_optimize,
-             args.compile]
+             args.compile, args.calibration and os.path.realpath(args.calibration)]
     return "|".join(map(str, parts))
 
 
@@ -188,7 +192,7 @@ def _predict(args: argparse.Namespace, mode: str) -> int:
         predictor = Predictor.from_checkpoint(
             args.checkpoint, device=args.device, weights=args.weights, size=args.size, fast_decode=args.fast_decode,
             flip=args.flip, precision=args.precision, batch_size=args.batch_size, optimize=not args.no_optimize,
-            compile=args.compile, cuda_graphs=False if args.no_cuda_graphs else None,
+            compile=args.compile, cuda_graphs=False if args.no_cuda_graphs else None, calibration=args.calibration,
         )
     print(f"{len(jobs)} pictures, {len(video_jobs)} videos, {predictor}", file=sys.stderr)
     if args.compile:

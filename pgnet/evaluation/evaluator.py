@@ -43,6 +43,7 @@ from pgnet.evaluation.references import Reference
 from pgnet.evaluation.report import EvaluationReport, MethodResult, format_table
 from pgnet.evaluation.scoring import accumulate_model
 from pgnet.metrics import ALL_METRICS, SODMetrics, resolve_metric_groups
+from pgnet.predict.int8 import Int8Calibration, find_calibration, input_range
 from pgnet.predict.runtime import InferenceRuntime
 from pgnet.writing import check_overwrites
 
@@ -99,6 +100,7 @@ class ModelMethod:
     normalization: str | None = None  # None: the checkpoint's statistics; "official"/"imagenet" override them
     fast_decode: bool = False  # reduced JPEG decode and uint8 resize (default: the official protocol)
     precision: str = "auto"
+    calibration: Path | None = None  # int8 calibration (``pgnet-calibrate``; default: a package's own)
     flip: bool = False
     optimize: bool = True  # the fast inference paths of ``pgnet.predict.acceleration.inference_network``
     batch_size: int = 1
@@ -317,11 +319,17 @@ def evaluate(
     if model_method is not None:
         loaded, recorded = load_model_and_preprocessing(model_method.checkpoint, "cpu", weights=model_method.weights)
         preprocessing = method_preprocessing(model_method, recorded)
-        runtime = InferenceRuntime.create(loaded, device, model_method.precision, optimize=model_method.optimize)
+        calibration_file = find_calibration(model_method.checkpoint, model_method.calibration)
+        calibration = Int8Calibration.load(calibration_file) if calibration_file else None
+        runtime = InferenceRuntime.create(loaded, device, model_method.precision, optimize=model_method.optimize,
+                                          calibration=calibration,
+                                          image_range=input_range(preprocessing.mean, preprocessing.std))
         meta["checkpoint"] = str(model_method.checkpoint)
         meta.update(size=preprocessing.eval_size, mean=list(preprocessing.mean), std=list(preprocessing.std),
                     fast_decode=model_method.fast_decode, flip=model_method.flip, weights=model_method.weights,
-                    precision=runtime.precision, optimize=model_method.optimize)  # resolved: auto → fp32 or bf16
+                    precision=runtime.precision, optimize=model_method.optimize)  # resolved: auto → fp32, bf16 or int8
+        if calibration is not None:
+            meta["calibration"] = str(calibration_file)
     meta["prediction_dirs"] = {name: str(folder) for name, folder in prediction_dirs.items()}
     report = EvaluationReport(output_dir, meta, references, latex_metrics)
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from pgnet.models.layers import fold_batchnorm
 from pgnet.models.pgnet import PGNet, PGNetOutput
+from pgnet.predict.int8 import Int8Calibration, int8_modules
 
 
 class Float32Head(nn.Module):
@@ -63,6 +64,8 @@ class LowPrecisionNetwork(nn.Module):
 def prepare_for_inference(
     model: PGNet, fold_bn: bool = True, swin_sdpa: bool = True, channels_last: bool = True,
     dtype: torch.dtype | None = None,
+    int8: Int8Calibration | None = None,
+    image_range: tuple[float, float] | None = None,
 ) -> PGNet | LowPrecisionNetwork:
     """An eval-mode copy of ``model`` (left as it is) with the chosen fast paths applied.
 
@@ -72,6 +75,9 @@ def prepare_for_inference(
         channels_last, the layout cuDNN and oneDNN convolutions run fastest in.
     dtype: weights and activations in this dtype (bfloat16), BatchNorm folded before the cast; the
         prediction head stays float32 (a ``LowPrecisionNetwork``).
+    int8: with ``dtype``, run the ResNet branch and the finest decoder block in int8 with this
+        calibration (``pgnet.predict.int8``); ``image_range`` is the range of the normalised image
+        (``pgnet.predict.int8.input_range``).
     """
     prepared = copy.deepcopy(model).eval()
     if fold_bn:
@@ -80,8 +86,14 @@ def prepare_for_inference(
         prepared.swin.set_fused_attention(True)
     if channels_last:
         prepared = prepared.to(memory_format=torch.channels_last)
+    if int8 is not None and (dtype is None or dtype == torch.float32 or not fold_bn or image_range is None):
+        raise ValueError("int8 needs a lower dtype for the rest of the network, fold_bn and image_range")
+    quantized = int8_modules(prepared, int8, image_range, dtype) if int8 is not None else {}
     if dtype is not None and dtype != torch.float32:
-        return LowPrecisionNetwork(prepared, dtype)
+        network = LowPrecisionNetwork(prepared, dtype)
+        for name, module in quantized.items():
+            network.model.set_submodule(name, module)
+        return network
     return prepared
 
 
@@ -202,6 +214,8 @@ def inference_network(
     cuda_graphs: bool | None = None,
     autocast_dtype: torch.dtype | None = None,
     dtype: torch.dtype | None = None,
+    int8: Int8Calibration | None = None,
+    image_range: tuple[float, float] | None = None,
 ) -> Any:
     """What to call for inference on ``device``: ``model`` itself (moved there, in eval mode) or its
     prepared copy (made where ``model`` is, then moved: the device holds one set of weights; in
@@ -216,7 +230,10 @@ def inference_network(
         raise ValueError("choose CUDA graphs or torch.compile, not both")
     if dtype is not None and not optimize:
         raise ValueError("a network in another dtype is a prepared copy: dtype needs optimize")
-    network: Any = (prepare_for_inference(model, dtype=dtype) if optimize else model.eval()).to(device)
+    if int8 is not None and not optimize:
+        raise ValueError("int8 runs a prepared copy: it needs optimize")
+    network: Any = (prepare_for_inference(model, dtype=dtype, int8=int8, image_range=image_range)
+                    if optimize else model.eval()).to(device)
     if compile:
         return compile_for_inference(network)
     if cuda_graphs or (cuda_graphs is None and device.type == "cuda"):

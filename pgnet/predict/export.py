@@ -33,9 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pgnet.checkpoint import ModelWeights, read_model_weights, write_model_package
+from pgnet.checkpoint import ModelWeights, build_model, read_model_weights, write_model_package
 from pgnet.data.preprocessing import Preprocessing, normalize
 from pgnet.models.pgnet import PGNet
+from pgnet.predict.int8 import Int8Calibration, check_calibration_fits
 from pgnet.writing import write_bytes
 
 INPUT_NAME = "image"
@@ -160,7 +161,8 @@ def compare_onnx(
     return differences
 
 
-def model_card(found: ModelWeights, half: bool = False, license: str = "unspecified") -> str:
+def model_card(found: ModelWeights, half: bool = False, license: str = "unspecified",
+               int8: Int8Calibration | None = None) -> str:
     """The ``README.md`` of a model package: what the model is, where it came from, how to use it, and
     the run's last validation scores when the checkpoint recorded them."""
     config, pre = found.config, found.preprocessing
@@ -187,6 +189,12 @@ def model_card(found: ModelWeights, half: bool = False, license: str = "unspecif
             lines.append(f"- {dataset} (validation data): {figures}")
     if info.get("best") is not None:
         lines.append(f"- best validation score: {info['best']:.4f} at step {info.get('best_step')}")
+    if int8 is not None:
+        check = int8.check
+        held = "held" if check.get("auto_rule") else "did not hold"
+        lines.append(f"- int8 calibration (`int8_calibration.json`): {int8.pictures} pictures at {int8.size} px; "
+                     f"its check against float32 {held} the accuracy rule (mean probability difference "
+                     f"{check.get('mean_abs_diff_probability', float('nan')):.1e})")
     lines += ["", "## Use", "", "```",
               "pgnet-predict -c THIS_FOLDER pictures/ -o masks/",
               "pgnet-serve THIS_FOLDER",
@@ -196,9 +204,16 @@ def model_card(found: ModelWeights, half: bool = False, license: str = "unspecif
 
 def export_package(
     checkpoint: str | Path, folder: str | Path, *, weights: str = "model", half: bool = False,
-    license: str = "unspecified", overwrite: bool = False,
+    license: str = "unspecified", overwrite: bool = False, calibration: str | Path | None = None,
 ) -> Path:
     """Write the model of a project or official ``checkpoint`` as a package folder (weights only,
-    safetensors; float16 with ``half``) with its model card."""
+    safetensors; float16 with ``half``) with its model card, and with ``calibration`` (a
+    ``pgnet-calibrate`` file of this model) its int8 calibration, which the package's predictor uses."""
     found = read_model_weights(checkpoint, weights)
-    return write_model_package(found, folder, half=half, card=model_card(found, half, license), overwrite=overwrite)
+    int8 = None
+    if calibration is not None:
+        int8 = Int8Calibration.load(calibration)
+        check_calibration_fits(int8, build_model(found), str(calibration))
+    card = model_card(found, half, license, int8)
+    return write_model_package(found, folder, half=half, card=card, overwrite=overwrite,
+                               int8_calibration=None if int8 is None else json.dumps(int8.to_dict(), indent=2) + "\n")

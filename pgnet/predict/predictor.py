@@ -31,6 +31,7 @@ from pgnet.data.preprocessing import Preprocessing, as_rgb_array, prepare_batch,
 from pgnet.errors import UserError
 from pgnet.predict import video
 from pgnet.predict.batching import predict_batches
+from pgnet.predict.int8 import Int8Calibration, find_calibration, input_range
 from pgnet.predict.runtime import InferenceRuntime
 
 ImageInput = str | os.PathLike | np.ndarray | Any  # Any: a PIL image (Pillow is optional)
@@ -73,7 +74,8 @@ class Predictor:
         precision: "bf16" runs the network in bfloat16 (autocast on CUDA; on a CPU, with ``optimize``,
             a bfloat16 copy whose head and logits stay float32), "fp32" in float32; "auto" (the
             default) is bf16 on CUDA and on a CPU that computes bfloat16 natively
-            (``pgnet.device.cpu_native_bf16``), fp32 elsewhere. Masks are always returned as float32.
+            (``pgnet.device.cpu_native_bf16``), fp32 elsewhere; "int8" (a CPU, with ``calibration``)
+            is the CPU's bfloat16 copy with its ResNet branch in int8. Masks are always float32.
         batch_size: pictures per forward pass in ``predict_batch``.
         optimize: run a copy of the model with BatchNorm folded, fused attention and channels_last
             (``pgnet.predict.acceleration.prepare_for_inference``; masks agree with the plain model to ~1e-4).
@@ -84,6 +86,10 @@ class Predictor:
         fast_decode: decode large JPEG files at 1/2, 1/4 or 1/8 scale and resize the uint8 picture
             before normalising it (faster; docs/performance.md has its cost). Default: the official
             protocol, full decode, normalised as float, then resized.
+        calibration: an int8 calibration of this model (an ``Int8Calibration`` or its JSON file, made
+            by ``pgnet-calibrate``): "int8" runs the ResNet branch in int8 on a CPU
+            (``pgnet.predict.int8``), and "auto" picks int8 on a CPU with native bfloat16 when the
+            calibration records that its check against float32 held the accuracy rule.
 
     Call it with one picture (a path, an H×W×3 uint8 RGB array, or a PIL image) to get an H×W
     float32 mask in [0, 1], or with a list of pictures to get a list of masks.
@@ -102,6 +108,7 @@ class Predictor:
         cuda_graphs: bool | None = None,
         preprocessing: Preprocessing | None = None,
         fast_decode: bool = False,
+        calibration: Int8Calibration | str | Path | None = None,
     ):
         self.preprocessing = preprocessing or Preprocessing()
         size = self.preprocessing.eval_size if size is None else size
@@ -112,8 +119,12 @@ class Predictor:
         self.model = model.eval()  # moved to ``device`` unless ``optimize`` (then its copy is)
         self.optimize = bool(optimize)
         self.compile = bool(compile)
-        self.runtime = InferenceRuntime.create(self.model, device, precision, optimize=self.optimize,
-                                               compile=self.compile, cuda_graphs=cuda_graphs)
+        if calibration is not None and not isinstance(calibration, Int8Calibration):
+            calibration = Int8Calibration.load(calibration)
+        self.calibration = calibration
+        self.runtime = InferenceRuntime.create(
+            self.model, device, precision, optimize=self.optimize, compile=self.compile, cuda_graphs=cuda_graphs,
+            calibration=calibration, image_range=input_range(self.preprocessing.mean, self.preprocessing.std))
         self.size = int(size)
         self.flip = bool(flip)
         self.batch_size = int(batch_size)
@@ -127,10 +138,12 @@ class Predictor:
 
         ``weights`` picks "model" or "ema" weights of a project checkpoint; ``options`` are the
         other ``Predictor`` arguments (size, flip, precision, batch_size, fast_decode). The
-        normalisation and default size are the checkpoint's (official for files that record none).
+        normalisation and default size are the checkpoint's (official for files that record none);
+        a model package's int8 calibration is used unless ``calibration`` names another.
         """
         model, preprocessing = load_model_and_preprocessing(path, "cpu", weights=weights)
         options.setdefault("preprocessing", preprocessing)
+        options["calibration"] = find_calibration(path, options.get("calibration"))
         return cls(model, device=device, **options)
 
     @classmethod
@@ -145,7 +158,7 @@ class Predictor:
 
     @property
     def precision(self) -> str:
-        """The resolved precision: "fp32", "bf16" or "fp16"."""
+        """The resolved precision: "fp32", "bf16", "fp16" or "int8"."""
         return self.runtime.precision
 
     @property
