@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Example: pgnet-calibrate --checkpoint runs/demo/checkpoints/best.pth --images data/val/image "
         "--masks data/val/mask --output runs/demo/int8.json", EXIT_STATUSES,
     )
-    parser.add_argument("--checkpoint", required=True, help="the model: a checkpoint or a model package folder")
+    parser.add_argument("-c", "--checkpoint", required=True, help="the model: a checkpoint or a model package folder")
     parser.add_argument("--weights", choices=("model", "ema"), default="model", help="which weights of a checkpoint")
     parser.add_argument("--images", type=Path, required=True, help="folder of calibration pictures")
     parser.add_argument("--masks", type=Path, help="their masks (same file stems), to check the scores")

@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda:N: one process "
                         "per GPU")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16", "int8"),
+                        help="auto: bf16 on CUDA and on a CPU with native bfloat16, int8 there with the package's "
+                        "int8 calibration when its check held; fp32 elsewhere")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes, each with its own model (CPU serving; use one per GPU otherwise)")
     parser.add_argument("--threads", type=int, help="torch threads per process (default: torch's, divided among "

@@ -18,7 +18,7 @@ from pgnet.writing import NoSpaceError
 REPO = Path(__file__).resolve().parents[2]
 COMMANDS = ("train", "predict", "eval", "export", "convert")
 DATASET_COMMANDS = ("verify_dataset", "cache_dataset", "make_synthetic")
-ALL_COMMANDS = (*COMMANDS, "benchmark", "serve", *DATASET_COMMANDS)
+ALL_COMMANDS = (*COMMANDS, "benchmark", "serve", "calibrate", "weights", *DATASET_COMMANDS)
 
 
 def raising(error: BaseException):

@@ -207,3 +207,22 @@ def test_a_package_ships_its_calibration(tiny_checkpoint, tmp_path, monkeypatch)
     other.save(tmp_path / "other.json")
     with pytest.raises(Int8CalibrationError, match="does not fit this network"):
         export_package(tiny_checkpoint, tmp_path / "other", calibration=tmp_path / "other.json")
+
+
+def test_evaluation_runs_int8_with_a_calibration(tiny_checkpoint, tmp_path):
+    from pgnet.evaluation.evaluator import EvalDataset, ModelMethod, evaluate
+
+    images, masks = tmp_path / "image", tmp_path / "mask"
+    images.mkdir()
+    masks.mkdir()
+    for index, picture in enumerate(PICTURES[:2]):
+        cv2.imwrite(str(images / f"p{index}.jpg"), picture[:, :, ::-1])
+        cv2.imwrite(str(masks / f"p{index}.png"), (picture[:, :, 0] > 128).astype(np.uint8) * 255)
+    calibration = calibrate_pictures(load_model(tiny_checkpoint, "cpu"), PICTURES[:2], 64)
+    calibration.save(tmp_path / "int8.json")
+    method = ModelMethod(tiny_checkpoint, size=64, precision="int8", calibration=tmp_path / "int8.json", num_workers=0)
+    report = evaluate([EvalDataset("set", masks, images)], tmp_path / "out", model_method=method, metrics=["MAE"],
+                      device="cpu", progress=False, echo=None)
+    assert report.meta["precision"] == "int8" and report.meta["calibration"] == str(tmp_path / "int8.json")
+    (result,) = report.results
+    assert result.num_images == 2 and 0 <= result.metrics["MAE"] <= 1
