@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: see resolve_precision
-# Inference may also run "int8" on a CPU: the ResNet branch in int8 (``pgnet.predict.int8``).
+# Inference may also run "int8" on a CPU: the ResNet branch and a decoder block in int8 (``pgnet.predict.int8``).
 INFERENCE_PRECISIONS = (*PRECISIONS, "int8")
 
 # "1" or "0" overrides what ``cpu_native_bf16`` detects (a test forces it off; a user may force it on).

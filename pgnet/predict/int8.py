@@ -275,6 +275,11 @@ class _QuantizedConv:
         self.output_scale, self.output_zero_point = output_scale, output_zero_point
         self.unary = "relu" if relu else "none"
 
+    def __deepcopy__(self, memo: dict) -> _QuantizedConv:
+        # Read-only once built, and its prepacked weight (an opaque oneDNN tensor) cannot be copied:
+        # a copied network shares it.
+        return self
+
     def __call__(self, x: torch.Tensor, output_dtype: torch.dtype | None = None) -> torch.Tensor:
         scale, zero_point = (self.output_scale, self.output_zero_point) if output_dtype is None else (1.0, 0)
         return torch.ops.onednn.qconv2d_pointwise(

@@ -1,6 +1,7 @@
 """int8 on the CPU: the ResNet branch through oneDNN's int8 convolutions, its calibration (made,
 saved, read back, refused when bad), the predictor's "int8" and "auto" choices, and ``pgnet-calibrate``."""
 
+import copy
 import json
 
 import cv2
@@ -127,6 +128,9 @@ def test_predictor_int8_and_auto(model, calibration, monkeypatch):
     assert isinstance(int8.network.model.decoder.cnn2_block, Int8FusionBlock)
     mask = int8(picture)
     assert mask.dtype == np.float32 and mask.shape == picture.shape[:2]
+    image = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():  # a copy shares the read-only prepacked weights
+        assert torch.equal(copy.deepcopy(int8.network)(image).pred, int8.network(image).pred)
     error = np.abs(mask - expected).mean()
     assert 0 < error < 0.05  # a random network at 64 px: bfloat16 alone is 6e-3 away; the demo model, docs
     coarse = Int8Calibration({name: [20 * v for v in value] if isinstance(value, list) else 20 * value
