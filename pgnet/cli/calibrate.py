@@ -61,34 +61,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _read_samples(images: Path, masks: Path | None, limit: int) -> list[tuple]:
-    """(picture, mask or None) of up to ``limit`` readable pictures of ``images``, in name order; an
-    unreadable picture or mask is reported and skipped."""
-    from pgnet.data.io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, ImageReadError, list_files, read_image, read_mask
+    """(picture, mask or None) of up to ``limit`` readable pictures of ``images`` (with ``masks``: the
+    pairs matched by file stem, ``pgnet.data.registry.pair_files``), in name order; a picture without
+    a mask, or an unreadable or mismatched pair, is reported and skipped."""
+    from pgnet.data.io import IMAGE_EXTENSIONS, ImageReadError, PairMismatchError, list_files, read_image, read_pair
+    from pgnet.data.registry import pair_files
     from pgnet.errors import UserError
 
-    if not images.is_dir():
-        raise UserError(f"{images}: not a folder of pictures")
-    if masks is not None and not masks.is_dir():
-        raise UserError(f"{masks}: not a folder of masks")
-    mask_files = {path.stem: path for path in list_files(masks, MASK_EXTENSIONS)} if masks else {}
+    for folder in (images, masks):
+        if folder is not None and not folder.is_dir():
+            raise UserError(f"{folder}: not a folder")
+    if masks is None:
+        sources: list[tuple[Path, Path | None]] = [(path, None) for path in list_files(images, IMAGE_EXTENSIONS)]
+    else:
+        pairing = pair_files(images, masks)
+        for path in pairing.unpaired_images:
+            print(f"warning: {path}: no mask named {path.stem}.* in {masks}; skipped", file=sys.stderr)
+        sources = list(pairing.pairs)
     samples = []
-    for path in list_files(images, IMAGE_EXTENSIONS):
+    for image_path, mask_path in sources:
         if len(samples) == limit:
             break
-        if masks is not None and path.stem not in mask_files:
-            print(f"warning: {path}: no mask named {path.stem}.* in {masks}; skipped", file=sys.stderr)
-            continue
         try:
-            picture = read_image(path)
-            mask = read_mask(mask_files[path.stem]) if masks is not None else None
-        except ImageReadError as error:
+            sample = (read_image(image_path), None) if mask_path is None else read_pair(image_path, mask_path)[:2]
+        except (ImageReadError, PairMismatchError) as error:
             print(f"warning: {error}; skipped", file=sys.stderr)
             continue
-        if mask is not None and mask.shape != picture.shape[:2]:
-            print(f"warning: {path}: its mask is {mask.shape[1]}x{mask.shape[0]}, the picture "
-                  f"{picture.shape[1]}x{picture.shape[0]}; skipped", file=sys.stderr)
-            continue
-        samples.append((picture, mask))
+        samples.append(sample)
     if not samples:
         raise UserError(f"no readable pictures{' with masks' if masks else ''} in {images}")
     return samples

@@ -173,14 +173,15 @@ def test_calibrate_command_writes_a_checked_calibration(tiny_checkpoint, tmp_pat
         mask[20:50, 30:60] = 255
         cv2.imwrite(str(masks / f"p{index}.png"), mask)
     (images / "broken.jpg").write_bytes(b"not a picture")
-    (masks / "broken.png").write_bytes(b"not a mask")
+    cv2.imwrite(str(masks / "broken.png"), mask)
+    cv2.imwrite(str(images / "lonely.jpg"), PICTURES[0])
     output = tmp_path / "int8.json"
     arguments = ["--checkpoint", str(tiny_checkpoint), "--images", str(images), "--masks", str(masks),
                  "--size", "64", "-o", str(output)]
     status = calibrate_main(arguments)
     captured = capsys.readouterr()
     assert status in (0, 1) and output.is_file()
-    assert "broken.jpg" in captured.err and "skipped" in captured.err
+    assert "broken.jpg" in captured.err and "no mask named lonely.*" in captured.err
     calibration = Int8Calibration.load(output)
     assert calibration.pictures == 3 and calibration.size == 64
     assert calibration.check["masks"] is True and calibration.check["held_out"] is False
