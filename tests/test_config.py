@@ -105,8 +105,8 @@ def test_yaml_off_and_no_stay_strings(tmp_path):
 
 def test_augmentations_and_normalisation_are_chosen_in_yaml(tmp_path):
     from pgnet.data.transforms import IMAGENET_MEAN
+    from pgnet.distributed import DistInfo
     from pgnet.train.data_setup import TrainingData
-    from pgnet.train.distributed import DistInfo
 
     path = tmp_path / "aug.yaml"
     path.write_text(

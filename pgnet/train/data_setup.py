@@ -19,9 +19,9 @@ from pgnet.data.loader import build_eval_loader, build_train_loader, set_loader_
 from pgnet.data.preprocessing import Preprocessing
 from pgnet.data.split import shared_images
 from pgnet.data.transforms import build_eval_transform, build_train_transform
+from pgnet.distributed import DistInfo
 from pgnet.evaluation import scoring
 from pgnet.metrics import SODMetrics
-from pgnet.train.distributed import DistInfo
 from pgnet.writing import write_text
 
 HELD_OUT_FILE = "split.json"  # in the run folder: the pictures of each validation set

@@ -14,8 +14,8 @@ from torch import nn
 
 from pgnet.config import Config
 from pgnet.device import autocast_dtype, resolve_precision
+from pgnet.distributed import DistInfo
 from pgnet.models.pgnet import PGNet, create_model
-from pgnet.train.distributed import DistInfo
 from pgnet.train.finetune import FineTuning
 from pgnet.train.losses import PGNetLoss
 from pgnet.train.optim import build_optimizer, build_scheduler

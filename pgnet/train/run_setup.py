@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 
+from pgnet import distributed
 from pgnet.config import Config, ConfigError
 from pgnet.device import resolve_device
-from pgnet.train import distributed, run_log
-from pgnet.train.distributed import DistInfo
+from pgnet.distributed import DistInfo
+from pgnet.train import run_log
 from pgnet.train.rng import seed_everything
 from pgnet.train.run_dir import RunFolderLock, check_not_busy, new_run_dir, remove_temporaries
 from pgnet.writing import OverwriteError
@@ -54,7 +55,7 @@ class RunContext:
 
     def close(self, network: torch.nn.Module | None = None) -> None:
         """Close the log files, release the run folder and leave the process group (``network``: the
-        run's DDP-wrapped module, see :func:`pgnet.train.distributed.cleanup`); again: nothing."""
+        run's DDP-wrapped module, see :func:`pgnet.distributed.cleanup`); again: nothing."""
         for handler in list(self.logger.handlers):
             handler.close()
             self.logger.removeHandler(handler)

@@ -169,7 +169,7 @@ def finish_resume(run: RunContext, checkpoint: Mapping[str, Any], ema: ModelEma 
 
 def run_summary(run: RunContext, state: RunState, rule: BestRule, validation_sets: Sequence[str], seconds: float,
                 checks: Mapping[str, bool]) -> dict[str, Any]:
-    """The final figures of a run (``summary.json``); ``checks``: :func:`pgnet.train.distributed.self_checks`."""
+    """The final figures of a run (``summary.json``); ``checks``: :func:`pgnet.distributed.self_checks`."""
     summary = {
         "run_dir": str(run.run_dir),
         "epochs": state.position.epoch,

@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from pgnet import distributed
 from pgnet.checkpoint import save_checkpoint
 from pgnet.config import Config, save_config
-from pgnet.train import distributed, run_log, run_state
+from pgnet.train import run_log, run_state
 from pgnet.train.callbacks import Callback, StepResult, ValidationResult, check_callbacks, is_due
 from pgnet.train.data_setup import TrainingData
 from pgnet.train.ema import EMA, ModelEma

@@ -21,10 +21,10 @@ from pgnet.cli.eval import main as eval_main
 from pgnet.config import load_config
 from pgnet.data.io import read_mask
 from pgnet.device import autocast
+from pgnet.distributed import DistInfo
 from pgnet.evaluation.evaluator import resolve_datasets
 from pgnet.metrics import ALL_METRICS
 from pgnet.train.data_setup import TrainingData
-from pgnet.train.distributed import DistInfo
 from pgnet.writing import write_image
 
 REPO = Path(__file__).resolve().parents[2]

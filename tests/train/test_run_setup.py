@@ -12,10 +12,10 @@ import torch.distributed as dist
 from helpers import write_pair
 from test_trainer import REPO, TINY
 
+from pgnet import distributed
 from pgnet.cli.common import run_command
 from pgnet.cli.train import main as train_main
 from pgnet.config import ConfigError, load_config
-from pgnet.train import distributed
 from pgnet.train.callbacks import Callback
 from pgnet.train.data_setup import available_cores
 from pgnet.train.interrupt import TrainingInterrupted, requested_signal, stop_signals_to
