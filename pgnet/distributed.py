@@ -1,9 +1,15 @@
-"""Process-group helpers for DDP runs launched by torchrun (single-process runs need none of it)."""
+"""The process group torchrun describes, and its collectives.
+
+A process launched by torchrun joins the group at any world size (NCCL on CUDA, gloo otherwise), so a
+single GPU runs the NCCL paths too; a plain process has no group and every helper is then a no-op
+returning its input. Every collective puts its tensors on the group's device (``DistInfo.device``:
+``cuda:LOCAL_RANK`` for NCCL, the CPU for gloo) and checks them there (NCCL refuses CPU tensors).
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -12,9 +18,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 @dataclass(frozen=True)
 class DistInfo:
+    """Where this process stands: its rank among ``world_size``, its local rank on the machine,
+    whether it joined a process group (``joined``: launched by torchrun) and the device that group's
+    collectives run on."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    joined: bool = False
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def is_main(self) -> bool:
@@ -22,56 +34,71 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
+        """Several processes share the work (DDP, sharded data): world size above 1."""
         return self.world_size > 1
 
 
+def launched_by_torchrun() -> bool:
+    """Whether the environment describes a process group (torchrun sets RANK and WORLD_SIZE)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
 def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group torchrun describes in the environment (NCCL on CUDA, else gloo)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    """Join the process group torchrun describes in the environment, at any world size (NCCL on
+    CUDA, each process on the GPU of its local rank; gloo otherwise); a plain process joins none."""
+    if not launched_by_torchrun():
         return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if device_type == "cuda" else torch.device("cpu")
+    if device_type == "cuda":
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        backend = "nccl" if device_type == "cuda" else "gloo"
-        if device_type == "cuda":
-            torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend)
-    return info
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return DistInfo(rank, world_size, local_rank, joined=True, device=device)
+
+
+def check_on_group_device(info: DistInfo, *tensors: torch.Tensor) -> None:
+    """Refuse a collective whose tensors are not on the group's device (a bug, not a user error)."""
+    for tensor in tensors:
+        if tensor.device != info.device:
+            raise RuntimeError(f"a collective of the process group got a tensor on {tensor.device}; "
+                               f"the group's tensors live on {info.device}")
 
 
 def barrier(info: DistInfo) -> None:
-    if info.enabled:
+    if info.joined:
         dist.barrier()
 
 
 def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Mean over processes (a copy; the input is unchanged)."""
-    if not info.enabled:
+    """Mean over processes (a copy on ``value``'s device; the input is unchanged)."""
+    if not info.joined:
         return value
-    value = value.detach().clone()
-    dist.all_reduce(value)
-    return value / info.world_size
+    return all_reduce_sum(value, info) / info.world_size
 
 
 def all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if not info.enabled:
+    """Sum over processes (a copy on ``value``'s device; the input is unchanged)."""
+    if not info.joined:
         return value
-    value = value.detach().clone()
-    dist.all_reduce(value)
-    return value
+    total = value.detach().to(info.device, copy=True)
+    check_on_group_device(info, total)
+    dist.all_reduce(total)
+    return total.to(value.device)
 
 
-def every_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+def every_rank(flag: bool, info: DistInfo) -> bool:
     """Whether ``flag`` holds on every process (``flag`` itself for a single process)."""
-    if not info.enabled:
+    if not info.joined:
         return flag
-    missing = torch.tensor(0.0 if flag else 1.0, device=device)
+    missing = torch.tensor(0.0 if flag else 1.0, device=info.device)
     return all_reduce_sum(missing, info).item() == 0
 
 
 def broadcast_object(value, info: DistInfo):
     """Rank 0's ``value`` on every rank."""
-    if not info.enabled:
+    if not info.joined:
         return value
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
@@ -93,13 +120,13 @@ def cleanup(info: DistInfo, network: torch.nn.Module | None = None) -> None:
             if isinstance(module, DistributedDataParallel):
                 for name in ("logger", "reducer"):  # the logger holds the reducer too
                     module.__dict__.pop(name, None)
-    if info.enabled and dist.is_initialized():
+    if info.joined and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def shards_disjoint(shard: list[int], info: DistInfo) -> bool:
     """Whether the ranks' ``shard`` index lists are disjoint (checks the sharding)."""
-    if not info.enabled:
+    if not info.joined:
         return True
     gathered: list[list[int] | None] = [None] * info.world_size
     dist.all_gather_object(gathered, shard)
@@ -120,9 +147,10 @@ def self_checks(model: torch.nn.Module, shard: list[int], info: DistInfo) -> dic
 
 def weights_identical(model: torch.nn.Module, info: DistInfo) -> bool:
     """Whether every rank holds the same weights (compares a float64 checksum exactly)."""
-    if not info.enabled:
+    if not info.joined:
         return True
-    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().cpu()
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().to(info.device)
     gathered = [torch.zeros_like(checksum) for _ in range(info.world_size)]
+    check_on_group_device(info, checksum, *gathered)
     dist.all_gather(gathered, checksum)
     return all(g.item() == checksum.item() for g in gathered)

@@ -99,8 +99,8 @@ def start_run(config: Config, run_dir: str | Path | None, resume: bool, log_name
     device = resolve_device(train.device, key="train.device")
     dist = distributed.init_distributed(device.type)
     try:
-        if device.type == "cuda" and dist.enabled:  # each process drives the GPU of its local rank
-            device = torch.device("cuda", dist.local_rank)
+        if dist.joined and device.type == "cuda":  # each process drives the GPU of its local rank
+            device = dist.device
         if run_dir is None:
             if resume:
                 raise ValueError("resuming needs the run folder")

@@ -221,7 +221,7 @@ class Trainer:
         for micro_batches in self.data.epoch_steps(epoch, self.position.step_in_epoch, train.grad_accum):
             step = self.position.global_step + 1
             # DDP needs every process in the backward pass: a step runs when all have a sample.
-            if distributed.every_rank(bool(micro_batches), self.dist, self.device):
+            if distributed.every_rank(bool(micro_batches), self.dist):
                 losses, nonfinite = self._optimizer_step(step, micro_batches)
             else:  # nothing to learn from: the step is skipped, the schedule moves on
                 self.logger.warning("step %d skipped: its batches had no readable sample", step)
