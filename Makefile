@@ -6,7 +6,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE = 1
 
-.PHONY: install test demo lint clean
+.PHONY: install test demo lint clean gpu-check
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ test: $(STAMP) $(CHROMIUM)
 
 demo: $(STAMP)
 	$(PY) scripts/train.py --config configs/demo.yaml
+
+# Every CUDA path on this machine's GPU, about 8 minutes on one H100 (scripts/gpu_check.py): logs and
+# JSON figures in $$OUT or gpu-check/<time>; exit status 3 at once without CUDA. PYTHON_GPU: a Python
+# whose torch has CUDA (default: .venv's if there, else $(PYTHON)).
+PYTHON_GPU ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	$(PYTHON_GPU) scripts/gpu_check.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
