@@ -131,7 +131,8 @@ def test_compiled_training_and_resume_on_cuda(tmp_path):
 
 
 def test_evaluation_on_cuda_gives_the_cpu_scores(tmp_path):
-    """pgnet-eval on the GPU (its default CUDA graphs, bf16) scores as on the CPU in float32, within bf16's tolerance."""
+    """pgnet-eval on the GPU (its default CUDA graphs, bf16) scores as on the CPU in float32, within
+    bf16's tolerance."""
     from pgnet.checkpoint import model_checkpoint, save_checkpoint
     from pgnet.data.preprocessing import Preprocessing
     from pgnet.evaluation.evaluator import EvalDataset, ModelMethod, evaluate
