@@ -204,7 +204,7 @@ def _evaluate_on(args: argparse.Namespace, device: torch.device, info: DistInfo)
             datasets, args.output, model_method=model_method, prediction_dirs=prediction_dirs, metrics=metrics,
             references=references, latex_metrics=args.latex_metrics, plots=not args.no_plots, device=device,
             allow_missing=args.allow_missing, workers=args.workers, progress=not args.no_progress and info.is_main,
-            echo=print if info.is_main else None, dist_info=info,
+            dist_info=info,
         )
     if not info.is_main:
         return 0

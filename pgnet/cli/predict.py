@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import torch
 
     from pgnet.distributed import DistInfo
+    from pgnet.predict.files import PredictionReport
 
 # pgnet.predict.media.VIDEO_FORMATS, named here so that --help stays fast (no PyAV import)
 VIDEO_FORMAT_NAMES = ("mp4", "webm", "prores", "png")
@@ -198,6 +199,14 @@ def _plan_digest(jobs: Sequence[Any]) -> str:
     return hashlib.sha256(repr([(str(job.source), str(job.output)) for job in jobs]).encode()).hexdigest()
 
 
+def _summed(report: PredictionReport, info: DistInfo) -> tuple[int, int]:
+    """(outputs written, inputs skipped) by every process, from each one's ``report``."""
+    from pgnet.distributed import gather_objects
+
+    counts = gather_objects((len(report.written), len(report.skipped)), info)
+    return sum(written for written, _ in counts), sum(skipped for _, skipped in counts)
+
+
 def _predict_on(args: argparse.Namespace, mode: str, device: torch.device, info: DistInfo) -> int:
     """``_predict`` on ``device`` as the process ``info``: every process plans every output (and
     refuses alike), then predicts its shard (``pgnet.distributed.shard_of``); the counts are summed."""
@@ -237,28 +246,27 @@ def _predict_on(args: argparse.Namespace, mode: str, device: torch.device, info:
         if args.compile:
             print("compiling (the first call of each size can take a minute)", file=sys.stderr, flush=True)
     progress = not args.no_progress and info.is_main
-    counts = [0, 0, 0, 0]  # pictures written, skipped; videos written, skipped (this process's)
-    with stop_together(info):
-        if shard_of(jobs, info):
-            with errors_as(NothingDoneError, UserError):  # a user error met while working (a full disk): exit 1
-                report = predict_files(predictor, shard_of(jobs, info), workers=args.workers, progress=progress,
-                                       mode=composer.mode, color=composer.color, background=composer.background,
-                                       blur=composer.blur, refine_foreground=composer.refine_foreground)
-            counts[:2] = len(report.written), len(report.skipped)
-        if shard_of(video_jobs, info):
-            with errors_as(NothingDoneError, UserError):  # a full disk: exit 1
-                report = predict_videos(predictor, shard_of(video_jobs, info), composer, smooth=args.smooth,
-                                        progress=progress, max_frames=args.max_frames, workers=args.workers,
-                                        video_format=video_format, audio=not args.no_audio,
-                                        resume_key=_resume_key(args), require_resume=args.resume,
-                                        segment_frames=args.segment_frames)
-            counts[2:] = len(report.written), len(report.skipped)
-    pictures_written, pictures_skipped, videos_written, videos_skipped = map(sum, zip(*gather_objects(counts, info)))
-    if jobs and info.is_main:
-        print(f"wrote {pictures_written} {mode} pictures to {args.output}; skipped {pictures_skipped}")
-    if video_jobs and info.is_main:
-        print(f"wrote {videos_written} {mode} videos to {args.output}; skipped {videos_skipped}")
-    written = pictures_written + videos_written
+    written = 0
+    if jobs:  # this process's share of them (all of them for one process), then the counts of all
+        with stop_together(info), errors_as(NothingDoneError, UserError):  # met while working (a full disk): exit 1
+            report = predict_files(predictor, shard_of(jobs, info), workers=args.workers, progress=progress,
+                                   mode=composer.mode, color=composer.color, background=composer.background,
+                                   blur=composer.blur, refine_foreground=composer.refine_foreground)
+        pictures, skipped = _summed(report, info)
+        if info.is_main:
+            print(f"wrote {pictures} {mode} pictures to {args.output}; skipped {skipped}")
+        written += pictures
+    if video_jobs:
+        with stop_together(info), errors_as(NothingDoneError, UserError):  # a full disk: exit 1
+            report = predict_videos(predictor, shard_of(video_jobs, info), composer, smooth=args.smooth,
+                                    progress=progress, max_frames=args.max_frames, workers=args.workers,
+                                    video_format=video_format, audio=not args.no_audio,
+                                    resume_key=_resume_key(args), require_resume=args.resume,
+                                    segment_frames=args.segment_frames)
+        videos, skipped = _summed(report, info)
+        if info.is_main:
+            print(f"wrote {videos} {mode} videos to {args.output}; skipped {skipped}")
+        written += videos
     if args.webcam is not None:
         output = Path(args.output) / f"webcam{args.webcam}{VIDEO_SUFFIXES[video_format]}"
         try:
