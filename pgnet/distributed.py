@@ -8,12 +8,17 @@ returning its input. Every collective puts its tensors on the group's device (``
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+
+from pgnet.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -154,3 +159,77 @@ def weights_identical(model: torch.nn.Module, info: DistInfo) -> bool:
     check_on_group_device(info, checksum, *gathered)
     dist.all_gather(gathered, checksum)
     return all(g.item() == checksum.item() for g in gathered)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sharing work between the processes of a torchrun launch (prediction and evaluation).
+
+T = TypeVar("T")
+
+
+def rank_device(device: torch.device, info: DistInfo) -> torch.device:
+    """The device this process runs on: under torchrun a CUDA device means the GPU of the local rank
+    (``cuda:LOCAL_RANK``), one GPU per process; any other device is kept."""
+    if device.type == "cuda" and info.joined:
+        return torch.device("cuda", info.local_rank)
+    return device
+
+
+def shard_of(items: Sequence[T], info: DistInfo) -> list[T]:
+    """This process's share of ``items``: every ``world_size``-th item from its rank on. The shards of
+    the ranks are disjoint and together hold every item once (all of them for a single process)."""
+    return list(items[info.rank::info.world_size])
+
+
+def gather_objects(value: T, info: DistInfo) -> list[T]:
+    """Every process's ``value`` (picklable), in rank order, on every process; ``[value]`` without a
+    process group."""
+    if not info.joined:
+        if info.world_size > 1:
+            raise RuntimeError(f"rank {info.rank} of {info.world_size} has not joined the process group")
+        return [value]
+    gathered: list[T | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered  # type: ignore[return-value]
+
+
+class ProcessFailedError(UserError):
+    """Another process of the group stopped with an error: this one stops too, with its message and
+    exit status."""
+
+    def __init__(self, message: str, exit_status: int) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+@contextlib.contextmanager
+def stop_together(info: DistInfo) -> Iterator[None]:
+    """Inside, an error on any process stops every process of the group, so none waits forever on a
+    collective the failed one never joins: each process raises its own error, and the others raise a
+    :class:`ProcessFailedError` with the message and exit status of the lowest failed rank (exit
+    status 1 for an error that declares none and is no ``UserError``: a bug). Every process must enter
+    and leave the block (it ends with a collective); without a process group it does nothing.
+    ``KeyboardInterrupt`` passes through (torchrun stops every process).
+    """
+    failure: Exception | None = None
+    try:
+        yield
+    except Exception as error:  # told to the other processes, then raised again
+        failure = error
+    if not info.joined:
+        if failure is not None:
+            raise failure
+        return
+    outcome = None
+    if failure is not None:
+        status = getattr(failure, "exit_status", None)
+        if not isinstance(status, int):
+            status = 2 if isinstance(failure, UserError) else 1
+        outcome = (status, str(failure) if isinstance(failure, UserError) else f"{type(failure).__name__}: {failure}")
+    outcomes = gather_objects(outcome, info)
+    if failure is not None:
+        raise failure
+    for rank, other in enumerate(outcomes):
+        if other is not None:
+            status, message = other
+            raise ProcessFailedError(f"process {rank} stopped: {message}", status)

@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pgnet.cli.common import (
     NothingDoneError,
@@ -19,6 +20,11 @@ from pgnet.cli.common import (
     run_command,
 )
 from pgnet.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from pgnet.distributed import DistInfo
 
 PROG = "pgnet-eval"
 
@@ -143,7 +149,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    """Under torchrun each process scores its share of every dataset (on CUDA its local rank's GPU);
+    the main process writes the report and prints the tables."""
     # Imported here, not at the top: --help and argument errors stay fast without torch.
+    from pgnet import distributed
+    from pgnet.device import resolve_device
+
+    with errors_as(NothingDoneError, RuntimeError):
+        device = resolve_device(args.device)
+        info = distributed.init_distributed(device.type)
+    try:
+        return _evaluate_on(args, distributed.rank_device(device, info), info)
+    finally:
+        distributed.cleanup(info)
+
+
+def _evaluate_on(args: argparse.Namespace, device: torch.device, info: DistInfo) -> int:
+    """``_evaluate`` on ``device`` as the process ``info``."""
     from pgnet.data.io import set_max_pixels
     from pgnet.evaluation.evaluator import EvalDataset, ModelMethod, config_datasets, evaluate, resolve_datasets
     from pgnet.evaluation.references import RESULT_KEYS, resolve_references
@@ -180,9 +202,12 @@ def _evaluate(args: argparse.Namespace) -> int:
             )
         report = evaluate(
             datasets, args.output, model_method=model_method, prediction_dirs=prediction_dirs, metrics=metrics,
-            references=references, latex_metrics=args.latex_metrics, plots=not args.no_plots, device=args.device,
-            allow_missing=args.allow_missing, workers=args.workers, progress=not args.no_progress,
+            references=references, latex_metrics=args.latex_metrics, plots=not args.no_plots, device=device,
+            allow_missing=args.allow_missing, workers=args.workers, progress=not args.no_progress and info.is_main,
+            dist_info=info,
         )
+    if not info.is_main:
+        return 0
     if len(report.datasets()) > 1:  # each dataset's table was printed as it finished; now all of them
         print()
         print(format_table(report.results, references=report.references))

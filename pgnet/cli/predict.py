@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgnet.cli.common import (
     NothingDoneError,
@@ -23,6 +23,12 @@ from pgnet.cli.common import (
 from pgnet.device import INFERENCE_PRECISIONS
 from pgnet.errors import UserError
 from pgnet.predict.compose import DEFAULT_BLUR, OUTPUT_MODES, Composer
+
+if TYPE_CHECKING:
+    import torch
+
+    from pgnet.distributed import DistInfo
+    from pgnet.predict.files import PredictionReport
 
 # pgnet.predict.media.VIDEO_FORMATS, named here so that --help stays fast (no PyAV import)
 VIDEO_FORMAT_NAMES = ("mp4", "webm", "prores", "png")
@@ -169,8 +175,43 @@ def _resume_key(args: argparse.Namespace) -> str:
 
 
 def _predict(args: argparse.Namespace, mode: str) -> int:
+    """Under torchrun each process predicts its share of the pictures and videos (on CUDA its local
+    rank's GPU); the main process prints the summary, and every process exits with the same status."""
     # Imported here, not at the top: --help and argument errors stay fast without torch.
+    from pgnet import distributed
+    from pgnet.device import resolve_device
+
+    if args.webcam is not None and distributed.launched_by_torchrun():
+        raise UserError("--webcam runs in one process: start it without torchrun")
+    with errors_as(UserError, RuntimeError):  # a device this machine lacks: a usage error
+        device = resolve_device(args.device)
+    info = distributed.init_distributed(device.type)
+    try:
+        return _predict_on(args, mode, distributed.rank_device(device, info), info)
+    finally:
+        distributed.cleanup(info)
+
+
+def _plan_digest(jobs: Sequence[Any]) -> str:
+    """A digest of planned jobs (their sources and outputs), compared between processes."""
+    import hashlib
+
+    return hashlib.sha256(repr([(str(job.source), str(job.output)) for job in jobs]).encode()).hexdigest()
+
+
+def _summed(report: PredictionReport, info: DistInfo) -> tuple[int, int]:
+    """(outputs written, inputs skipped) by every process, from each one's ``report``."""
+    from pgnet.distributed import gather_objects
+
+    counts = gather_objects((len(report.written), len(report.skipped)), info)
+    return sum(written for written, _ in counts), sum(skipped for _, skipped in counts)
+
+
+def _predict_on(args: argparse.Namespace, mode: str, device: torch.device, info: DistInfo) -> int:
+    """``_predict`` on ``device`` as the process ``info``: every process plans every output (and
+    refuses alike), then predicts its shard (``pgnet.distributed.shard_of``); the counts are summed."""
     from pgnet.data.io import set_max_pixels
+    from pgnet.distributed import gather_objects, shard_of, stop_together
     from pgnet.predict.files import predict_files
     from pgnet.predict.output_plan import VIDEO_SUFFIXES, check_apart, is_video_file, plan_outputs, plan_video_outputs
     from pgnet.predict.predictor import Predictor
@@ -181,39 +222,51 @@ def _predict(args: argparse.Namespace, mode: str) -> int:
     composer = Composer(mode, args.color, background=args.background, blur=args.blur,
                         refine_foreground=args.refine_foreground)
     picture_inputs = [source for source in args.inputs if not is_video_file(source)]
-    with errors_as(UserError, FileNotFoundError):  # an input path that matches nothing: a usage error
+    # an input path that matches nothing: a usage error
+    with stop_together(info), errors_as(UserError, FileNotFoundError):
         jobs = plan_outputs(picture_inputs, args.output, recursive=args.recursive) if picture_inputs else []
         video_format = args.video_format or default_video_format(mode)
         video_jobs = plan_video_outputs(args.inputs, args.output, video_format, recursive=args.recursive)
         check_apart(jobs, video_jobs)
+    if len(set(gather_objects(_plan_digest([*jobs, *video_jobs]), info))) > 1:
+        raise UserError("the processes found different pictures or videos: every machine must see the same files "
+                        "at the same paths")
     if not jobs and not video_jobs and args.webcam is None:
         raise NothingDoneError(f"no pictures or videos found in {' '.join(args.inputs)}")
-    with errors_as(UserError, RuntimeError):  # torch's errors loading a checkpoint: a usage error
+    # torch's errors loading a checkpoint: a usage error
+    with stop_together(info), errors_as(UserError, RuntimeError):
         predictor = Predictor.from_checkpoint(
-            args.checkpoint, device=args.device, weights=args.weights, size=args.size, fast_decode=args.fast_decode,
+            args.checkpoint, device=device, weights=args.weights, size=args.size, fast_decode=args.fast_decode,
             flip=args.flip, precision=args.precision, batch_size=args.batch_size, optimize=not args.no_optimize,
             compile=args.compile, cuda_graphs=False if args.no_cuda_graphs else None, calibration=args.calibration,
         )
-    print(f"{len(jobs)} pictures, {len(video_jobs)} videos, {predictor}", file=sys.stderr)
-    if args.compile:
-        print("compiling (the first call of each size can take a minute)", file=sys.stderr, flush=True)
+    processes = f", {info.world_size} processes" if info.world_size > 1 else ""
+    if info.is_main:
+        print(f"{len(jobs)} pictures, {len(video_jobs)} videos, {predictor}{processes}", file=sys.stderr)
+        if args.compile:
+            print("compiling (the first call of each size can take a minute)", file=sys.stderr, flush=True)
+    progress = not args.no_progress and info.is_main
     written = 0
-    if jobs:
-        with errors_as(NothingDoneError, UserError):  # a user error met while working (a full disk): exit 1
-            report = predict_files(predictor, jobs, workers=args.workers, progress=not args.no_progress,
+    if jobs:  # this process's share of them (all of them for one process), then the counts of all
+        with stop_together(info), errors_as(NothingDoneError, UserError):  # met while working (a full disk): exit 1
+            report = predict_files(predictor, shard_of(jobs, info), workers=args.workers, progress=progress,
                                    mode=composer.mode, color=composer.color, background=composer.background,
                                    blur=composer.blur, refine_foreground=composer.refine_foreground)
-        print(f"wrote {len(report.written)} {mode} pictures to {args.output}; skipped {len(report.skipped)}")
-        written += len(report.written)
+        pictures, skipped = _summed(report, info)
+        if info.is_main:
+            print(f"wrote {pictures} {mode} pictures to {args.output}; skipped {skipped}")
+        written += pictures
     if video_jobs:
-        with errors_as(NothingDoneError, UserError):  # a full disk: exit 1
-            report = predict_videos(predictor, video_jobs, composer, smooth=args.smooth,
-                                    progress=not args.no_progress, max_frames=args.max_frames, workers=args.workers,
+        with stop_together(info), errors_as(NothingDoneError, UserError):  # a full disk: exit 1
+            report = predict_videos(predictor, shard_of(video_jobs, info), composer, smooth=args.smooth,
+                                    progress=progress, max_frames=args.max_frames, workers=args.workers,
                                     video_format=video_format, audio=not args.no_audio,
                                     resume_key=_resume_key(args), require_resume=args.resume,
                                     segment_frames=args.segment_frames)
-        print(f"wrote {len(report.written)} {mode} videos to {args.output}; skipped {len(report.skipped)}")
-        written += len(report.written)
+        videos, skipped = _summed(report, info)
+        if info.is_main:
+            print(f"wrote {videos} {mode} videos to {args.output}; skipped {skipped}")
+        written += videos
     if args.webcam is not None:
         output = Path(args.output) / f"webcam{args.webcam}{VIDEO_SUFFIXES[video_format]}"
         try:

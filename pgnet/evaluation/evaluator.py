@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from pgnet.checkpoint import load_model_and_preprocessing
 from pgnet.config import ConfigError, dataset_options, load_config, validation_labels
@@ -37,6 +37,7 @@ from pgnet.data.preprocessing import Preprocessing, normalization_stats
 from pgnet.data.registry import SYNTHETIC_NAME, DatasetSpec, pair_dataset, resolve_dataset
 from pgnet.data.transforms import build_eval_transform
 from pgnet.device import resolve_device
+from pgnet.distributed import DistInfo, gather_objects, shard_of, stop_together
 from pgnet.errors import UserError, format_list
 from pgnet.evaluation.folders import PREDICTION_EXTENSIONS, accumulate_folder, match_predictions, prediction_folder
 from pgnet.evaluation.references import Reference
@@ -204,16 +205,33 @@ def _load_dataset(dataset: EvalDataset, method: ModelMethod, preprocessing: Prep
     return build_dataset(dataset.options if dataset.options is not None else spec, transform)
 
 
+def _merged(metrics: SODMetrics, count: int, info: DistInfo) -> tuple[SODMetrics, int]:
+    """Every process's ``metrics`` merged in rank order, and the images they scored in all (on every
+    process, so that all go on alike); ``metrics`` and ``count`` themselves for a single process."""
+    gathered = gather_objects((metrics.state_dict(), count), info)
+    if len(gathered) == 1:
+        return metrics, count
+    merged = SODMetrics(metrics.groups, device=metrics.device)
+    for state, _ in gathered:
+        merged.merge(state)
+    return merged, sum(scored for _, scored in gathered)
+
+
 def _evaluate_model(runtime: InferenceRuntime, dataset: EvalDataset, method: ModelMethod,
-                    preprocessing: Preprocessing, metric_names: Sequence[str], progress: bool) -> MethodResult:
-    """Score ``method`` on ``dataset`` with the network, device and precision of ``runtime``."""
+                    preprocessing: Preprocessing, metric_names: Sequence[str], progress: bool,
+                    info: DistInfo) -> MethodResult:
+    """Score ``method`` on ``dataset`` with the network, device and precision of ``runtime``; each
+    process of a group scores its share of the images (``info``), and the metrics are merged."""
     data = _load_dataset(dataset, method, preprocessing)
-    loader = build_eval_loader(data, batch_size=method.batch_size, num_workers=method.num_workers)
     save_dir = method.save_dir / method.method_name / dataset.name if method.save_dir is not None else None
     metrics = SODMetrics(metric_names, device=runtime.device)
-    count = accumulate_model(runtime.network, loader, runtime.device, metrics, autocast=runtime.autocast,
-                             flip=method.flip, channels_last=runtime.channels_last, save_dir=save_dir,
-                             progress=progress, description=f"{method.method_name} {dataset.name}")
+    with stop_together(info):
+        share = data if info.world_size == 1 else Subset(data, shard_of(range(len(data)), info))
+        loader = build_eval_loader(share, batch_size=method.batch_size, num_workers=method.num_workers)
+        count = accumulate_model(runtime.network, loader, runtime.device, metrics, autocast=runtime.autocast,
+                                 flip=method.flip, channels_last=runtime.channels_last, save_dir=save_dir,
+                                 progress=progress, description=f"{method.method_name} {dataset.name}")
+    metrics, count = _merged(metrics, count, info)
     notes = []
     skipped = len(data) - count
     if skipped:
@@ -234,7 +252,10 @@ def dataset_prediction_dirs(method_dir: Path, dataset: EvalDataset, single_datas
 
 
 def _evaluate_folder(method: str, folders: Sequence[Path], dataset: EvalDataset, device: torch.device,
-                     metric_names: Sequence[str], allow_missing: bool, workers: int, progress: bool) -> MethodResult:
+                     metric_names: Sequence[str], allow_missing: bool, workers: int, progress: bool,
+                     info: DistInfo) -> MethodResult:
+    """Score a method's prediction files on ``dataset``; each process of a group scores its share of
+    the pairs (``info``), and the metrics are merged."""
     if dataset.mask_dir is None:
         raise UserError(f"dataset {dataset.name}: built-in pictures have no mask files to score prediction folders on")
     match = match_predictions(folders, dataset.mask_dirs)
@@ -252,8 +273,11 @@ def _evaluate_folder(method: str, folders: Sequence[Path], dataset: EvalDataset,
         logger.info("%s on %s: %d predictions have no mask and are ignored: %s", method, dataset.name,
                     len(match.extra), format_list(match.extra))
     metrics = SODMetrics(metric_names, device=device)
-    count, resized = accumulate_folder(match.pairs, metrics, device, workers=workers, progress=progress,
-                                       description=f"{method} {dataset.name}")
+    with stop_together(info):
+        count, resized = accumulate_folder(shard_of(match.pairs, info), metrics, device, workers=workers,
+                                           progress=progress, description=f"{method} {dataset.name}")
+    resized = [note for notes in gather_objects(resized, info) for note in notes]
+    metrics, count = _merged(metrics, count, info)
     if resized:
         logger.warning("%s on %s: %d predictions differ in size from their masks and were resized to them: %s",
                        method, dataset.name, len(resized), format_list(resized))
@@ -282,6 +306,7 @@ def evaluate(
     workers: int = 2,
     progress: bool = True,
     echo: Callable[[str], None] | None = print,
+    dist_info: DistInfo | None = None,
 ) -> EvaluationReport:
     """Evaluate a checkpoint and/or prediction folders (method name -> folder) on ``datasets``.
 
@@ -292,6 +317,11 @@ def evaluate(
     dataset's curves),
     and its table is passed to ``echo``. Missing predictions raise ``MissingPredictionsError``
     unless ``allow_missing``; then the masks that have one are scored, and the report says so.
+
+    ``dist_info``: this process of a torchrun group (``pgnet.distributed.init_distributed``; ``device``
+    already the rank's own, ``rank_device``): each process predicts and scores its share of every
+    dataset's images (saving those predictions), the metrics are merged on every process, and the
+    main one alone writes the report and echoes; every process returns the same report.
     """
     prediction_dirs = {name: Path(folder) for name, folder in (prediction_dirs or {}).items()}
     if model_method is None and not prediction_dirs:
@@ -307,6 +337,7 @@ def evaluate(
     clashes = sorted(set(methods) & {reference.method for reference in references})
     if clashes:
         raise UserError(f"method {format_list(clashes)} has the name of a reference row; rename it (--name)")
+    info = dist_info or DistInfo()
     device = resolve_device(device)
     metric_groups = {d.name: tuple(metrics) if metrics is not None else d.default_metrics for d in datasets}
     meta: dict[str, Any] = {"datasets": names, "methods": methods, "device": str(device),
@@ -337,13 +368,16 @@ def evaluate(
     for dataset in datasets:
         groups = metric_groups[dataset.name]
         if runtime is not None:
-            report.add(_evaluate_model(runtime, dataset, model_method, preprocessing, groups, progress))
+            report.add(_evaluate_model(runtime, dataset, model_method, preprocessing, groups, progress, info))
         for method, folder in prediction_dirs.items():
             report.add(_evaluate_folder(method, dataset_prediction_dirs(folder, dataset, single), dataset, device,
-                                        groups, allow_missing, workers, progress))
+                                        groups, allow_missing, workers, progress, info))
+        if not info.is_main:
+            continue
         report.write(plot_dataset=dataset.name if plots else None)
         if echo is not None:
             echo(format_table([r for r in report.results if r.dataset == dataset.name], markdown=False,
                               references=report.references))
-    logger.info("results written to %s", os.fspath(report.folder))
+    if info.is_main:
+        logger.info("results written to %s", os.fspath(report.folder))
     return report

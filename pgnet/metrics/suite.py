@@ -44,6 +44,7 @@ LOWER_IS_BETTER = frozenset({"MAE", "HCE"})
 DEFAULT_ALIAS = "default"  # names ALL_METRICS in a metric list
 _KEY_TO_GROUP = {key: group for group, keys in METRIC_GROUPS.items() for key in keys}
 _CURVE_NAMES = ("precision", "recall", "fm", "em")
+_STATE_STORES = ("_sums", "_curve_sums", "_pixel_sums")  # SODMetrics' accumulated sums, by kind
 
 
 def resolve_metric_groups(metrics: Iterable[str]) -> tuple[str, ...]:
@@ -181,6 +182,24 @@ class SODMetrics:
         """The accumulated sums by name: the scalar metrics', the curves' and (with ``Fm``) the pixel
         counts', on the device the metrics were computed on; empty before any update."""
         return {**self._sums, **self._curve_sums, **self._pixel_sums}
+
+    def state_dict(self) -> dict:
+        """What :meth:`merge` adds to another accumulation: the image count, the metric groups and
+        the sums (float64, on the CPU, so it pickles between processes)."""
+        return {"num_images": self.num_images, "groups": self.groups,
+                **{store: {name: value.detach().cpu() for name, value in getattr(self, store).items()}
+                   for store in _STATE_STORES}}
+
+    def merge(self, state: dict) -> None:
+        """Add another accumulation's :meth:`state_dict` (e.g. another process's share of a test set)
+        to this one's. The sums are float64 added in another order, so the merged values equal one
+        accumulation over every image to float64 rounding (relative ~1e-16), not always bit for bit."""
+        if tuple(state["groups"]) != self.groups:
+            raise ValueError(f"cannot merge metrics of groups {list(state['groups'])} into {list(self.groups)}")
+        for store in _STATE_STORES:
+            for name, value in state[store].items():
+                self._accumulate(getattr(self, store), name, value.to(self.device or value.device).unsqueeze(0))
+        self.num_images += int(state["num_images"])
 
     def compute(self) -> dict[str, float]:
         """Dataset values, keyed as :attr:`keys`; raises RuntimeError before any update."""

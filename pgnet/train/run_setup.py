@@ -99,8 +99,7 @@ def start_run(config: Config, run_dir: str | Path | None, resume: bool, log_name
     device = resolve_device(train.device, key="train.device")
     dist = distributed.init_distributed(device.type)
     try:
-        if dist.joined and device.type == "cuda":  # each process drives the GPU of its local rank
-            device = dist.device
+        device = distributed.rank_device(device, dist)  # under torchrun: the GPU of the local rank
         if run_dir is None:
             if resume:
                 raise ValueError("resuming needs the run folder")

@@ -4,6 +4,7 @@ BIoU and mBA (re-stated here with OpenCV), scipy for distances; the torch kernel
 from __future__ import annotations
 
 import math
+import pickle
 
 import cv2
 import numpy as np
@@ -248,6 +249,35 @@ def test_batched_updates_equal_single_updates():
     as_float.update(torch.from_numpy(preds).float() / 255, torch.from_numpy(gts).float() / 255)
     for key, value in single.compute().items():
         assert as_float.compute()[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_merged_shares_equal_one_accumulation():
+    """Shares of a test set accumulated apart (as the processes of a torchrun evaluation do, their
+    states pickled between them) and merged give one accumulation's values, curves and counts."""
+    rng = np.random.default_rng(3)
+    shapes = [(40, 56), (33, 64), (64, 33), (17, 31), (56, 40)]
+    gts = [make_mask(rng, shape, kind) for shape, kind in zip(shapes, ("blob", "noise", "empty", "blob_line", "blob"))]
+    preds = [make_pred(rng, gt, "soft") for gt in gts]
+    groups = [*ALL_METRICS, "HCE"]
+    whole = SODMetrics(groups)
+    for pred, gt in zip(preds, gts):
+        whole.update(pred, gt)
+    merged = SODMetrics(groups)
+    for rank in range(3):  # shares of 2, 2 and 1 images
+        share = SODMetrics(groups)
+        for pred, gt in list(zip(preds, gts))[rank::3]:
+            share.update(pred, gt)
+        merged.merge(pickle.loads(pickle.dumps(share.state_dict())))
+    merged.merge(SODMetrics(groups).state_dict())  # an empty share (more processes than images)
+    assert merged.num_images == whole.num_images == 5
+    for key, value in whole.compute().items():
+        assert merged.compute()[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
+    for name, curve in whole.curves().items():
+        np.testing.assert_allclose(merged.curves()[name], curve, rtol=1e-12, atol=1e-15)
+    for name, counts in whole.pixel_counts().items():
+        np.testing.assert_array_equal(merged.pixel_counts()[name], counts)
+    with pytest.raises(ValueError, match="cannot merge metrics of groups"):
+        SODMetrics(["MAE"]).merge(whole.state_dict())
 
 
 # ----------------------------------------------------------------------------- boundary metrics
