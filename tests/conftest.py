@@ -113,8 +113,8 @@ def default_threads():
 SLOW_FILES_FIRST = ("test_acceleration.py", "test_trainer.py", "test_export.py", "test_run_integrity.py",
                     "test_benchmark.py", "test_official_training.py", "test_grafting.py", "test_finetune.py",
                     "test_distributed_commands.py", "test_video.py", "test_checkpoint.py", "test_app.py",
-                    "test_official.py", "test_model_package.py", "test_callbacks.py", "test_architecture.py", "test_evaluator.py", "test_predictor.py",
-                    "test_serve_command.py")
+                    "test_official.py", "test_model_package.py", "test_callbacks.py", "test_architecture.py",
+                    "test_evaluator.py", "test_predictor.py", "test_serve_command.py")
 
 
 def pytest_collection_modifyitems(items):
