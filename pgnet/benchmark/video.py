@@ -71,7 +71,7 @@ def video_predictor(checkpoint: str | None, size: int, batch_size: int = 1, prec
     # Random weights are seeded, with BatchNorm calibrated as pgnet-benchmark does (otherwise the
     # logits are in the hundreds and every mask is the same saturated picture).
     model = load_model(checkpoint, "cpu") if checkpoint else build_benchmark_model({})
-    int8 = Int8Calibration.load(calibration) if calibration else None
+    int8 = Int8Calibration.read(calibration)
     if precision == "int8" and int8 is None:
         picture = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
         int8 = calibrate_pictures(model, [picture], size)

@@ -341,7 +341,7 @@ def run_precision(args: argparse.Namespace) -> int:
     from pgnet.predict.calibration import calibrate_pictures
     from pgnet.predict.int8 import Int8Calibration
 
-    calibration = Int8Calibration.load(args.calibration) if args.calibration else None
+    calibration = Int8Calibration.read(args.calibration)
     if args.threads:
         torch.set_num_threads(args.threads)
     report: dict = {"environment": environment(torch.device("cpu"))}

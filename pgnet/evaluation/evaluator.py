@@ -351,7 +351,7 @@ def evaluate(
         loaded, recorded = load_model_and_preprocessing(model_method.checkpoint, "cpu", weights=model_method.weights)
         preprocessing = method_preprocessing(model_method, recorded)
         calibration_file = find_calibration(model_method.checkpoint, model_method.calibration)
-        calibration = Int8Calibration.load(calibration_file) if calibration_file else None
+        calibration = Int8Calibration.read(calibration_file)
         runtime = InferenceRuntime.create(loaded, device, model_method.precision, optimize=model_method.optimize,
                                           calibration=calibration,
                                           image_range=input_range(preprocessing.mean, preprocessing.std))

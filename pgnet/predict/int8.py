@@ -21,12 +21,13 @@ built; ``calibrate`` runs the float32 prepared network.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,11 @@ class Int8Calibration:
         write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
+    def read(cls, source: Int8Calibration | str | Path | None) -> Int8Calibration | None:
+        """``source`` itself when a calibration, read from its file when a path, None for None."""
+        return source if source is None or isinstance(source, Int8Calibration) else cls.load(source)
+
+    @classmethod
     def load(cls, path: str | Path) -> Int8Calibration:
         path = Path(path)
         try:
@@ -152,6 +158,20 @@ def _block_convs(block: nn.Module) -> list[tuple[nn.Conv2d, nn.Module]]:
     (the last one's activation follows the residual sum)."""
     names = [name for name in ("conv1", "conv2", "conv3") if hasattr(block, name)]
     return [(getattr(block, name), getattr(block, f"act{index + 1}")) for index, name in enumerate(names)]
+
+
+def _resnet_activations(resnet: ResNetBranch) -> Iterator[tuple[str, nn.Module]]:
+    """Each ResNet activation a calibration names, with the module whose output it is: the stem's
+    ReLU, each block's inner ReLUs, the block itself (after its last ReLU) and its downsample."""
+    yield "stem", resnet.act1
+    for layer_index in range(1, 5):
+        for block_index, block in enumerate(getattr(resnet, f"layer{layer_index}")):
+            prefix = f"layer{layer_index}.{block_index}"
+            for conv_index, (_, activation) in enumerate(_block_convs(block)[:-1]):
+                yield f"{prefix}.conv{conv_index + 1}", activation
+            yield f"{prefix}.out", block
+            if block.downsample is not None:
+                yield f"{prefix}.downsample", block.downsample
 
 
 def _check_foldable_resnet(resnet: ResNetBranch) -> None:
@@ -197,16 +217,8 @@ def calibrate(network: PGNet, images: Iterable[torch.Tensor], size: int) -> Int8
         x, top = inputs
         widen(f"{DECODER_BLOCK}.input", torch.cat((x, resize_to(top, x.shape[-2:])), dim=1), signed=True)
 
-    hooks = [resnet.act1.register_forward_hook(record("stem"))]
-    for layer_index in range(1, 5):
-        for block_index, residual in enumerate(getattr(resnet, f"layer{layer_index}")):
-            prefix = f"layer{layer_index}.{block_index}"
-            convs = _block_convs(residual)
-            for conv_index, (_, activation) in enumerate(convs[:-1]):
-                hooks.append(activation.register_forward_hook(record(f"{prefix}.conv{conv_index + 1}")))
-            hooks.append(residual.register_forward_hook(record(f"{prefix}.out")))
-            if residual.downsample is not None:
-                hooks.append(residual.downsample.register_forward_hook(record(f"{prefix}.downsample", True)))
+    hooks = [module.register_forward_hook(record(name, name.endswith(".downsample")))
+             for name, module in _resnet_activations(resnet)]
     hooks += [
         block.register_forward_pre_hook(record_block_input),
         block.merge[2].register_forward_hook(record(f"{DECODER_BLOCK}.merge")),
@@ -247,12 +259,18 @@ def _signed(low: float, high: float) -> tuple[float, int]:
     return scale, min(255, max(0, round(-low / scale)))
 
 
-def quantize(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    """``x`` as uint8 (round(x / scale) + zero_point, clamped), its layout kept. Through PyTorch's
-    vectorised quantisation kernel, whose quantized dtype is deprecated: its warning is silenced,
-    being nothing a user can act on."""
+@contextlib.contextmanager
+def _quantized_dtypes() -> Iterator[None]:
+    """Silences the deprecation warning of PyTorch's quantized dtypes, nothing a user can act on."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+def quantize(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """``x`` as uint8 (round(x / scale) + zero_point, clamped), its layout kept, through PyTorch's
+    vectorised quantisation kernel."""
+    with _quantized_dtypes():
         return torch.quantize_per_tensor(x.float(), scale, zero_point, torch.quint8).int_repr()
 
 
@@ -336,7 +354,6 @@ class Int8ResNet(nn.Module):
                  output_dtype: torch.dtype = torch.bfloat16):
         super().__init__()
         _check_foldable_resnet(resnet)
-        self.variant = resnet.variant
         self.output_dtype = output_dtype
         self.image_scale, self.image_zero_point = _signed(*image_range)
         self.stem_scale = _unsigned(ranges["stem"])
@@ -354,9 +371,8 @@ class Int8ResNet(nn.Module):
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(quantize(image, self.image_scale, self.image_zero_point))  # uint8, B×C×H/2×W/2
         # The max-pool on the uint8 values through PyTorch's quantized max-pool (the plain one has no
-        # fast uint8 path); making its quantized view warns of a deprecation a user cannot act on.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
+        # fast uint8 path).
+        with _quantized_dtypes():
             quantized = torch._make_per_tensor_quantized_tensor(x, self.stem_scale, 0)
         x = self.maxpool(quantized).int_repr()
         outputs = []
@@ -422,12 +438,5 @@ def check_calibration_fits(calibration: Int8Calibration, network: PGNet, source:
 
 def calibration_names(network: PGNet) -> list[str]:
     """The activation names a calibration of ``network`` holds (see ``Int8Calibration``)."""
-    names = ["stem"]
-    for layer_index in range(1, 5):
-        for block_index, block in enumerate(getattr(network.resnet, f"layer{layer_index}")):
-            prefix = f"layer{layer_index}.{block_index}"
-            names += [f"{prefix}.conv{index + 1}" for index in range(len(_block_convs(block)) - 1)]
-            names.append(f"{prefix}.out")
-            if block.downsample is not None:
-                names.append(f"{prefix}.downsample")
+    names = [name for name, _ in _resnet_activations(network.resnet)]
     return names + [f"{DECODER_BLOCK}.{name}" for name in ("input", "merge", "merged", "refine")]

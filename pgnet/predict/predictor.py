@@ -119,12 +119,10 @@ class Predictor:
         self.model = model.eval()  # moved to ``device`` unless ``optimize`` (then its copy is)
         self.optimize = bool(optimize)
         self.compile = bool(compile)
-        if calibration is not None and not isinstance(calibration, Int8Calibration):
-            calibration = Int8Calibration.load(calibration)
-        self.calibration = calibration
         self.runtime = InferenceRuntime.create(
             self.model, device, precision, optimize=self.optimize, compile=self.compile, cuda_graphs=cuda_graphs,
-            calibration=calibration, image_range=input_range(self.preprocessing.mean, self.preprocessing.std))
+            calibration=Int8Calibration.read(calibration),
+            image_range=input_range(self.preprocessing.mean, self.preprocessing.std))
         self.size = int(size)
         self.flip = bool(flip)
         self.batch_size = int(batch_size)
